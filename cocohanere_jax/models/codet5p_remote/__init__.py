@@ -1,0 +1,1 @@
+"""Remote-code files that export writes into CodeT5+ folders (loaded by transformers, not by us)."""

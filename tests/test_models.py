@@ -1,0 +1,273 @@
+"""Flax encoders vs Hugging Face PyTorch models: parity, real weights, export round trip, strict errors."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file, save_file
+
+import cocohanere_jax
+from cocohanere_jax.models import hf
+from cocohanere_jax.models.encoder import length_buckets
+
+import hf_models
+
+ATOL = 1e-5
+
+
+def _flax_embed(enc, ids, mask, deterministic=True, rng=None):
+    rngs = {"dropout": rng} if rng is not None else {}
+    return np.asarray(enc.module.apply({"params": enc.params}, jnp.asarray(ids), jnp.asarray(mask),
+                                       deterministic=deterministic, rngs=rngs))
+
+
+@pytest.fixture(scope="module")
+def codet5p_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("codet5p"))
+    model = hf_models.save_codet5p(folder)
+    return folder, model
+
+
+@pytest.mark.parametrize("length", [7, 160])  # 160 > relative_attention_max_distance (128)
+def test_codet5p_parity(codet5p_dir, length):
+    folder, model = codet5p_dir
+    enc = cocohanere_jax.load_encoder(folder)
+    assert enc.family == "t5" and enc.config.embed_dim == 16 and enc.dim == 16
+    ids, mask = hf_models.random_ids(6, length, 120, pad_id=0, seed=length, first_id=1)
+    ref = hf_models.torch_embed(model, ids, mask, "codet5p")
+    ours = _flax_embed(enc, ids, mask)
+    np.testing.assert_allclose(ours, ref, atol=ATOL)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
+
+
+def test_t5_gated_gelu_and_small_max_distance(tmp_path):
+    model = hf_models.save_codet5p(str(tmp_path), feed_forward_proj="gated-gelu",
+                                   relative_attention_num_buckets=8, relative_attention_max_distance=12)
+    enc = cocohanere_jax.load_encoder(str(tmp_path))
+    ids, mask = hf_models.random_ids(4, 40, 120, pad_id=0, seed=3)
+    np.testing.assert_allclose(_flax_embed(enc, ids, mask), hf_models.torch_embed(model, ids, mask, "codet5p"),
+                               atol=ATOL)
+
+
+@pytest.mark.parametrize("roberta", [False, True])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "pooler"])
+def test_bert_family_parity(tmp_path, roberta, pooling):
+    model = hf_models.save_bert(str(tmp_path), roberta=roberta)
+    enc = cocohanere_jax.load_encoder(str(tmp_path), pooling=pooling)
+    pad = 1 if roberta else 0
+    assert enc.pad_id == pad and enc.config.roberta_positions == roberta
+    ids, mask = hf_models.random_ids(5, 64, 120, pad_id=pad, seed=int(roberta))
+    ref = hf_models.torch_embed(model, ids, mask, pooling)
+    np.testing.assert_allclose(_flax_embed(enc, ids, mask), ref, atol=ATOL)
+
+
+def test_default_pooling_is_cls_without_sentence_transformers_config(tmp_path):
+    hf_models.save_bert(str(tmp_path))
+    assert cocohanere_jax.load_encoder(str(tmp_path)).config.pooling == "cls"
+
+
+def test_dropout_only_in_training(codet5p_dir):
+    enc = cocohanere_jax.load_encoder(codet5p_dir[0])
+    ids, mask = hf_models.random_ids(3, 12, 120, pad_id=0)
+    a = _flax_embed(enc, ids, mask, deterministic=False, rng=jax.random.PRNGKey(0))
+    b = _flax_embed(enc, ids, mask, deterministic=False, rng=jax.random.PRNGKey(1))
+    c = _flax_embed(enc, ids, mask)
+    assert not np.allclose(a, b, atol=1e-4)
+    np.testing.assert_array_equal(c, _flax_embed(enc, ids, mask))
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    folder = hf_models.minilm_folder()
+    return folder, transformers.AutoModel.from_pretrained(folder).eval(), transformers.AutoTokenizer.from_pretrained(folder)
+
+
+TEXTS = [
+    "Return the sum of two numbers.",
+    "def add(a, b):\n    return a + b",
+    "Parse a JSON document from a file path and return a dictionary of its fields, raising on invalid input.",
+    "x",
+    "public static int max(int[] values) { int m = values[0]; for (int v : values) m = Math.max(m, v); return m; }",
+]
+
+
+def test_minilm_real_weights(minilm):
+    folder, model, tok = minilm
+    enc = cocohanere_jax.load_encoder(folder)
+    assert enc.config.pooling == "mean"  # from sentence-transformers' 1_Pooling/config.json
+    ours = enc.encode(TEXTS, kind="code", batch_size=2, max_length=64)
+    batch = tok(TEXTS, padding=True, truncation=True, max_length=64, return_tensors="np")
+    ref = hf_models.torch_embed(model, batch["input_ids"], batch["attention_mask"], "mean")
+    assert ours.dtype == np.float32 and ours.shape == (5, 384)
+    np.testing.assert_allclose(ours, ref, atol=ATOL)
+    # Semantics survive: the docstring is nearest to its own code among these texts.
+    sims = ours @ ours.T
+    assert np.argmax(sims[0, 1:]) == 0
+
+
+def test_tokenize_overrides_built_in_padding(minilm):
+    enc = cocohanere_jax.load_encoder(minilm[0])
+    ids = enc.tokenize(TEXTS, max_length=16)  # the folder's tokenizer.json pads to 128 by itself
+    assert ids.shape == (5, 16) and ids.dtype == np.int32
+    assert (ids[3, 3:] == enc.pad_id).all()
+    with pytest.raises(TypeError, match="text #1"):
+        enc.tokenize(["a", None], 8)
+    with pytest.raises(ValueError, match="kind"):
+        enc.encode(["a"], kind="docstring")
+
+
+def test_encode_buckets_do_not_change_results_and_compile_once_per_bucket(minilm):
+    enc = cocohanere_jax.load_encoder(minilm[0])
+    texts = [f"function number {i} " + "word " * (i * 7 % 50) for i in range(23)]
+    ids = enc.tokenize(texts, 128)
+    mask = (ids != enc.pad_id).astype(np.int32)
+    full = _flax_embed(enc, ids, mask)
+    got = enc.embed_ids(ids, batch_size=8)
+    np.testing.assert_allclose(got, full, atol=ATOL)
+    used = {b for b in length_buckets(128)}
+    assert enc._apply._cache_size() <= len(used)
+    again = enc.embed_ids(ids, batch_size=8)
+    np.testing.assert_array_equal(again, got)
+    assert length_buckets(128) == (16, 32, 64, 128) and length_buckets(100) == (16, 32, 64, 100)
+
+
+def test_codet5p_110m_sized_config(tmp_path):
+    model = hf_models.save_codet5p(str(tmp_path), vocab_size=32103, d_model=768, d_kv=64, d_ff=3072,
+                                   num_layers=12, num_heads=12, embed_dim=256)
+    enc = cocohanere_jax.load_encoder(str(tmp_path))
+    n_params = sum(x.size for x in jax.tree.leaves(enc.params))
+    assert 109_000_000 < n_params < 111_000_000, n_params
+    ids, mask = hf_models.random_ids(2, 24, 32103, pad_id=0, seed=5, first_id=1)
+    ours = _flax_embed(enc, ids, mask)
+    assert ours.shape == (2, 256)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(ours, hf_models.torch_embed(model, ids, mask, "codet5p"), atol=ATOL)
+
+
+def test_export_round_trip_codet5p(codet5p_dir, tmp_path):
+    folder, model = codet5p_dir
+    enc = cocohanere_jax.load_encoder(folder)
+    # Change the weights, as training would, so that the round trip cannot pass by copying files.
+    params = jax.tree.map(lambda x: x * 1.01, enc.params)
+    out = enc.with_params(params).export(str(tmp_path / "exported"))
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["model_type"] == "codet5p_embedding" and config["embed_dim"] == 16
+    keys = set(load_file(os.path.join(out, "model.safetensors")))
+    assert keys == set(load_file(os.path.join(folder, "model.safetensors")))
+    ids, mask = hf_models.random_ids(4, 20, 120, pad_id=0, seed=9, first_id=1)
+    reloaded_torch = transformers.AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    ours = _flax_embed(enc.with_params(params), ids, mask)
+    np.testing.assert_allclose(hf_models.torch_embed(reloaded_torch, ids, mask, "codet5p"), ours, atol=ATOL)
+    np.testing.assert_allclose(_flax_embed(cocohanere_jax.load_encoder(out), ids, mask), ours, atol=1e-6)
+    assert not np.allclose(ours, hf_models.torch_embed(model, ids, mask, "codet5p"), atol=1e-3)
+
+
+def test_export_round_trip_minilm(minilm, tmp_path):
+    folder, _, _ = minilm
+    enc = cocohanere_jax.load_encoder(folder)
+    out = enc.export(str(tmp_path / "minilm"))
+    reloaded = transformers.AutoModel.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    batch = tok(TEXTS, padding=True, truncation=True, max_length=64, return_tensors="np")
+    ref = hf_models.torch_embed(reloaded, batch["input_ids"], batch["attention_mask"], "mean")
+    np.testing.assert_allclose(enc.encode(TEXTS, max_length=64), ref, atol=ATOL)
+    again = cocohanere_jax.load_encoder(out)
+    assert again.config.pooling == "mean"
+    np.testing.assert_allclose(again.encode(TEXTS, max_length=64), ref, atol=ATOL)
+    # The unused pooler was carried through, so the original class loads every weight.
+    assert "pooler.dense.weight" in load_file(os.path.join(out, "model.safetensors"))
+
+
+def test_export_cli(codet5p_dir, tmp_path):
+    from absl.testing import flagsaver  # noqa: F401  (absl is a runtime dependency)
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "cocohanere_jax.export", f"--model={codet5p_dir[0]}", f"--out={out}"],
+                   check=True, capture_output=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert (out / "model.safetensors").exists() and (out / "modeling_codet5p_embedding.py").exists()
+
+
+def _corrupt(folder, tmp_path, edit):
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    edit(state)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    for name in os.listdir(folder):
+        if name != "model.safetensors" and os.path.isfile(os.path.join(folder, name)):
+            with open(os.path.join(folder, name), "rb") as src, open(bad / name, "wb") as dst:
+                dst.write(src.read())
+    return str(bad)
+
+
+KEY = "encoder.block.1.layer.0.SelfAttention.k.weight"
+
+
+def test_missing_key_is_named(codet5p_dir, tmp_path):
+    bad = _corrupt(codet5p_dir[0], tmp_path, lambda s: s.pop(KEY))
+    with pytest.raises(hf.ConversionError, match=KEY.replace(".", r"\.")):
+        cocohanere_jax.load_encoder(bad)
+
+
+def test_unknown_key_is_named(codet5p_dir, tmp_path):
+    bad = _corrupt(codet5p_dir[0], tmp_path, lambda s: s.__setitem__("encoder.adapter.weight", np.zeros(3, np.float32)))
+    with pytest.raises(hf.ConversionError, match=r"encoder\.adapter\.weight"):
+        cocohanere_jax.load_encoder(bad)
+
+
+def test_wrong_shape_is_named(codet5p_dir, tmp_path):
+    bad = _corrupt(codet5p_dir[0], tmp_path, lambda s: s.__setitem__(KEY, np.zeros((32, 31), np.float32)))
+    with pytest.raises(hf.ConversionError, match=r"SelfAttention\.k\.weight.*\(32, 31\).*\(32, 32\)"):
+        cocohanere_jax.load_encoder(bad)
+
+
+def test_ignored_keys_are_explicit(tmp_path):
+    # A BertForMaskedLM checkpoint: `bert.` prefix and an MLM head, both handled by explicit rules.
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=48, max_position_embeddings=40)
+    mlm = transformers.BertForMaskedLM(cfg).eval()
+    mlm.save_pretrained(str(tmp_path))
+    enc = cocohanere_jax.load_encoder(str(tmp_path))
+    ids, mask = hf_models.random_ids(3, 10, 120, pad_id=0)
+    ref = hf_models.torch_embed(mlm.bert, ids, mask, "cls")
+    np.testing.assert_allclose(_flax_embed(enc, ids, mask), ref, atol=ATOL)
+
+
+def test_bad_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        cocohanere_jax.load_encoder(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        cocohanere_jax.load_encoder(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type 'gpt2'"):
+        cocohanere_jax.load_encoder(str(tmp_path))
+
+
+def test_pytorch_model_bin(tmp_path):
+    model = hf_models.save_bert(str(tmp_path), roberta=True)
+    os.remove(tmp_path / "model.safetensors")
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    enc = cocohanere_jax.load_encoder(str(tmp_path), pooling="mean")
+    ids, mask = hf_models.random_ids(3, 10, 120, pad_id=1)
+    np.testing.assert_allclose(_flax_embed(enc, ids, mask), hf_models.torch_embed(model, ids, mask, "mean"), atol=ATOL)
+
+
+def test_bfloat16_compute_deviation(minilm):
+    folder = minilm[0]
+    f32 = cocohanere_jax.load_encoder(folder).encode(TEXTS, max_length=64)
+    bf16_enc = cocohanere_jax.load_encoder(folder, dtype=jnp.bfloat16)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(bf16_enc.params))
+    bf16 = bf16_enc.encode(TEXTS, max_length=64)
+    assert bf16.dtype == np.float32
+    cos = np.sum(f32 * bf16, axis=1)
+    # Documented in README: bf16 compute keeps cosine >= 0.999 to the float32 embedding on real weights.
+    assert cos.min() > 0.999, cos
+    assert np.abs(f32 - bf16).max() > 1e-6  # it really computed in bf16
