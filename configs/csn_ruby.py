@@ -1,0 +1,16 @@
+"""CodeSearchNet ruby (GraphCodeBERT-filtered), CodeT5+ 110M embedding, the paper's hyper-parameters.
+
+    python -m cocohanere_jax.main --config=configs/csn_ruby.py --workdir=runs/csn_ruby \
+        --config.model.path=/models/codet5p-110m-embedding --config.data.root=/data/codesearchnet
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+    c = common.base()
+    c.model.path = "models/codet5p-110m-embedding"
+    c.data.source = "codesearchnet"
+    c.data.root = "datasets/codesearchnet"
+    c.data.language = "ruby"
+    return common.finish(c, arg)
