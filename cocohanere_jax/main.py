@@ -4,24 +4,28 @@ Config files take an argument after a colon (`configs/csn_java.py:smoke`) and an
 overridden with `--config.train.global_batch_size=64`.
 """
 
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, exports.", required=True)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.mark_flag_as_required("config")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+_AUTO_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with cluster auto-detection (SLURM, TPU pods).")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Multi-process runs (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID set).
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS", "1") != "1":
+    if _COORDINATOR.value or _AUTO_DISTRIBUTED.value:
         import jax
 
-        jax.distributed.initialize()
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
+        )
     from cocohanere_jax import train
 
     logging.info("config:\n%s", _CONFIG.value)

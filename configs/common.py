@@ -57,6 +57,7 @@ def base() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
     c.train.eval_batch_size = 128
+    c.train.zero_shot_eval = True  # evaluate the loaded encoder on valid and test before training (reference)
     c.train.export_best = True  # write the best-on-valid model as a Hugging Face folder in <workdir>/export
     return c
 

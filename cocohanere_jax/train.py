@@ -1,0 +1,216 @@
+"""`train_and_evaluate(config, workdir)`: the way of a batch, top to bottom.
+
+config checks -> encoder -> data -> token table -> train state (resumed if the workdir has a checkpoint)
+-> compiled step -> loop { batch -> step -> metrics -> valid eval + best -> checkpoint } -> test eval of the
+best-on-valid parameters -> summary -> export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from cocohanere_jax import checkpoints, datasets, evaluate, input_pipeline, metrics, sharding
+from cocohanere_jax import step as step_lib
+from cocohanere_jax.models import encoder as encoder_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the checkpoints on disk are from before it."""
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> step_lib.StepConfig:
+    """Every config error that needs no data, raised before anything is loaded or compiled."""
+    try:
+        step_config = step_lib.StepConfig.from_config(config.step)
+    except ValueError as e:
+        raise ValueError(f"config.step: {e}") from None
+    batch = config.train.global_batch_size
+    if batch < 1 or batch % num_devices:
+        raise ValueError(
+            f"config.train.global_batch_size={batch} must be a positive multiple of the {num_devices} devices "
+            f"(jax.device_count()); use e.g. {max(1, batch // num_devices) * num_devices or num_devices}."
+        )
+    if batch % jax.process_count():
+        raise ValueError(f"config.train.global_batch_size={batch} must divide by the {jax.process_count()} processes.")
+    if config.model.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype={config.model.dtype!r} is not one of {sorted(DTYPES)}.")
+    path = encoder_lib.resolve_model_path(config.model.path)
+    if not path or not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"config.model.path={config.model.path!r}: no Hugging Face model folder there (config.json missing). "
+            "Set --config.model.path to a local folder, e.g. one where you saved "
+            "Salesforce/codet5p-110m-embedding with save_pretrained; nothing is downloaded."
+        )
+    for key in ("log_every", "eval_every", "checkpoint_every"):
+        if config.train[key] < 1:
+            raise ValueError(f"config.train.{key}={config.train[key]} must be >= 1.")
+    datasets.check(config)
+    return step_config
+
+
+def _local(tree: Any) -> Any:
+    """This process's copy of a replicated pytree, on one device (for evaluation and export)."""
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
+
+
+def _evaluate(enc, params, task: evaluate.RetrievalTask, config) -> dict[str, float]:
+    return evaluate.evaluate(
+        enc, task, params=params, query_length=config.data.query_length, code_length=config.data.code_length,
+        batch_size=config.train.eval_batch_size,
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains with CoCoHaNeRe, evaluating on valid, and reports test MRR of the best-on-valid params.
+
+    Resumes from the latest checkpoint in `workdir`. With `train.num_steps == 0` and `train.num_epochs == 0`
+    it only evaluates the encoder as loaded (zero-shot). Returns the summary (also `workdir/summary.json`).
+    """
+    t_start = time.time()
+    mesh = sharding.make_mesh()
+    step_config = check_config(config, mesh.size)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    writer = metrics.MetricWriter(workdir, enabled=is_main)
+
+    enc = encoder_lib.load_encoder(
+        config.model.path, pooling=config.model.pooling, dtype=DTYPES[config.model.dtype], remat=config.model.remat
+    )
+    data = datasets.load(config, workdir)
+    logging.info("data: %s; %d train pairs, valid %d queries / %d codes, test %d queries / %d codes",
+                 data.description, len(data.train), len(data.valid.queries), len(data.valid.codebase),
+                 len(data.test.queries), len(data.test.codebase))
+    tokens = input_pipeline.token_table_from_pairs(
+        data.train, enc.tokenize, enc.fingerprint, config.data.query_length, config.data.code_length,
+        cache_dir=config.data.cache_dir or os.path.join(workdir, "cache"),
+    )
+    iterator = input_pipeline.BatchIterator(
+        len(tokens), config.train.global_batch_size, config.train.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    total_steps = config.train.num_steps or math.ceil(config.train.num_epochs * iterator.steps_per_epoch)
+    summary: dict[str, Any] = {"data": data.description, "train_pairs": len(tokens), "total_steps": total_steps,
+                               "devices": mesh.size, "processes": jax.process_count()}
+    if total_steps == 0:
+        for split, task in (("valid", data.valid), ("test", data.test)):
+            summary[f"zero_shot_{split}"] = _evaluate(enc, enc.params, task, config)
+        return _finish(summary, workdir, t_start, is_main)
+
+    optimizer = step_lib.make_optimizer(step_config, total_steps)
+    state = sharding.replicate(
+        step_lib.init_train_state(enc.params, optimizer, step_config, enc.dim, config.train.seed), mesh
+    )
+    host_table = None
+    if step_config.token_table == "host":
+        host_table = step_lib.HostTokenTable(tokens.query_ids, tokens.code_ids)
+        table = step_lib.TokenTable(query_hash=tokens.query_hash, code_hash=tokens.code_hash)
+    else:
+        table = step_lib.TokenTable(tokens.query_ids, tokens.code_ids, tokens.query_hash, tokens.code_hash)
+    table = sharding.replicate(table, mesh)
+    train_step = step_lib.make_train_step(
+        enc.module, optimizer, step_config, mesh, pad_id=enc.pad_id, host_table=host_table
+    )
+
+    ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    start = ckpt.latest_step() or 0
+    if start:
+        state, meta = ckpt.restore(start, state)
+        iterator.restore(meta["iterator"])
+        logging.info("resumed from %s/checkpoints/%d", workdir, start)
+    elif config.train.get("zero_shot_eval", True):
+        for split, task in (("valid", data.valid), ("test", data.test)):
+            result = _evaluate(enc, enc.params, task, config)
+            summary[f"zero_shot_{split}"] = result
+            writer.write(0, result, kind=f"zero_shot_{split}")
+            logging.info("zero-shot %s: %s", split, evaluate.format_metrics(result))
+    best = ckpt.best_meta() or {}
+    best_mrr = best.get("valid", {}).get("mrr", -math.inf)
+
+    # Compile before the first batch: errors and memory show up now (STYLE.md, maxtext).
+    batch_spec = {
+        "data_id": jax.ShapeDtypeStruct((config.train.global_batch_size,), jnp.int32, sharding=sharding.batch_sharding(mesh)),
+        "query_ids": jax.ShapeDtypeStruct((config.train.global_batch_size, tokens.query_length), jnp.int32,
+                                          sharding=sharding.batch_sharding(mesh)),
+        "code_ids": jax.ShapeDtypeStruct((config.train.global_batch_size, tokens.code_length), jnp.int32,
+                                         sharding=sharding.batch_sharding(mesh)),
+    }
+    compiled = train_step.lower(state, batch_spec, table).compile()
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        logging.info("step memory: %s", memory)
+
+    progress = metrics.Progress(total_steps, start, config.train.global_batch_size)
+    sums, count = None, 0
+    nonfinite = jnp.zeros((), bool)  # device-side: any non-finite loss since the start (no host sync)
+    for done in range(start + 1, total_steps + 1):
+        ids = next(iterator)
+        query_ids, code_ids = tokens.rows(ids)
+        batch = sharding.shard_batch({"data_id": ids, "query_ids": query_ids, "code_ids": code_ids}, mesh)
+        state, step_metrics = compiled(state, batch, table)
+        nonfinite = nonfinite | ~jnp.isfinite(step_metrics["loss"])
+        sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
+        count += 1
+
+        last = done == total_steps
+        if done % config.train.log_every == 0 or last:
+            values = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+            sums, count = None, 0
+            _stop_if_nonfinite(nonfinite, done, workdir)
+            values.update(progress.measure(done))
+            writer.write(done, values)
+            logging.info(metrics.Progress.line(done, total_steps, values))
+        if done % config.train.eval_every == 0 or last:
+            _stop_if_nonfinite(nonfinite, done, workdir)
+            params = _local(state.params)
+            result = _evaluate(enc, params, data.valid, config)
+            writer.write(done, result, kind="valid")
+            logging.info("valid at %d: %s", done, evaluate.format_metrics(result))
+            if result["mrr"] > best_mrr:
+                best_mrr = result["mrr"]
+                ckpt.save_best(done, state.params, {"step": done, "valid": result})
+        if done % config.train.checkpoint_every == 0 or last:
+            _stop_if_nonfinite(nonfinite, done, workdir)
+            ckpt.save(done, state, {"iterator": iterator.state(), "step": done})
+    ckpt.wait()
+
+    best_params, best_meta = ckpt.restore_best_params(_local(state.params))
+    summary["best_valid"] = best_meta["valid"]
+    summary["best_step"] = best_meta["step"]
+    summary["test"] = _evaluate(enc, best_params, data.test, config)
+    writer.write(best_meta["step"], summary["test"], kind="test")
+    logging.info("test (best-on-valid step %d): %s", best_meta["step"], evaluate.format_metrics(summary["test"]))
+    if config.train.export_best and is_main:
+        summary["export"] = enc.with_params(best_params).export(os.path.join(workdir, "export"))
+    ckpt.close()
+    return _finish(summary, workdir, t_start, is_main)
+
+
+def _stop_if_nonfinite(flag: jax.Array, step: int, workdir: str) -> None:
+    if bool(flag):
+        raise NonFiniteLossError(
+            f"the training loss became NaN or inf at or before step {step}; stopped without saving. The last "
+            f"good checkpoint is in {workdir}/checkpoints (restarting resumes from it). Lower "
+            "config.step.learning_rate, raise config.step.temperature, or check the data."
+        )
+
+
+def _finish(summary: dict[str, Any], workdir: str, t_start: float, is_main: bool) -> dict[str, Any]:
+    summary["seconds"] = time.time() - t_start
+    if is_main:
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        lines = [f"{k}: {evaluate.format_metrics(v)}" for k, v in summary.items() if isinstance(v, dict) and "mrr" in v]
+        logging.info("summary (%s/summary.json):\n  %s", workdir, "\n  ".join(lines))
+        print("\n".join(lines))
+    return summary
