@@ -1,0 +1,181 @@
+"""The main job end to end: a smoke run, kill-and-resume exactness, NaN stop, config errors, 2 processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cocohanere_jax import metrics, sharding, train
+from configs import csn_python
+
+import tiny_setup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("inputs")
+    model = tiny_setup.tiny_bert_folder(str(base / "model"))
+    data = tiny_setup.csn_dir(str(base / "csn"))
+    return model, data
+
+
+def smoke_config(inputs, **train_overrides):
+    c = csn_python.get_config("smoke")
+    c.model.path, c.data.root = inputs
+    c.data.cache_dir = ""
+    c.train.zero_shot_eval = False
+    for k, v in train_overrides.items():
+        c.train[k] = v
+    return c
+
+
+def _saved_state(workdir, step):
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+def test_smoke_run(inputs, tmp_path):
+    c = smoke_config(inputs, zero_shot_eval=True)
+    summary = train.train_and_evaluate(c, str(tmp_path))
+    train_records = metrics.read_metrics(str(tmp_path), "train")
+    assert [r["step"] for r in train_records] == [2, 4, 6]
+    for r in train_records:
+        assert np.isfinite(r["loss"]) and r["loss"] > 0 and r["grad_norm"] > 0 and r["lr"] > 0
+        assert r["steps_per_sec"] > 0 and "eta_sec" in r and "loss_hn" in r
+    # The banks filled and hard negatives were found by the end.
+    assert train_records[-1]["valid_negatives"] > 0
+    assert [r["step"] for r in metrics.read_metrics(str(tmp_path), "valid")] == [3, 6]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+    for split in ("zero_shot_valid", "zero_shot_test", "best_valid", "test"):
+        assert 0 < summary[split]["mrr"] <= 1, split
+    assert summary["test"]["num_queries"] == 16 and summary["best_step"] in (3, 6)
+    on_disk = json.load(open(tmp_path / "summary.json"))
+    assert on_disk["test"]["mrr"] == pytest.approx(summary["test"]["mrr"])
+
+
+class Killed(Exception):
+    pass
+
+
+def _run_killed_before_batch(config, workdir, monkeypatch, batch_number):
+    """Runs the job and kills it while it prepares batch `batch_number` (as a crash or preemption would)."""
+    real_shard = sharding.shard_batch
+    calls = {"n": 0}
+
+    def dying_shard(batch, mesh):
+        calls["n"] += 1
+        if calls["n"] == batch_number:
+            raise Killed()
+        return real_shard(batch, mesh)
+
+    with monkeypatch.context() as m:
+        m.setattr(sharding, "shard_batch", dying_shard)
+        with pytest.raises(Killed):
+            train.train_and_evaluate(config, workdir)
+
+
+def test_kill_and_resume_is_exact(inputs, tmp_path, monkeypatch):
+    c = smoke_config(inputs, checkpoint_every=2, eval_every=100)
+    full = str(tmp_path / "full")
+    train.train_and_evaluate(c, full)
+
+    resumed = str(tmp_path / "resumed")
+    _run_killed_before_batch(c, resumed, monkeypatch, 5)
+    assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["2", "4"]
+    train.train_and_evaluate(c, resumed)
+
+    a, b = _saved_state(full, 6), _saved_state(resumed, 6)
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 10
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise on CPU
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(inputs, tmp_path, monkeypatch):
+    good = smoke_config(inputs, checkpoint_every=2, eval_every=100)
+    _run_killed_before_batch(good, str(tmp_path), monkeypatch, 3)
+    # Resume with a temperature so small that the logits overflow: the loss turns NaN/inf.
+    bad = smoke_config(inputs, checkpoint_every=2, eval_every=100)
+    bad.step.temperature = 1e-38
+    with pytest.raises(train.NonFiniteLossError, match="NaN or inf"):
+        train.train_and_evaluate(bad, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    state = _saved_state(str(tmp_path), 2)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: setattr(c.step, "k", 64), r"config\.step.*bank_size"),
+        (lambda c: setattr(c.train, "global_batch_size", 6), r"config\.train\.global_batch_size=6.*4 devices"),
+        (lambda c: setattr(c.model, "path", "/nonexistent/model"), r"config\.model\.path='/nonexistent/model'"),
+        (lambda c: setattr(c.data, "root", "/nonexistent/data"), r"config\.data\.root='/nonexistent/data'"),
+        (lambda c: setattr(c.model, "dtype", "float16"), r"config\.model\.dtype"),
+    ],
+)
+def test_config_errors_before_any_work(inputs, tmp_path, monkeypatch, edit, match):
+    c = smoke_config(inputs)
+    edit(c)
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(train.encoder_lib, "load_encoder", no_loading)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_zero_shot_only(inputs, tmp_path):
+    c = smoke_config(inputs)
+    c.train.num_steps = 0
+    c.train.num_epochs = 0
+    summary = train.train_and_evaluate(c, str(tmp_path))
+    assert 0 < summary["zero_shot_test"]["mrr"] <= 1 and "test" not in summary
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _main_cmd(inputs, workdir):
+    model, data = inputs
+    return [sys.executable, "-m", "cocohanere_jax.main", "--config=configs/csn_python.py:smoke",
+            f"--workdir={workdir}", f"--config.model.path={model}", f"--config.data.root={data}",
+            "--config.train.zero_shot_eval=False", "--config.train.eval_every=100"]
+
+
+def test_two_processes_equal_one(inputs, tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+    one = str(tmp_path / "one")
+    subprocess.run(_main_cmd(inputs, one), cwd=ROOT, env={**env, "JAX_NUM_CPU_DEVICES": "4"}, check=True,
+                   capture_output=True, timeout=600)
+    two = str(tmp_path / "two")
+    port = _free_port()
+    procs = [
+        subprocess.Popen(_main_cmd(inputs, two) + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                                   f"--process_id={i}"],
+                         cwd=ROOT, env={**env, "JAX_NUM_CPU_DEVICES": "2"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+        for i in range(2)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out.decode()[-3000:]
+    s1, s2 = (json.load(open(os.path.join(d, "summary.json"))) for d in (one, two))
+    assert s2["processes"] == 2 and s1["processes"] == 1 and s1["devices"] == s2["devices"] == 4
+    assert s1["test"]["mrr"] == pytest.approx(s2["test"]["mrr"], abs=1e-6)
+    a, b = _saved_state(one, 6), _saved_state(two, 6)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
