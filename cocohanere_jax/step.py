@@ -20,12 +20,12 @@ One call of the step runs the paper's Algorithm 1 (METHOD.md section 4) on a glo
 Design decisions (see also the docstrings below):
 
 * **Gradient averaging.** Each device's loss is its rows' share of the global mean
-  (``sum(rows) / global_batch``). Under ``shard_map`` with ``check_vma=True`` the parameters are
-  device-invariant, and the transpose of their implicit broadcast to the per-device computation is a
-  ``psum``: ``jax.grad`` therefore returns the gradient of the global mean loss, identical on every
-  device; that is the average of the per-device gradients of per-device mean losses (what a ``pmean``
-  of pmap-style gradients would give). The gradient through ``all_gather`` (to another device's rows in
-  L^B) is its transpose, a reduce-scatter, so cross-device negatives get their gradient too.
+  (``sum(rows) / global_batch``); each device differentiates its share with respect to its (pcast to
+  device-varying) copy of the parameters and the gradients are ``psum``-med: the result is the gradient
+  of the global mean loss, identical on every device, i.e. the average of per-device gradients of
+  per-device mean losses (a ``pmean``). The gradient through ``all_gather`` (another device's rows used as
+  in-batch negatives) is its transpose, a reduce-scatter, so cross-device negatives get their gradient
+  too. ``check_vma`` stays on, so a value that should be replicated but is not fails at trace time.
 * **Dropout rng.** ``key = fold_in(state.rng, state.step)``; every encoded row gets its own key folded
   from a stream id and its *global* row index (batch example, or anchor * k + j for a negative), and the
   encoder is ``vmap``-ed over rows. Dropout masks, hence results, do not depend on the number of devices
@@ -34,7 +34,10 @@ Design decisions (see also the docstrings below):
   ``remat=True`` wraps each chunk in ``jax.checkpoint``: the forward keeps only each chunk's inputs and
   the backward recomputes one chunk at a time, so the activation peak is one chunk's, not all n*k rows'
   (same memory bound as GradCache, for one extra forward of the negatives, without its two-pass
-  bookkeeping). Block-level remat inside the encoder is the model's business.
+  bookkeeping). Block-level remat inside the encoder is the model's business. Measured with XLA's
+  memory analysis (CPU compile, float32, a 110M T5-base-sized encoder with dropout, B=32, k=10, Lq=128,
+  Lc=256, one device): temporaries 186 GiB without, 33 GiB with ``remat=True, reencode_chunk=40``,
+  25 GiB with ``reencode_chunk=20``; use the latter two for the paper setting on one 80 GB GPU.
 * **Bank consistency.** Pushes and updates use only all-gathered (device-invariant) values, so every
   replica runs the same deterministic program on the same inputs; duplicates (two anchors that
   retrieved the same slot) are resolved by "first in global order wins" (``bank.update``), and a slot
@@ -410,7 +413,8 @@ def _lookup_rows(
     )
     if axis_name is not None:
         # The callback's result is typed device-invariant, but each device looked up its own anchors'
-        # neighbours: mark it varying, or autodiff would psum cotangents of different rows together.
+        # neighbours: type it as what it is. (Were the parameters left invariant, an invariant row
+        # through the encoder would make autodiff psum the cotangents of different rows together.)
         out = jax.lax.pcast(out, axis_name, to="varying")
     return out
 
@@ -528,10 +532,11 @@ def loss_and_aux(
     q = encode(batch["query_ids"], row_keys(key, _STREAM_QUERY, rows))
     c = encode(batch["code_ids"], row_keys(key, _STREAM_CODE, rows))
     q_all, c_all, ids_all = gather(q), gather(c), gather(ids)
-    in_batch_keep = bank_lib.duplicate_keep(ids_all, ids, hashes) if hashes else None
+    # With mask_duplicates, same-text pairs of the global batch are not in-batch negatives either.
+    pair_keep = bank_lib.duplicate_keep(ids_all, ids, hashes) if hashes else None
     loss_b_rows = 0.5 * (
-        losses.info_nce_rows(q, c_all, rows, config.temperature, in_batch_keep)
-        + losses.info_nce_rows(c, q_all, rows, config.temperature, in_batch_keep)
+        losses.info_nce_rows(q, c_all, rows, config.temperature, pair_keep)
+        + losses.info_nce_rows(c, q_all, rows, config.temperature, pair_keep)
     )
     if config.bimodal_weight == 0:
         loss_b_rows = jax.lax.stop_gradient(loss_b_rows)  # "w/o BCL": reported, not trained on
@@ -544,9 +549,10 @@ def loss_and_aux(
     if config.uses_hard_negatives:
         # 3. Search both banks (they do not yet contain this batch).
         bi = config.knn == "bi"
-        ids_all_sg = jax.lax.stop_gradient(ids_all)
-        code_hits = _search_bank(code_bank, qs if bi else cs, qs, positive_scores, ids, ids_all_sg, hashes, config)
-        query_hits = _search_bank(query_bank, cs if bi else qs, cs, positive_scores, ids, ids_all_sg, hashes, config)
+        search = functools.partial(_search_bank, positive_scores=positive_scores, anchor_ids=ids,
+                                   batch_ids=ids_all, hashes=hashes, config=config)
+        code_hits = search(code_bank, qs if bi else cs, qs)  # hard negative codes of the queries
+        query_hits = search(query_bank, cs if bi else qs, cs)  # hard negative queries of the codes
 
         # 4. Token rows of the retrieved DataIDs; invalid entries borrow the anchor's own (real) row so the
         # encoder never sees an all-pad row, and are masked out of the loss.
@@ -557,8 +563,9 @@ def loss_and_aux(
                                     host_table, config, axis_name)
         neg_rows = rows[:, None] * k + jnp.arange(k, dtype=jnp.int32)[None, :]
         reencode = functools.partial(encode, remat=config.remat, chunk=config.reencode_chunk)
-        c_neg = reencode(code_tokens.reshape(n * k, -1), row_keys(key, _STREAM_NEG_CODE, neg_rows)).reshape(n, k, d)
-        q_neg = reencode(query_tokens.reshape(n * k, -1), row_keys(key, _STREAM_NEG_QUERY, neg_rows)).reshape(n, k, d)
+        c_neg = reencode(code_tokens.reshape(n * k, -1), row_keys(key, _STREAM_NEG_CODE, neg_rows))
+        q_neg = reencode(query_tokens.reshape(n * k, -1), row_keys(key, _STREAM_NEG_QUERY, neg_rows))
+        c_neg, q_neg = c_neg.reshape(n, k, d), q_neg.reshape(n, k, d)
         if not config.negative_gradient:
             c_neg, q_neg = jax.lax.stop_gradient(c_neg), jax.lax.stop_gradient(q_neg)
 
@@ -619,7 +626,16 @@ def train_step_body(
     """One CoCoHaNeRe step on this device's share of the batch (the body that ``shard_map`` runs).
 
     With ``axis_name=None`` it is the same step as a single program. Returns the new state and the
-    metrics (global values, identical on every device).
+    metrics, global values identical on every device (float32 scalars):
+
+    * ``loss`` = ``bimodal_weight * loss_b + hard_negative_weight * loss_hn``; ``loss_b``, ``loss_hn``;
+    * ``grad_norm``: global norm of the gradient before clipping; ``lr``: learning rate of this update;
+    * ``valid_negatives``: mean number of valid hard negatives per anchor and direction (<= k; below k
+      while the bank fills up or when the masks remove candidates);
+    * ``in_batch_accuracy``: fraction of queries whose nearest code in the global batch is their own;
+    * ``positive_score``: mean cos(q_i, c_i); ``hard_negative_score``: mean cosine of the anchors with
+      their valid re-encoded hard negatives;
+    * ``query_bank_fill``, ``code_bank_fill``: fraction of occupied slots after the push.
     """
     if axis_name is None:
         gather = psum = lambda x: x  # noqa: E731
@@ -634,10 +650,14 @@ def train_step_body(
         loss_and_aux, apply_fn=apply_fn, config=config, pad_id=pad_id, host_table=host_table,
         axis_name=axis_name,
     )
-    # 6. The gradient of the global mean loss (see module docstring), identical on every device.
+    # 6. Per-device gradients of this device's share, summed over devices: the gradient of the global
+    # mean loss, identical on every device (see module docstring). Casting the replicated parameters to
+    # device-varying makes the reduction an explicit psum instead of the implicit transpose of a pvary.
+    params = state.params if axis_name is None else jax.lax.pcast(state.params, axis_name, to="varying")
     (loss_share, aux), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params, state.query_bank, state.code_bank, batch, table, key
+        params, state.query_bank, state.code_bank, batch, table, key
     )
+    grads = psum(grads)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

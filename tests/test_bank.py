@@ -176,7 +176,8 @@ def test_mask_helpers_match_numpy():
     qh = rng.integers(0, 3, size=10).astype(np.int32)
     ch = rng.integers(0, 3, size=10).astype(np.int32)
     anchors = np.array([0, 5, 9], np.int32)
-    got = np.asarray(bank_lib.duplicate_keep(jnp.asarray(bank_ids), jnp.asarray(anchors), [jnp.asarray(qh), jnp.asarray(ch)]))
+    hashes = [jnp.asarray(qh), jnp.asarray(ch)]
+    got = np.asarray(bank_lib.duplicate_keep(jnp.asarray(bank_ids), jnp.asarray(anchors), hashes))
     for a, i in enumerate(anchors):
         for s, j in enumerate(bank_ids):
             j = max(j, 0)

@@ -292,7 +292,10 @@ def test_gradient_reaches_reencoded_negatives_finite_differences(world):
         np.testing.assert_allclose(l_sg, l, rtol=1e-12)
         diff = optax.tree.norm(jax.tree.map(lambda a, b: a - b, g, g_sg))
         assert diff > 1e-2 * optax.tree.norm(g), (diff, optax.tree.norm(g))
-        dot = lambda g: float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(direction))))  # noqa: E731
+
+        def dot(grad):
+            return float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(direction))))
+
         assert g["proj"]["kernel"].dtype == jnp.float64
         np.testing.assert_allclose(dot(g), fd, rtol=1e-6, atol=1e-9)
         assert abs(dot(g_sg) - fd) > 1e-3 * abs(fd)
@@ -414,7 +417,8 @@ def test_config_from_config_dict_and_validation():
         with pytest.raises(ValueError, match="StepConfig"):
             S.StepConfig(**bad)
     with pytest.raises(ValueError, match="host_table"):
-        S.make_train_step(TinyEncoder(), optax.sgd(0.1), S.StepConfig(token_table="host"), sharding.make_mesh(), pad_id=0)
+        S.make_train_step(TinyEncoder(), optax.sgd(0.1), S.StepConfig(token_table="host"), sharding.make_mesh(),
+                          pad_id=0)
 
 
 def test_make_optimizer_defaults():
