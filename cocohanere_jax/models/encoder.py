@@ -99,8 +99,10 @@ class Encoder:
         return h.hexdigest()[:16]
 
     def with_params(self, params: Any) -> "Encoder":
-        """The same encoder with other parameters (e.g. after training)."""
-        return dataclasses.replace(self, params=params)
+        """The same encoder with other parameters (e.g. after training); shares the compiled model."""
+        other = dataclasses.replace(self, params=params)
+        other._apply = self._apply
+        return other
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> np.ndarray:
         """Token ids int32 [n, max_length], truncated and padded with `pad_id` on the right."""
