@@ -4,6 +4,8 @@ Config files take an argument after a colon (`configs/csn_java.py:smoke`) and an
 overridden with `--config.train.global_batch_size=64`.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -26,6 +28,11 @@ def main(argv):
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
         )
+    import jax
+
+    # A restarted run (preemption, crash) loads its compiled step instead of compiling it again.
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "compile_cache"))
     from cocohanere_jax import train
 
     logging.info("config:\n%s", _CONFIG.value)

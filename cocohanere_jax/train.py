@@ -150,6 +150,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if memory is not None:
         logging.info("step memory: %s", memory)
 
+    try:
+        state = _train_loop(config, state, compiled, table, tokens, iterator, mesh, data, enc, ckpt, writer,
+                            start, total_steps, best_mrr, workdir)
+    finally:
+        ckpt.wait()  # an exception (or a kill signal turned into one) still completes the in-flight save
+
+    best_params, best_meta = ckpt.restore_best_params(_local(state.params))
+    summary["best_valid"] = best_meta["valid"]
+    summary["best_step"] = best_meta["step"]
+    summary["test"] = _evaluate(enc, best_params, data.test, config)
+    writer.write(best_meta["step"], summary["test"], kind="test")
+    logging.info("test (best-on-valid step %d): %s", best_meta["step"], evaluate.format_metrics(summary["test"]))
+    if config.train.export_best and is_main:
+        summary["export"] = enc.with_params(best_params).export(os.path.join(workdir, "export"))
+    ckpt.close()
+    return _finish(summary, workdir, t_start, is_main)
+
+
+def _train_loop(config, state, compiled, table, tokens, iterator, mesh, data, enc, ckpt, writer, start, total_steps,
+                best_mrr, workdir):
+    """Steps `start+1 .. total_steps`: batch -> step -> metrics -> valid eval + best -> checkpoint."""
     progress = metrics.Progress(total_steps, start, config.train.global_batch_size)
     sums, count = None, 0
     nonfinite = jnp.zeros((), bool)  # device-side: any non-finite loss since the start (no host sync)
@@ -182,18 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if done % config.train.checkpoint_every == 0 or last:
             _stop_if_nonfinite(nonfinite, done, workdir)
             ckpt.save(done, state, {"iterator": iterator.state(), "step": done})
-    ckpt.wait()
 
-    best_params, best_meta = ckpt.restore_best_params(_local(state.params))
-    summary["best_valid"] = best_meta["valid"]
-    summary["best_step"] = best_meta["step"]
-    summary["test"] = _evaluate(enc, best_params, data.test, config)
-    writer.write(best_meta["step"], summary["test"], kind="test")
-    logging.info("test (best-on-valid step %d): %s", best_meta["step"], evaluate.format_metrics(summary["test"]))
-    if config.train.export_best and is_main:
-        summary["export"] = enc.with_params(best_params).export(os.path.join(workdir, "export"))
-    ckpt.close()
-    return _finish(summary, workdir, t_start, is_main)
+    return state
 
 
 def _stop_if_nonfinite(flag: jax.Array, step: int, workdir: str) -> None:
