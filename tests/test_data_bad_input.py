@@ -4,7 +4,6 @@ Policy (data/records.py, data/README.md): row-level problems are skipped, counte
 (``strict=True`` raises instead); file-level problems raise naming the file.
 """
 
-import gzip
 import json
 import logging
 import os
@@ -64,8 +63,8 @@ def test_bad_rows_are_skipped_counted_and_located(corpus, caplog):
                                  "bad_field_type:code_tokens": 1, "empty_query": 2, "empty_code": 1,
                                  "invalid_utf8": 1, "not_an_object": 1}
     assert rep.rows_read == rep.rows_kept + rep.num_skipped
-    assert rep.locations["malformed_json"] == [f"{train}:4 (column 42: Expecting value)"] or \
-        rep.locations["malformed_json"][0].startswith(f"{train}:4 ")
+    (loc,) = rep.locations["malformed_json"]
+    assert loc.startswith(f"{train}:4 (column ") and loc.endswith(")")
     assert rep.locations["empty_query"][0].startswith(f"{train}:7 ")
     assert rep.locations["empty_query"][1].startswith(f"{train}:8 ")
     assert rep.locations["invalid_utf8"][0].startswith(f"{train}:10 ")

@@ -343,3 +343,32 @@ def test_real_source_files_give_the_recorded_functions(lang):
     assert got == json.loads((REAL / "expected.json").read_text())[lang]
     name, doc_start = REAL_SPOT[lang]
     assert any(g["func_name"] == name and g["doc"].startswith(doc_start) for g in got), got
+
+
+def test_dedupe_ignores_comments_and_layout(tmp_path):
+    src = tmp_path / "src"
+    base = 'def f(x):\n    """Compute the value for the caller now."""\n    y = x + 1\n    return y * 2\n'
+    variant = ('def f(x):\n    """Compute the value for the caller now."""\n    # a comment the model never sees\n'
+               '    y = x  +  1\n\n    return y*2\n')
+    for k in range(4):
+        (src / f"p{k}").mkdir(parents=True)
+        (src / f"p{k}" / "m.py").write_text(_kept("python", k, 0)[2] + _kept("python", k, 1)[2])
+    (src / "p0" / "a.py").write_text(base)
+    (src / "p1" / "b.py").write_text(variant)
+    report = B.build_corpus(src, tmp_path / "out", B.BuildConfig(lang="python", split_depth=1))
+    assert report["functions"]["removed"]["duplicate"] == 1
+
+
+def test_eval_code_that_also_occurs_in_train_is_removed(tmp_path):
+    src = tmp_path / "src"
+    shared = "    y = x + 1\n    z = y * 2\n    return z - 3\n"
+    for k, word in enumerate(("alpha", "beta", "gamma")):
+        (src / f"p{k}").mkdir(parents=True)
+        (src / f"p{k}" / "m.py").write_text(
+            _kept("python", k, 0)[2] + _kept("python", k, 1)[2]
+            + f'def shared(x):\n    """Different {word} words for the same code."""\n{shared}')
+    report = B.build_corpus(src, tmp_path / "out", B.BuildConfig(lang="python", split_depth=1, valid_fraction=0.3,
+                                                                 test_fraction=0.3))
+    assert report["split"]["num_groups"] == {"train": 1, "valid": 1, "test": 1}
+    assert report["functions"]["removed"] == {"code_in_train": 2}
+    assert report["functions"]["kept"] == {"train": 3, "valid": 2, "test": 2}

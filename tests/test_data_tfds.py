@@ -1,6 +1,5 @@
 """The tensorflow-datasets builder: builds array_record and reads back without tensorflow."""
 
-import shutil
 import sys
 from pathlib import Path
 

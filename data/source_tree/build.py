@@ -17,16 +17,16 @@ Pipeline (each step counts what it removes):
    8 KB), files that are not valid UTF-8 (``file:line`` of the first bad byte).
 2. Functions (tree-sitter, `data.source_tree.extract`), then the CodeSearchNet filters in this
    order: no doc comment; empty doc; a parse error inside the function; no body (abstract/interface
-   methods); a name containing "test"; Python dunders and the constructors/standard methods
+   methods); a name with a ``test*`` component; Python dunders and the constructors/standard methods
    CodeSearchNet drops (``toString``, ``initialize``...); fewer than 3 non-blank code lines; a summary
    (first paragraph of the doc without ``@tag`` lines) of fewer than 3 words; an exact duplicate of an
-   earlier function (hash of summary + whitespace-normalised code).
+   earlier function (hash of summary + code tokens, i.e. ignoring comments and layout).
 3. Splits by group, never by row: a group is the first ``split_depth`` components of a file's
    directory (so the files of one package directory always stay together; a file at the top of
    the tree is its own group, like a top-level Python module). `assign_splits` gives whole groups
    to test and valid until each holds its fraction of the functions. ``auto`` depth takes the
-   shallowest depth giving at least ``min_groups`` groups. valid/test functions whose normalised
-   code also occurs in train are removed (``code_in_train``).
+   shallowest depth giving at least ``min_groups`` groups. valid/test functions whose code tokens
+   also occur in train are removed (``code_in_train``).
 4. Output in the published format: train rows complete; valid/test rows with ``original_string``,
    ``code`` and ``code_tokens`` blanked; codebase = the valid and test functions with ``docstring``
    and ``docstring_tokens`` blanked. ``url`` = ``[origin/]path#Lstart-Lend``, ``repo`` =
@@ -187,12 +187,13 @@ def _extract_file(args: tuple[str, str, str, int]):
 # 2. Function filters
 
 
-def normalize_code(code: str) -> str:
-    return " ".join(code.split())
+def code_text(fn: Function) -> str:
+    """The code as the model sees it: ' '.join(code_tokens) (no comments, no layout)."""
+    return " ".join(fn.code_tokens)
 
 
-def _dedupe_key(summary: str, code: str) -> str:
-    return hashlib.sha1(f"{summary}\0{normalize_code(code)}".encode("utf-8")).hexdigest()
+def _dedupe_key(summary: str, fn: Function) -> str:
+    return hashlib.sha1(f"{summary}\0{code_text(fn)}".encode("utf-8")).hexdigest()
 
 
 _IDENT_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -367,7 +368,7 @@ def build_corpus(src: str | os.PathLike, out: str | os.PathLike, cfg: BuildConfi
             summary = docs.summary(fn.doc) if fn.doc else ""
             reason = function_filter(fn, summary, cfg)
             if reason is None:
-                key = _dedupe_key(summary, fn.code)
+                key = _dedupe_key(summary, fn)
                 if key in seen:
                     reason = "duplicate"
                 else:
@@ -392,12 +393,12 @@ def build_corpus(src: str | os.PathLike, out: str | os.PathLike, cfg: BuildConfi
     assignment = assign_splits(dict(sizes), cfg.valid_fraction, cfg.test_fraction, cfg.seed)
 
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    train_code = {normalize_code(fn.code) for fn, _, _ in kept
+    train_code = {code_text(fn) for fn, _, _ in kept
                   if assignment[group_of(fn.path, depth)] == "train"}
     for fn, summary, sha in kept:
         group = group_of(fn.path, depth)
         split = assignment[group]
-        if split != "train" and normalize_code(fn.code) in train_code:
+        if split != "train" and code_text(fn) in train_code:
             funcs.add("code_in_train", f"{fn.path}:{fn.start_line} {fn.func_name}")
             continue
         rows[split].append(csn_row(fn, summary, group, sha, cfg.lang, cfg.origin, split))
