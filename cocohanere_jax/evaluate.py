@@ -116,9 +116,26 @@ def metrics_from_ranks(r: np.ndarray, recall_at: Sequence[int] = RECALL_AT) -> d
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenizedTask:
+    """A `RetrievalTask` tokenised once (evaluation runs many times during training)."""
+
+    query_ids: np.ndarray  # int32 [n_queries, Lq]
+    code_ids: np.ndarray  # int32 [n_codes, Lc]
+    targets: np.ndarray
+    skipped: int = 0
+
+
+def tokenize_task(encoder, task: RetrievalTask, query_length: int = 128, code_length: int = 256) -> TokenizedTask:
+    return TokenizedTask(
+        encoder.tokenize(task.queries, query_length), encoder.tokenize(task.codebase, code_length),
+        task.targets, task.skipped,
+    )
+
+
 def evaluate(
     encoder,
-    task: RetrievalTask,
+    task: RetrievalTask | TokenizedTask,
     params=None,
     query_length: int = 128,
     code_length: int = 256,
@@ -128,11 +145,13 @@ def evaluate(
 
     Returns MRR, R@1/5/10, the number of queries, the codebase size and the skipped (unmatched) queries.
     """
+    if isinstance(task, RetrievalTask):
+        task = tokenize_task(encoder, task, query_length, code_length)
     enc = encoder if params is None else encoder.with_params(params)
-    q = enc.encode(task.queries, kind="query", batch_size=batch_size, max_length=query_length)
-    c = enc.encode(task.codebase, kind="code", batch_size=batch_size, max_length=code_length)
+    q = enc.embed_ids(task.query_ids, batch_size=batch_size)
+    c = enc.embed_ids(task.code_ids, batch_size=batch_size)
     result = metrics_from_ranks(ranks(q, c, task.targets))
-    result.update(codebase_size=len(task.codebase), skipped_queries=int(task.skipped))
+    result.update(codebase_size=len(task.code_ids), skipped_queries=int(task.skipped))
     return result
 
 

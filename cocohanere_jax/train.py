@@ -64,11 +64,8 @@ def _local(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
-def _evaluate(enc, params, task: evaluate.RetrievalTask, config) -> dict[str, float]:
-    return evaluate.evaluate(
-        enc, task, params=params, query_length=config.data.query_length, code_length=config.data.code_length,
-        batch_size=config.train.eval_batch_size,
-    )
+def _evaluate(enc, params, task: evaluate.TokenizedTask, config) -> dict[str, float]:
+    return evaluate.evaluate(enc, task, params=params, batch_size=config.train.eval_batch_size)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -88,6 +85,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config.model.path, pooling=config.model.pooling, dtype=DTYPES[config.model.dtype], remat=config.model.remat
     )
     data = datasets.load(config, workdir)
+    valid_task, test_task = (
+        evaluate.tokenize_task(enc, t, config.data.query_length, config.data.code_length) for t in (data.valid, data.test)
+    )
     logging.info("data: %s; %d train pairs, valid %d queries / %d codes, test %d queries / %d codes",
                  data.description, len(data.train), len(data.valid.queries), len(data.valid.codebase),
                  len(data.test.queries), len(data.test.codebase))
@@ -103,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary: dict[str, Any] = {"data": data.description, "train_pairs": len(tokens), "total_steps": total_steps,
                                "devices": mesh.size, "processes": jax.process_count()}
     if total_steps == 0:
-        for split, task in (("valid", data.valid), ("test", data.test)):
+        for split, task in (("valid", valid_task), ("test", test_task)):
             summary[f"zero_shot_{split}"] = _evaluate(enc, enc.params, task, config)
         return _finish(summary, workdir, t_start, is_main)
 
@@ -129,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         iterator.restore(meta["iterator"])
         logging.info("resumed from %s/checkpoints/%d", workdir, start)
     elif config.train.get("zero_shot_eval", True):
-        for split, task in (("valid", data.valid), ("test", data.test)):
+        for split, task in (("valid", valid_task), ("test", test_task)):
             result = _evaluate(enc, enc.params, task, config)
             summary[f"zero_shot_{split}"] = result
             writer.write(0, result, kind=f"zero_shot_{split}")
@@ -151,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("step memory: %s", memory)
 
     try:
-        state = _train_loop(config, state, compiled, table, tokens, iterator, mesh, data, enc, ckpt, writer,
+        state = _train_loop(config, state, compiled, table, tokens, iterator, mesh, valid_task, enc, ckpt, writer,
                             start, total_steps, best_mrr, workdir)
     finally:
         ckpt.wait()  # an exception (or a kill signal turned into one) still completes the in-flight save
@@ -159,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     best_params, best_meta = ckpt.restore_best_params(_local(state.params))
     summary["best_valid"] = best_meta["valid"]
     summary["best_step"] = best_meta["step"]
-    summary["test"] = _evaluate(enc, best_params, data.test, config)
+    summary["test"] = _evaluate(enc, best_params, test_task, config)
     writer.write(best_meta["step"], summary["test"], kind="test")
     logging.info("test (best-on-valid step %d): %s", best_meta["step"], evaluate.format_metrics(summary["test"]))
     if config.train.export_best and is_main:
@@ -168,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return _finish(summary, workdir, t_start, is_main)
 
 
-def _train_loop(config, state, compiled, table, tokens, iterator, mesh, data, enc, ckpt, writer, start, total_steps,
+def _train_loop(config, state, compiled, table, tokens, iterator, mesh, valid_task, enc, ckpt, writer, start, total_steps,
                 best_mrr, workdir):
     """Steps `start+1 .. total_steps`: batch -> step -> metrics -> valid eval + best -> checkpoint."""
     progress = metrics.Progress(total_steps, start, config.train.global_batch_size)
@@ -194,7 +194,7 @@ def _train_loop(config, state, compiled, table, tokens, iterator, mesh, data, en
         if done % config.train.eval_every == 0 or last:
             _stop_if_nonfinite(nonfinite, done, workdir)
             params = _local(state.params)
-            result = _evaluate(enc, params, data.valid, config)
+            result = _evaluate(enc, params, valid_task, config)
             writer.write(done, result, kind="valid")
             logging.info("valid at %d: %s", done, evaluate.format_metrics(result))
             if result["mrr"] > best_mrr:
