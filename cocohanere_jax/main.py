@@ -5,6 +5,7 @@ overridden with `--config.train.global_batch_size=64`.
 """
 
 import os
+import signal
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -17,6 +18,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 _AUTO_DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() with cluster auto-detection (SLURM, TPU pods).")
+
+
+def _raise_system_exit(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")
 
 
 def main(argv):
@@ -34,6 +39,9 @@ def main(argv):
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "compile_cache"))
     from cocohanere_jax import train
+
+    # A scheduler's SIGTERM becomes an exception, so the in-flight asynchronous checkpoint completes.
+    signal.signal(signal.SIGTERM, _raise_system_exit)
 
     logging.info("config:\n%s", _CONFIG.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -151,8 +151,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("step memory: %s", memory)
 
     try:
-        state = _train_loop(config, state, compiled, table, tokens, iterator, mesh, valid_task, enc, ckpt, writer,
-                            start, total_steps, best_mrr, workdir)
+        progress = metrics.Progress(total_steps, start, config.train.global_batch_size)
+        sums, count = None, 0
+        nonfinite = jnp.zeros((), bool)  # device-side: any non-finite loss since the start (no host sync)
+        for done in range(start + 1, total_steps + 1):
+            ids = next(iterator)
+            query_ids, code_ids = tokens.rows(ids)
+            batch = sharding.shard_batch({"data_id": ids, "query_ids": query_ids, "code_ids": code_ids}, mesh)
+            state, step_metrics = compiled(state, batch, table)
+            nonfinite = nonfinite | ~jnp.isfinite(step_metrics["loss"])
+            sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
+            count += 1
+
+            last = done == total_steps
+            if done % config.train.log_every == 0 or last:
+                values = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+                sums, count = None, 0
+                _stop_if_nonfinite(nonfinite, done, workdir)
+                values.update(progress.measure(done))
+                writer.write(done, values)
+                logging.info(metrics.Progress.line(done, total_steps, values))
+            if done % config.train.eval_every == 0 or last:
+                _stop_if_nonfinite(nonfinite, done, workdir)
+                params = _local(state.params)
+                result = _evaluate(enc, params, valid_task, config)
+                writer.write(done, result, kind="valid")
+                logging.info("valid at %d: %s", done, evaluate.format_metrics(result))
+                if result["mrr"] > best_mrr:
+                    best_mrr = result["mrr"]
+                    ckpt.save_best(done, state.params, {"step": done, "valid": result})
+            if done % config.train.checkpoint_every == 0 or last:
+                _stop_if_nonfinite(nonfinite, done, workdir)
+                ckpt.save(done, state, {"iterator": iterator.state(), "step": done})
     finally:
         ckpt.wait()  # an exception (or a kill signal turned into one) still completes the in-flight save
 
@@ -166,45 +196,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         summary["export"] = enc.with_params(best_params).export(os.path.join(workdir, "export"))
     ckpt.close()
     return _finish(summary, workdir, t_start, is_main)
-
-
-def _train_loop(config, state, compiled, table, tokens, iterator, mesh, valid_task, enc, ckpt, writer, start, total_steps,
-                best_mrr, workdir):
-    """Steps `start+1 .. total_steps`: batch -> step -> metrics -> valid eval + best -> checkpoint."""
-    progress = metrics.Progress(total_steps, start, config.train.global_batch_size)
-    sums, count = None, 0
-    nonfinite = jnp.zeros((), bool)  # device-side: any non-finite loss since the start (no host sync)
-    for done in range(start + 1, total_steps + 1):
-        ids = next(iterator)
-        query_ids, code_ids = tokens.rows(ids)
-        batch = sharding.shard_batch({"data_id": ids, "query_ids": query_ids, "code_ids": code_ids}, mesh)
-        state, step_metrics = compiled(state, batch, table)
-        nonfinite = nonfinite | ~jnp.isfinite(step_metrics["loss"])
-        sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
-        count += 1
-
-        last = done == total_steps
-        if done % config.train.log_every == 0 or last:
-            values = {k: float(v) / count for k, v in jax.device_get(sums).items()}
-            sums, count = None, 0
-            _stop_if_nonfinite(nonfinite, done, workdir)
-            values.update(progress.measure(done))
-            writer.write(done, values)
-            logging.info(metrics.Progress.line(done, total_steps, values))
-        if done % config.train.eval_every == 0 or last:
-            _stop_if_nonfinite(nonfinite, done, workdir)
-            params = _local(state.params)
-            result = _evaluate(enc, params, valid_task, config)
-            writer.write(done, result, kind="valid")
-            logging.info("valid at %d: %s", done, evaluate.format_metrics(result))
-            if result["mrr"] > best_mrr:
-                best_mrr = result["mrr"]
-                ckpt.save_best(done, state.params, {"step": done, "valid": result})
-        if done % config.train.checkpoint_every == 0 or last:
-            _stop_if_nonfinite(nonfinite, done, workdir)
-            ckpt.save(done, state, {"iterator": iterator.state(), "step": done})
-
-    return state
 
 
 def _stop_if_nonfinite(flag: jax.Array, step: int, workdir: str) -> None:
