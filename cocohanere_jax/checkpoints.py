@@ -96,6 +96,34 @@ class Checkpointer:
         self.best.close()
 
 
+def read_item(path: str) -> Any:
+    """Any saved pytree item (e.g. `<workdir>/checkpoints/<step>/state`) on this process's first device,
+    whatever topology saved it (for export and inspection; training restores with `Checkpointer.restore`)."""
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(os.path.abspath(path)).item_metadata
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+        return ckptr.restore(os.path.abspath(path), abstract)
+
+
+def params_at(workdir: str, step: str | int = "best") -> tuple[Any, int]:
+    """The parameters of a run at a saved step: an int, "latest" (periodic) or "best" (best on valid)."""
+    workdir = os.path.abspath(workdir)
+    if step == "best":
+        kind, item, key = "best", "params", None
+    else:
+        kind, item, key = "checkpoints", "state", "params"
+    root = os.path.join(workdir, kind)
+    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+    if not steps:
+        raise FileNotFoundError(f"{root}: no saved step. Is {workdir} the workdir of a training run?")
+    chosen = steps[-1] if step in ("best", "latest") else int(step)
+    if chosen not in steps:
+        raise FileNotFoundError(f"{root}: no step {chosen}; saved steps: {steps}.")
+    tree = read_item(os.path.join(root, str(chosen), item))
+    return (tree[key] if key else tree), chosen
+
+
 def save_params(path: str, params: Any) -> None:
     """A params-only orbax checkpoint (e.g. for serving or fine-tuning elsewhere)."""
     with ocp.StandardCheckpointer() as ckptr:

@@ -80,6 +80,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     writer = metrics.MetricWriter(workdir, enabled=is_main)
+    if is_main:  # the run's config, for export from any saved step and for the record
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json(indent=2))
 
     enc = encoder_lib.load_encoder(
         config.model.path, pooling=config.model.pooling, dtype=DTYPES[config.model.dtype], remat=config.model.remat

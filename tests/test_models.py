@@ -184,7 +184,6 @@ def test_export_round_trip_minilm(minilm, tmp_path):
 
 
 def test_export_cli(codet5p_dir, tmp_path):
-    from absl.testing import flagsaver  # noqa: F401  (absl is a runtime dependency)
     import subprocess
     import sys
 

@@ -8,10 +8,10 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from cocohanere_jax import metrics, sharding, train
+import cocohanere_jax
+from cocohanere_jax import checkpoints, export, metrics, sharding, train
 from configs import csn_python
 
 import tiny_setup
@@ -38,13 +38,7 @@ def smoke_config(inputs, **train_overrides):
 
 
 def _saved_state(workdir, step):
-    """A saved train state as numpy-backed arrays on one device, whatever topology saved it."""
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(path).item_metadata
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
-        return ckptr.restore(path, abstract)
+    return checkpoints.read_item(os.path.join(workdir, "checkpoints", str(step), "state"))
 
 
 def test_smoke_run(inputs, tmp_path):
@@ -64,6 +58,20 @@ def test_smoke_run(inputs, tmp_path):
     assert summary["test"]["num_queries"] == 16 and summary["best_step"] in (3, 6)
     on_disk = json.load(open(tmp_path / "summary.json"))
     assert on_disk["test"]["mrr"] == pytest.approx(summary["test"]["mrr"])
+
+    # Export from saved steps: the best-on-valid params and a periodic checkpoint.
+    texts = ["Return the sum of the values.", "def f(x):\n    return x + 1"]
+    for step in ("best", "6"):
+        out = export.export_run(str(tmp_path), step, str(tmp_path / f"export_{step}"))
+        params, _ = checkpoints.params_at(str(tmp_path), step)
+        base = cocohanere_jax.load_encoder(c.model.path)
+        np.testing.assert_allclose(cocohanere_jax.load_encoder(out).encode(texts),
+                                   base.with_params(params).encode(texts), atol=1e-6)
+        orbax_params = checkpoints.load_params(os.path.join(out, "params_orbax"), base.params)
+        for x, y in zip(jax.tree.leaves(orbax_params), jax.tree.leaves(params)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(FileNotFoundError, match="no step 5"):
+        checkpoints.params_at(str(tmp_path), 5)
 
 
 class Killed(Exception):
