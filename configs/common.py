@@ -80,6 +80,16 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def codesearchnet(language: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """CodeSearchNet `language` (GraphCodeBERT-filtered) with the CodeT5+ 110M embedding model."""
+    c = base()
+    c.model.path = "models/codet5p-110m-embedding"
+    c.data.source = "codesearchnet"
+    c.data.root = "datasets/codesearchnet"
+    c.data.language = language
+    return finish(c, arg)
+
+
 def finish(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
     """Applies the config-file argument (`file.py:smoke`)."""
     for part in filter(None, (arg or "").split(",")):

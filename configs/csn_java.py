@@ -8,9 +8,4 @@ from configs import common
 
 
 def get_config(arg=None):
-    c = common.base()
-    c.model.path = "models/codet5p-110m-embedding"
-    c.data.source = "codesearchnet"
-    c.data.root = "datasets/codesearchnet"
-    c.data.language = "java"
-    return common.finish(c, arg)
+    return common.codesearchnet("java", arg)

@@ -18,16 +18,16 @@ def get_config(arg=None):
     c.data.root = ""  # "" = ~/.cache/cocohanere_jax/stdlib-corpus-<python version> (or $COCOHANERE_CACHE)
     c.data.language = "python"
     c.data.query_length = 32
-    c.data.code_length = 128
+    c.data.code_length = 64
     c.step.temperature = 0.05
-    c.step.k = 4
-    c.step.bank_size = 1024
+    c.step.k = 2
+    c.step.bank_size = 512
     c.step.learning_rate = 5e-5
-    c.train.global_batch_size = 32
+    c.train.global_batch_size = 16
     c.train.num_epochs = 0
-    c.train.num_steps = 200
-    c.train.log_every = 10
-    c.train.eval_every = 100
-    c.train.checkpoint_every = 50
+    c.train.num_steps = 60
+    c.train.log_every = 5
+    c.train.eval_every = 30
+    c.train.checkpoint_every = 10
     c.train.eval_batch_size = 64
     return common.finish(c, arg)
