@@ -1,6 +1,6 @@
 """Reproducible multi-language code-search corpus from package-registry sources (not run in CI).
 
-    python -m data.build_registry_corpus --workdir /tmp/registry-corpus [--langs python,go] [--jobs 2]
+    python -m data.build_registry_corpus --workdir ~/cocohanere-registry [--langs python,go] [--jobs 2]
 
 Needs only the registry clients: ``apt-get download`` + ``dpkg -x`` (Debian 12 archive),
 ``npm pack`` and ``pip download --no-deps``. Everything goes under ``--workdir``, which must lie
