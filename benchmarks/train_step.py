@@ -1,0 +1,230 @@
+"""Train-step throughput and MFU: our jitted step against the PyTorch reference, side by side.
+
+For each model, both implementations run the same CoCoHaNeRe step (same encoder weights and config, batch,
+k, token lengths, bank size and thread count, dropout on) on the same batches of real standard-library
+(docstring, function) pairs tokenised with all-MiniLM-L6-v2's tokenizer; both banks start full of random
+unit vectors (the steady state). Steps alternate ours / reference round by round; the table gives the
+median step time, pairs/s, the paired ratio (reference time / our time, > 1 = ours faster), our compile
+time, and the model-FLOPs utilisation of each against the float32 matmul peak measured in this process.
+
+    python benchmarks/train_step.py                  # full run (sizes below), writes results/train_step.json
+    python benchmarks/train_step.py --smoke          # tiny models, seconds
+
+Models: ``minilm`` (real all-MiniLM-L6-v2 weights), ``codet5p-110m`` (CodeT5+ 110M embedding shape,
+random weights). Sizes are per model: ``--sizes minilm=B,k,Lq,Lc;codet5p-110m=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+DEFAULT_SIZES = {"minilm": (8, 4, 32, 64), "codet5p-110m": (4, 4, 32, 64)}
+# One tiny model in smoke runs (the step's compile dominates); encode.py --smoke covers the T5 side.
+SMOKE_SIZES = {"bert-tiny": (4, 1, 16, 24)}
+
+
+def parse_sizes(text: str | None, default: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    if not text:
+        return dict(default)
+    out = {}
+    for part in text.split(";"):
+        name, _, values = part.partition("=")
+        out[name.strip()] = tuple(int(v) for v in values.split(","))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- setup
+
+
+class Workload:
+    """Token table, bank prefill and batches shared by both implementations."""
+
+    def __init__(self, vocab_size: int, batch: int, lq: int, lc: int, bank_size: int, dim: int,
+                 steps: int, seed: int = 0, pairs_limit: int | None = None):
+        import numpy as np
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(common.minilm_folder())
+        pairs = common.stdlib_pairs(pairs_limit)
+        rows = bank_size + steps * batch  # bank entries + fresh batches, all distinct DataIDs
+        reps = -(-rows // len(pairs))
+        q = common.token_rows(tokenizer, [p[0] for p in pairs], lq, vocab_size)
+        c = common.token_rows(tokenizer, [p[1] for p in pairs], lc, vocab_size)
+        self.query_ids = np.tile(q, (reps, 1))[:rows]
+        self.code_ids = np.tile(c, (reps, 1))[:rows]
+        rng = np.random.default_rng(seed)
+        emb = rng.standard_normal((2, bank_size, dim), dtype=np.float32)
+        emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+        self.bank_query_emb, self.bank_code_emb = emb[0], emb[1]
+        self.bank_ids = rng.permutation(bank_size).astype(np.int32)  # DataIDs 0..M-1 in the bank
+        self.batch, self.bank_size, self.steps = batch, bank_size, steps
+        self.real_tokens = {"query": float((self.query_ids != 0).mean()), "code": float((self.code_ids != 0).mean())}
+
+    def batch_ids(self, s: int):
+        import numpy as np
+
+        start = self.bank_size + (s % self.steps) * self.batch
+        return np.arange(start, start + self.batch, dtype=np.int32)
+
+
+# --smoke: fast XLA:CPU compiles (as tests/test_step.py uses); the timings of a smoke run mean nothing.
+SMOKE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+SMOKE_PAIRS = 256  # text pairs tokenised for a smoke run
+
+
+def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None):
+    """Our compiled step and a closure that runs step ``s``; returns (run, compile_seconds)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from cocohanere_jax import bank as bank_lib
+    from cocohanere_jax import sharding
+    from cocohanere_jax import step as S
+
+    config = S.StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0)
+    tx = S.make_optimizer(config, total_steps=100_000)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    state = S.init_train_state(enc.params, tx, config, enc.dim, rng=0)
+
+    def bank(emb):
+        return bank_lib.Bank(embeddings=jnp.asarray(emb), ids=jnp.asarray(work.bank_ids), ptr=jnp.zeros((), jnp.int32))
+
+    state = sharding.replicate(state.replace(query_bank=bank(work.bank_query_emb), code_bank=bank(work.bank_code_emb)), mesh)
+    table = sharding.replicate(S.TokenTable(jnp.asarray(work.query_ids), jnp.asarray(work.code_ids)), mesh)
+
+    def batch(s):
+        ids = work.batch_ids(s)
+        return sharding.shard_batch({"data_id": ids, "query_ids": work.query_ids[ids], "code_ids": work.code_ids[ids]}, mesh)
+
+    fn = S.make_train_step(enc.module, tx, config, mesh, pad_id=enc.pad_id, compiler_options=compiler_options)
+    t = time.perf_counter()
+    compiled = fn.lower(state, batch(0), table).compile()
+    compile_s = time.perf_counter() - t
+    holder = {"state": state, "s": 0}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], batch(holder["s"]), table)
+        holder["s"] += 1
+        return metrics
+
+    def check():
+        m = jax.device_get(run())
+        return {name: float(np.asarray(v)) for name, v in m.items()}
+
+    run.compiled = compiled
+    return run, compile_s, check
+
+
+def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int):
+    """The PyTorch reference step on the same workload; returns run()."""
+    import torch
+
+    from reference_torch import TorchReferenceStep, prefill
+
+    model, pooling = common.load_torch_model(folder)
+    ref = TorchReferenceStep(
+        model, pooling, pad_id, torch.from_numpy(work.query_ids), torch.from_numpy(work.code_ids),
+        dim=dim, k=k, bank_size=work.bank_size,
+    )
+    prefill(ref, torch.from_numpy(work.bank_query_emb), torch.from_numpy(work.bank_code_emb),
+            torch.from_numpy(work.bank_ids))
+    holder = {"s": 0}
+
+    def run():
+        ids = work.batch_ids(holder["s"])
+        holder["s"] += 1
+        return ref.step(torch.from_numpy(ids), torch.from_numpy(work.query_ids[ids]),
+                        torch.from_numpy(work.code_ids[ids]))
+
+    return run
+
+
+def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_size: int, rounds: int,
+            peak_gflops: float, reference: bool = True, compiler_options: dict | None = None,
+            pairs_limit: int | None = None) -> dict[str, Any]:
+    """One configuration: both implementations, interleaved; returns the result row."""
+    import cocohanere_jax
+
+    enc = cocohanere_jax.load_encoder(folder)
+    work = Workload(int(getattr(enc.config, "vocab_size")), batch, lq, lc, bank_size, enc.dim, steps=max(rounds + 2, 8),
+                    pairs_limit=pairs_limit)
+    run_ours, compile_s, check = make_ours(enc, work, k, compiler_options)
+    fns = {"ours": run_ours}
+    if reference:
+        fns["reference"] = make_reference(folder, work, k, enc.dim, enc.pad_id)
+    times = common.interleaved(fns, rounds=rounds, warmup=1)
+    metrics = check()
+    flops = common.step_model_flops(enc.family, enc.config, batch, k, lq, lc)
+    ours = common.summary(times["ours"])
+    row: dict[str, Any] = {
+        "model": name, "batch": batch, "k": k, "lq": lq, "lc": lc, "bank": bank_size,
+        "compile_s": compile_s,
+        "ours_step_s": ours["median_s"], "ours_pairs_per_s": batch / ours["median_s"],
+        "model_gflops_per_step": flops / 1e9,
+        "ours_mfu": flops / ours["median_s"] / (peak_gflops * 1e9),
+        "ours_times_s": times["ours"],
+        "loss_after": metrics["loss"], "valid_negatives": metrics["valid_negatives"],
+        "real_token_fraction": work.real_tokens,
+    }
+    if reference:
+        ref = common.summary(times["reference"])
+        row.update({
+            "reference_step_s": ref["median_s"], "reference_pairs_per_s": batch / ref["median_s"],
+            "reference_mfu": flops / ref["median_s"] / (peak_gflops * 1e9),
+            "ratio_ours_over_reference": common.paired_ratio(times["ours"], times["reference"]),
+            "reference_times_s": times["reference"],
+        })
+    return row
+
+
+COLUMNS = ["model", "batch", "k", "lq", "lc", "bank", "compile_s", "ours_step_s", "reference_step_s",
+           "ours_pairs_per_s", "reference_pairs_per_s", "ratio_ours_over_reference", "ours_mfu", "reference_mfu"]
+
+
+def main(argv=None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny models and sizes (CI)")
+    parser.add_argument("--models", default=None, help="comma-separated; default minilm,codet5p-110m")
+    parser.add_argument("--sizes", default=None, help="per model B,k,Lq,Lc, e.g. 'minilm=8,4,32,64'")
+    parser.add_argument("--bank", type=int, default=None, help="bank entries (default 8096; smoke 64)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per implementation")
+    parser.add_argument("--threads", type=int, default=None, help="cores for XLA and torch (default all)")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    threads = common.pin_threads(args.threads)
+
+    sizes = parse_sizes(args.sizes, SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
+    models = args.models.split(",") if args.models else list(sizes)
+    bank = args.bank or (64 if args.smoke else 8096)
+    rounds = args.rounds or (1 if args.smoke else 5)
+    machine = common.machine_info(threads)
+    peak = common.measure_matmul_peak(256 if args.smoke else 2048)
+    print(f"threads {threads}; float32 matmul peak {peak['peak_gflops']:.1f} GFLOP/s; load {machine['load_average_start']}")
+    rows = []
+    for name in models:
+        b, k, lq, lc = sizes[name]
+        folder = common.model_folder(name, args.cache)
+        rows.append(measure(name, folder, b, k, lq, lc, bank, rounds, peak["peak_gflops"],
+                            compiler_options=SMOKE_COMPILER_OPTIONS if args.smoke else None,
+                            pairs_limit=SMOKE_PAIRS if args.smoke else None))
+        common.print_table(rows[-1:], COLUMNS)
+    common.print_table(rows, COLUMNS, title="train step (median seconds; ratio = reference time / our time)")
+    peak_after = common.measure_matmul_peak(256 if args.smoke else 2048)
+    payload = {"benchmark": "train_step", "smoke": args.smoke, "machine": machine,
+               "matmul_peak": peak, "matmul_peak_after": peak_after, "rounds": rounds, "results": rows}
+    common.write_json(args.out or common.default_out("train_step", args.smoke), payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Smoke runs of the benchmark scripts (benchmarks/): each runs in its --smoke mode (tiny models, small
+sizes) and writes well-formed JSON with positive timings. faiss and matplotlib are optional: without them
+the scripts skip those parts and say so."""
+
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timings(obj, key=""):
+    """Every number under a key that names a timing (seconds, ms, rates)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _timings(v, k)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _timings(v, key)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and key.endswith(("_s", "_ms", "_per_s")):
+        yield key, obj
+
+
+def _check(path, payload, rows_key):
+    with open(path, encoding="utf-8") as f:
+        on_disk = json.load(f)
+    assert on_disk["benchmark"] == payload["benchmark"] and on_disk["smoke"] is True
+    machine = on_disk["machine"]
+    assert machine["threads"] >= 1 and machine["jax"] and machine["date"] and len(machine["load_average_end"]) == 3
+    rows = on_disk[rows_key]
+    assert rows
+    timings = list(_timings(rows))
+    assert timings
+    for key, value in timings:
+        assert math.isfinite(value) and value > 0, (key, value)
+    return on_disk
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("bench_models"))
+
+
+def test_train_step_smoke(tmp_path, cache):
+    out = str(tmp_path / "train_step.json")
+    payload = _script("train_step").main(["--smoke", "--out", out, "--cache", cache])
+    data = _check(out, payload, "results")
+    for row in data["results"]:
+        assert row["ratio_ours_over_reference"] > 0 and 0 < row["ours_mfu"] and row["compile_s"] > 0
+        assert math.isfinite(row["loss_after"])
+    assert data["matmul_peak"]["peak_gflops"] > 0
+
+
+def test_encode_smoke(tmp_path, cache):
+    out = str(tmp_path / "encode.json")
+    payload = _script("encode").main(["--smoke", "--out", out, "--cache", cache])
+    data = _check(out, payload, "results")
+    assert {r["kind"] for r in data["results"]} == {"query", "code"}
+    for row in data["results"]:
+        assert row["max_abs_diff_vs_reference"] < 1e-4  # same embeddings as transformers
+
+
+def test_search_smoke(tmp_path):
+    out = str(tmp_path / "search.json")
+    payload = _script("search").main(["--smoke", "--out", out])
+    data = _check(out, payload, "results")
+    for row in data["results"]:
+        assert row["ours_agreement_with_numpy"] == 1.0
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            assert "faiss" in row["note"]
+        else:
+            assert row["faiss_ms"] > 0 and row["faiss_agreement_with_numpy"] == 1.0
+
+
+def test_growth_smoke_and_plots(tmp_path, cache):
+    out = str(tmp_path / "growth.json")
+    payload = _script("growth").main(["--smoke", "--out", out, "--cache", cache])
+    data = _check(out, payload, "k_sweep")
+    assert [r["k"] for r in data["k_sweep"]] == data["config"]["ks"]
+    assert [r["bank"] for r in data["bank_sweep"]] == data["config"]["banks"]
+    _script("search").main(["--smoke", "--out", str(tmp_path / "search.json")])
+    written = _script("plots").main(["--results", str(tmp_path), "--out", str(tmp_path / "png")])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert written == []
+    else:
+        assert sorted(os.path.basename(p) for p in written) == ["growth_bank.png", "growth_k.png", "search.png"]
+        assert all(os.path.getsize(p) > 1000 for p in written)
