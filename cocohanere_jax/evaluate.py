@@ -140,19 +140,38 @@ def evaluate(
     query_length: int = 128,
     code_length: int = 256,
     batch_size: int = 64,
+    code_embeddings: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Embeds the queries and the whole codebase with `encoder` (optionally other params) and ranks.
 
+    `code_embeddings` (from `embed_codebase` with the same encoder and params) skips embedding the codebase:
+    valid and test of the GraphCodeBERT layout rank against the same codebase.
     Returns MRR, R@1/5/10, the number of queries, the codebase size and the skipped (unmatched) queries.
     """
     if isinstance(task, RetrievalTask):
         task = tokenize_task(encoder, task, query_length, code_length)
     enc = encoder if params is None else encoder.with_params(params)
     q = enc.embed_ids(task.query_ids, batch_size=batch_size)
-    c = enc.embed_ids(task.code_ids, batch_size=batch_size)
+    if code_embeddings is None:
+        c = enc.embed_ids(task.code_ids, batch_size=batch_size)
+    else:
+        c = np.asarray(code_embeddings, np.float32)
+        if c.shape[0] != len(task.code_ids):
+            raise ValueError(f"code_embeddings has {c.shape[0]} rows for a codebase of {len(task.code_ids)}")
     result = metrics_from_ranks(ranks(q, c, task.targets))
     result.update(codebase_size=len(task.code_ids), skipped_queries=int(task.skipped))
     return result
+
+
+def embed_codebase(encoder, task: TokenizedTask, params=None, batch_size: int = 64) -> np.ndarray:
+    """float32 [n_codes, dim]: the codebase of `task` embedded (to pass to `evaluate` for several tasks)."""
+    enc = encoder if params is None else encoder.with_params(params)
+    return enc.embed_ids(task.code_ids, batch_size=batch_size)
+
+
+def same_codebase(a: TokenizedTask, b: TokenizedTask) -> bool:
+    """Whether two tokenised tasks rank against the same codebase (so one embedding serves both)."""
+    return a.code_ids.shape == b.code_ids.shape and bool(np.array_equal(a.code_ids, b.code_ids))
 
 
 def format_metrics(m: Mapping[str, float]) -> str:

