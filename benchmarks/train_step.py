@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-DEFAULT_SIZES = {"minilm": (8, 4, 32, 64), "codet5p-110m": (4, 4, 32, 64)}
+DEFAULT_SIZES = {"minilm": (8, 10, 32, 64), "codet5p-110m": (4, 10, 32, 64)}
 # One tiny model in smoke runs (the step's compile dominates); encode.py --smoke covers the T5 side.
 SMOKE_SIZES = {"bert-tiny": (4, 1, 16, 24)}
 
