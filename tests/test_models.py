@@ -81,6 +81,30 @@ def test_dropout_only_in_training(codet5p_dir):
     np.testing.assert_array_equal(c, _flax_embed(enc, ids, mask))
 
 
+def test_hash_dropout_masks_are_bernoulli():
+    """The keyed-hash dropout masks (layers.keep_mask) behave like independent Bernoulli draws: keep rate,
+    no correlation between neighbours, unrelated masks for distinct keys, raw key data = typed key, and the
+    same mask under vmap as per call (so per-row keys keep the step independent of batching)."""
+    from cocohanere_jax.models import layers
+
+    keep = jax.jit(layers.keep_mask, static_argnums=(1, 2))
+    m = np.asarray(keep(jax.random.key(0), (1000, 1000), 0.9))
+    assert abs(m.mean() - 0.9) < 4 * np.sqrt(0.09 / m.size)
+    x = m - 0.9
+    assert abs((x[:, 1:] * x[:, :-1]).mean() / 0.09) < 0.01 and abs((x[1:] * x[:-1]).mean() / 0.09) < 0.01
+    other = np.asarray(keep(jax.random.key(1), (1000, 1000), 0.9))
+    assert abs((m == other).mean() - (0.9**2 + 0.1**2)) < 0.002
+    raw = jax.random.key_data(jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(keep(raw, (1000, 1000), 0.9)), m)
+    keys = jax.random.split(jax.random.key(3), 4)
+    np.testing.assert_array_equal(np.asarray(jax.vmap(lambda k: layers.keep_mask(k, (5, 7), 0.7))(keys)),
+                                  np.stack([np.asarray(layers.keep_mask(k, (5, 7), 0.7)) for k in keys]))
+    drop = layers.Dropout(0.25)
+    y = np.asarray(drop.apply({}, jnp.ones((64, 64)), deterministic=False, rngs={"dropout": jax.random.key(2)}))
+    np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.75], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(drop.apply({}, jnp.ones((4, 4)), deterministic=True)), np.ones((4, 4)))
+
+
 @pytest.fixture(scope="module")
 def minilm():
     folder = hf_models.minilm_folder()

@@ -92,7 +92,7 @@ class BertLayer(nn.Module):
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
         dense = lambda n, name: layers.Dense(n, dtype=self.dtype, name=name)  # noqa: E731
-        hidden_drop = nn.Dropout(cfg.hidden_dropout_prob)
+        hidden_drop = layers.Dropout(cfg.hidden_dropout_prob)
 
         q = layers.split_heads(dense(cfg.hidden_size, "query")(x), heads) / jnp.asarray(
             math.sqrt(head_dim), self.dtype
@@ -100,7 +100,7 @@ class BertLayer(nn.Module):
         k = layers.split_heads(dense(cfg.hidden_size, "key")(x), heads)
         v = layers.split_heads(dense(cfg.hidden_size, "value")(x), heads)
         attn = layers.dot_product_attention(
-            q, k, v, bias, nn.Dropout(cfg.attention_probs_dropout_prob), deterministic
+            q, k, v, bias, layers.Dropout(cfg.attention_probs_dropout_prob), deterministic
         )
         h = hidden_drop(dense(cfg.hidden_size, "attention_out")(layers.merge_heads(attn)), deterministic=deterministic)
         x = LayerNorm(cfg.layer_norm_eps, self.dtype, name="attention_norm")(x + h)
@@ -135,7 +135,7 @@ class BertEncoder(nn.Module):
             + embed(cfg.type_vocab_size, "token_type_embeddings")(jnp.zeros_like(input_ids))
         )
         x = LayerNorm(cfg.layer_norm_eps, self.dtype, name="embeddings_norm")(x)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = layers.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
         bias = layers.attention_bias(attention_mask)
         layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer

@@ -114,7 +114,7 @@ class T5Block(nn.Module):
         cfg = self.config
         inner = cfg.num_heads * cfg.d_kv
         dense = lambda n, name: layers.Dense(n, use_bias=False, dtype=self.dtype, name=name)  # noqa: E731
-        drop = nn.Dropout(cfg.dropout_rate)
+        drop = layers.Dropout(cfg.dropout_rate)
 
         h = RMSNorm(cfg.layer_norm_epsilon, self.dtype, name="attention_norm")(x)
         q, k, v = (layers.split_heads(dense(inner, n)(h), cfg.num_heads) for n in ("query", "key", "value"))
@@ -154,7 +154,7 @@ class T5Encoder(nn.Module):
         x = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="shared")(
             input_ids
         )
-        drop = nn.Dropout(cfg.dropout_rate)
+        drop = layers.Dropout(cfg.dropout_rate)
         x = drop(x, deterministic=deterministic)
 
         # Relative position bias: one table (block 0's in HF), shared by every block.
