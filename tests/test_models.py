@@ -157,7 +157,9 @@ def test_encode_buckets_do_not_change_results_and_compile_once_per_bucket(minilm
     assert enc._apply._cache_size() <= len(used)
     again = enc.embed_ids(ids, batch_size=8)
     np.testing.assert_array_equal(again, got)
-    assert length_buckets(128) == (16, 32, 64, 128) and length_buckets(100) == (16, 32, 64, 100)
+    assert length_buckets(128) == (16, 24, 32, 48, 64, 96, 128)
+    assert length_buckets(100) == (16, 24, 32, 48, 64, 96, 100) and length_buckets(90) == (16, 24, 32, 48, 64, 90)
+    assert length_buckets(16) == (16,) and length_buckets(8) == (8,)
 
 
 def test_codet5p_110m_sized_config(tmp_path):

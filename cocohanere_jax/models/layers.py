@@ -113,7 +113,11 @@ def dot_product_attention(
     `bias` is broadcast to [n, H, Lq, Lk] (mask, and for T5 the relative position bias). No scaling is
     applied here: callers scale q themselves when their model does (BERT does, T5 does not).
     """
-    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32) + bias
+    # Head-major operands ([n, H, L, dh]) before the two batched matmuls: XLA:CPU emits them as plain
+    # batch-major GEMMs then (measured on MiniLM's shapes, 64 rows x 64 tokens, one thread: forward 40%
+    # and forward + backward 15% faster than contracting the [n, L, H, dh] layout directly).
+    qh, kh, vh = (jnp.swapaxes(t, -3, -2) for t in (q, k, v))
+    logits = jnp.einsum("nhqd,nhkd->nhqk", qh, kh, preferred_element_type=jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1)
     weights = dropout(weights, deterministic=deterministic).astype(v.dtype)
-    return jnp.einsum("nhqk,nkhd->nqhd", weights, v)
+    return jnp.swapaxes(jnp.einsum("nhqk,nhkd->nhqd", weights, vh), -3, -2)
