@@ -100,3 +100,19 @@ def test_growth_smoke_and_plots(tmp_path, cache):
     else:
         assert sorted(os.path.basename(p) for p in written) == ["growth_bank.png", "growth_k.png", "search.png"]
         assert all(os.path.getsize(p) > 1000 for p in written)
+    # RESULTS.md: the generated section is rebuilt from the JSON files, the hand-written text is kept.
+    report = _script("report")
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmarks\n\nhand-written reading\n\n<!-- generated:start -->\nold\n<!-- generated:end -->\n\ntail\n")
+    report.main(["--results", str(tmp_path), "--out", str(md)])
+    text = md.read_text()
+    assert "hand-written reading" in text and text.rstrip().endswith("tail") and "\nold\n" not in text
+    search = json.loads((tmp_path / "search.json").read_text())
+    for row in search["results"]:
+        assert f"| {row['bank']:,} | {row['ours_ms']:.1f} |" in text
+    for row in data["k_sweep"]:
+        assert f"{row['ours_step_s']:.3g}" in text
+    assert "Missing result files: train_step.json, train_step_1thread.json, encode.json" in text
+    md.write_text("no markers")
+    with pytest.raises(SystemExit, match="markers"):
+        report.main(["--results", str(tmp_path), "--out", str(md)])

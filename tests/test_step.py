@@ -161,6 +161,8 @@ def test_step_zero_matches_independent_reference(world, run4):
     np.testing.assert_allclose(m["grad_norm"], optax.tree.norm(grads), rtol=1e-4)
     np.testing.assert_allclose(m["lr"], CONFIG.learning_rate, rtol=1e-6)
     assert m["valid_negatives"] == K
+    distinct = sum(len(set(h[1][h[3]].tolist())) for h in (code_hits, query_hits))
+    np.testing.assert_allclose(m["distinct_negatives"], distinct / (2 * B * K), rtol=1e-6)
     tree_allclose(got.params, params1, rtol=1e-4, atol=1e-6)
     assert int(got.step) == 1
 
@@ -192,7 +194,7 @@ def test_one_device_equals_four_devices_with_dropout(world, run4):
     step1 = S.make_train_step(world.model, world.tx, CONFIG, mesh1, pad_id=PAD_ID, compiler_options=FAST)
     snaps1, metrics1, _ = world.run(step1, mesh1, 3, world.table)
     for s in range(3):
-        for name in ("loss", "loss_b", "loss_hn", "grad_norm", "valid_negatives"):
+        for name in ("loss", "loss_b", "loss_hn", "grad_norm", "valid_negatives", "distinct_negatives"):
             np.testing.assert_allclose(metrics1[s][name], run4["metrics"][s][name], rtol=2e-5, err_msg=name)
     a, b = snaps1[2], run4["snapshots"][2]
     moved = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(b.params), jax.tree.leaves(world.params)))
