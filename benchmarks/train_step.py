@@ -80,8 +80,13 @@ SMOKE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable
 SMOKE_PAIRS = 256  # text pairs tokenised for a smoke run
 
 
-def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None):
-    """Our compiled step and a closure that runs step ``s``; returns (run, compile_seconds)."""
+def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None,
+              reencode_fraction: float | None = None):
+    """Our compiled step and a closure that runs step ``s``; returns (run, compile_seconds).
+
+    ``reencode_fraction``: de-duplicate the retrieved neighbours and re-encode at most this fraction of
+    the batch's B*k rows per direction (``StepConfig.dedup_negatives`` / ``reencode_fraction``).
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -90,7 +95,8 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     from cocohanere_jax import sharding
     from cocohanere_jax import step as S
 
-    config = S.StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0)
+    config = S.StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0,
+                          dedup_negatives=reencode_fraction is not None, reencode_fraction=reencode_fraction or 1.0)
     tx = S.make_optimizer(config, total_steps=100_000)
     mesh = sharding.make_mesh(jax.devices()[:1])
     state = S.init_train_state(enc.params, tx, config, enc.dim, rng=0)
@@ -150,14 +156,14 @@ def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int):
 
 def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_size: int, rounds: int,
             peak_gflops: float, reference: bool = True, compiler_options: dict | None = None,
-            pairs_limit: int | None = None) -> dict[str, Any]:
+            pairs_limit: int | None = None, reencode_fraction: float | None = None) -> dict[str, Any]:
     """One configuration: both implementations, interleaved; returns the result row."""
     import cocohanere_jax
 
     enc = cocohanere_jax.load_encoder(folder)
     work = Workload(int(getattr(enc.config, "vocab_size")), batch, lq, lc, bank_size, enc.dim, steps=max(rounds + 2, 8),
                     pairs_limit=pairs_limit)
-    run_ours, compile_s, check = make_ours(enc, work, k, compiler_options)
+    run_ours, compile_s, check = make_ours(enc, work, k, compiler_options, reencode_fraction)
     fns = {"ours": run_ours}
     if reference:
         fns["reference"] = make_reference(folder, work, k, enc.dim, enc.pad_id)
@@ -173,6 +179,8 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
         "ours_mfu": flops / ours["median_s"] / (peak_gflops * 1e9),
         "ours_times_s": times["ours"],
         "loss_after": metrics["loss"], "valid_negatives": metrics["valid_negatives"],
+        "reencode_fraction": reencode_fraction, "distinct_negatives": metrics.get("distinct_negatives"),
+        "dropped_negatives": metrics.get("dropped_negatives"),
         "real_token_fraction": work.real_tokens,
     }
     if reference:
@@ -198,6 +206,10 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--bank", type=int, default=None, help="bank entries (default 8096; smoke 64)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per implementation")
     parser.add_argument("--threads", type=int, default=None, help="cores for XLA and torch (default all)")
+    parser.add_argument("--reencode_fraction", default=None,
+                        help="comma-separated fractions, one row each: ours de-duplicates the neighbours and "
+                             "re-encodes at most this fraction of B*k rows per direction (the reference "
+                             "re-encodes all B*k)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -211,13 +223,15 @@ def main(argv=None) -> dict[str, Any]:
     peak = common.measure_matmul_peak(256 if args.smoke else 2048)
     print(f"threads {threads}; float32 matmul peak {peak['peak_gflops']:.1f} GFLOP/s; load {machine['load_average_start']}")
     rows = []
+    fractions = [float(f) for f in args.reencode_fraction.split(",")] if args.reencode_fraction else [None]
     for name in models:
         b, k, lq, lc = sizes[name]
         folder = common.model_folder(name, args.cache)
-        rows.append(measure(name, folder, b, k, lq, lc, bank, rounds, peak["peak_gflops"],
-                            compiler_options=SMOKE_COMPILER_OPTIONS if args.smoke else None,
-                            pairs_limit=SMOKE_PAIRS if args.smoke else None))
-        common.print_table(rows[-1:], COLUMNS)
+        for fraction in fractions:
+            rows.append(measure(name, folder, b, k, lq, lc, bank, rounds, peak["peak_gflops"],
+                                compiler_options=SMOKE_COMPILER_OPTIONS if args.smoke else None,
+                                pairs_limit=SMOKE_PAIRS if args.smoke else None, reencode_fraction=fraction))
+            common.print_table(rows[-1:], COLUMNS)
     common.print_table(rows, COLUMNS, title="train step (median seconds; ratio = reference time / our time)")
     peak_after = common.measure_matmul_peak(256 if args.smoke else 2048)
     payload = {"benchmark": "train_step", "smoke": args.smoke, "machine": machine,

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -94,6 +95,8 @@ BATCH_KEYS = ("data_id", "query_ids", "code_ids")
 
 # Dropout rng streams (folded into the step key before the global row index).
 _STREAM_QUERY, _STREAM_CODE, _STREAM_NEG_CODE, _STREAM_NEG_QUERY = 0, 1, 2, 3
+# With de-duplicated re-encoding the key of a negative is folded from its DataID instead of its row.
+_STREAM_DEDUP_CODE, _STREAM_DEDUP_QUERY = 4, 5
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -116,6 +119,13 @@ class StepConfig:
     token_table: str = "device"  # "device": TokenTable arrays; "host": HostTokenTable via pure_callback
     remat: bool = False  # jax.checkpoint each re-encoding chunk
     reencode_chunk: int = 0  # rows per re-encoding chunk; 0 = all n*k rows in one call
+    # Re-encode each distinct retrieved DataID once per device and direction (the anchors that share a
+    # neighbour share its embedding and gradient) instead of once per (anchor, rank).
+    dedup_negatives: bool = False
+    # With dedup_negatives: re-encode at most ceil(fraction * n_local * k) distinct rows per direction; the
+    # rest (farthest ranks first) are masked out of L^HN and counted in the `dropped_negatives` metric.
+    # 1.0 never drops; set it from the `distinct_negatives` metric of a run to save re-encoding.
+    reencode_fraction: float = 1.0
     learning_rate: float = 3e-5
     adam_b1: float = 0.9
     adam_b2: float = 0.999
@@ -148,6 +158,10 @@ class StepConfig:
             bad("reencode_chunk", self.reencode_chunk, "use 0 (no chunking) or a positive row count")
         if self.warmup_steps < 0:
             bad("warmup_steps", self.warmup_steps, "use warmup_steps >= 0")
+        if not 0 < self.reencode_fraction <= 1:
+            bad("reencode_fraction", self.reencode_fraction, "use a fraction in (0, 1]")
+        if self.reencode_fraction < 1 and not self.dedup_negatives:
+            bad("reencode_fraction", self.reencode_fraction, "it needs dedup_negatives=True")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "StepConfig":
@@ -449,6 +463,7 @@ class Aux(struct.PyTreeNode):
     positive_score_sum: Array  # sum of cos(q_i, c_i)
     negative_score_sum: Array  # sum of cos over valid hard negatives (both directions)
     valid_negatives: Array  # number of valid hard negatives (both directions)
+    dropped_negatives: Array  # valid hard negatives left out by the re-encode budget (both directions)
 
 
 def _search_bank(
@@ -477,6 +492,34 @@ def _search_bank(
         fn_scores = scores if config.knn == "bi" else fn_anchors @ bank.embeddings.T
         keep = keep & bank_lib.margin_keep(fn_scores, positive_scores, config.false_negative_margin)
     return bank_lib.search(bank, keys, config.k, anchor_ids=anchor_ids, keep=keep, scores=scores)
+
+
+def dedup_neighbours(hit_ids: Array, valid: Array, budget: int) -> tuple[Array, Array, Array]:
+    """The distinct valid DataIDs of [n, k] search hits, nearest ranks first, at most ``budget`` of them.
+
+    Priority is rank-major: every anchor's nearest neighbour, then every anchor's second, ...; so when
+    the budget is short the farthest neighbours are the ones dropped.
+
+    Returns:
+      ``unique_ids`` [budget] (EMPTY where unused), ``index`` [n, k] int32 into ``unique_ids`` (``budget``
+      where not kept), ``kept`` [n, k] bool (valid and within the budget).
+    """
+    n, k = hit_ids.shape
+    size = n * k
+    flat = jnp.where(valid, hit_ids, bank_lib.EMPTY).T.reshape(-1)  # position p = rank * n + anchor
+    order = jnp.argsort(flat, stable=True)  # equal DataIDs together, earliest position first
+    s = flat[order]
+    new_group = jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]])
+    group_start = jax.lax.cummax(jnp.where(new_group, jnp.arange(size), 0), axis=0)
+    is_first = jnp.zeros((size,), bool).at[order].set(new_group & (s != bank_lib.EMPTY))
+    rank = jnp.cumsum(is_first.astype(jnp.int32)) - 1  # among first occurrences, in priority order
+    slot = jnp.zeros((size,), jnp.int32).at[order].set(rank[order[group_start]])
+    kept = (flat != bank_lib.EMPTY) & (slot < budget)
+    index = jnp.where(kept, slot, budget)
+    unique_ids = jnp.full((budget,), bank_lib.EMPTY, jnp.int32).at[
+        jnp.where(is_first & (rank < budget), rank, budget)
+    ].set(flat, mode="drop")
+    return unique_ids, index.reshape(k, n).T, kept.reshape(k, n).T
 
 
 def loss_and_aux(
@@ -557,15 +600,32 @@ def loss_and_aux(
         # 4. Token rows of the retrieved DataIDs; invalid entries borrow the anchor's own (real) row so the
         # encoder never sees an all-pad row, and are masked out of the loss.
         own = jnp.broadcast_to(ids[:, None], (n, k))
-        code_tokens = _lookup_rows("code", jnp.where(code_hits.valid, code_hits.ids, own), table, host_table,
-                                   config, axis_name)
-        query_tokens = _lookup_rows("query", jnp.where(query_hits.valid, query_hits.ids, own), table,
-                                    host_table, config, axis_name)
-        neg_rows = rows[:, None] * k + jnp.arange(k, dtype=jnp.int32)[None, :]
         reencode = functools.partial(encode, remat=config.remat, chunk=config.reencode_chunk)
-        c_neg = reencode(code_tokens.reshape(n * k, -1), row_keys(key, _STREAM_NEG_CODE, neg_rows))
-        q_neg = reencode(query_tokens.reshape(n * k, -1), row_keys(key, _STREAM_NEG_QUERY, neg_rows))
-        c_neg, q_neg = c_neg.reshape(n, k, d), q_neg.reshape(n, k, d)
+        if config.dedup_negatives:
+            budget = max(1, math.ceil(config.reencode_fraction * n * k))
+
+            def reencode_distinct(which, hits, stream):
+                unique_ids, index, kept = dedup_neighbours(hits.ids, hits.valid, budget)
+                # Unused budget slots borrow the first anchor's own (real) row; their outputs are unused.
+                tokens = _lookup_rows(which, jnp.where(unique_ids >= 0, unique_ids, ids[0]), table, host_table,
+                                      config, axis_name)
+                emb = reencode(tokens, row_keys(key, stream, jnp.maximum(unique_ids, 0)))
+                emb = jnp.concatenate([emb, jnp.zeros((1, d), emb.dtype)])[index]  # [n, k, d]
+                return emb, hits._replace(valid=kept), jnp.sum(hits.valid & ~kept)
+
+            c_neg, code_hits, dropped_c = reencode_distinct("code", code_hits, _STREAM_DEDUP_CODE)
+            q_neg, query_hits, dropped_q = reencode_distinct("query", query_hits, _STREAM_DEDUP_QUERY)
+            dropped_negatives = dropped_c + dropped_q
+        else:
+            code_tokens = _lookup_rows("code", jnp.where(code_hits.valid, code_hits.ids, own), table, host_table,
+                                       config, axis_name)
+            query_tokens = _lookup_rows("query", jnp.where(query_hits.valid, query_hits.ids, own), table,
+                                        host_table, config, axis_name)
+            neg_rows = rows[:, None] * k + jnp.arange(k, dtype=jnp.int32)[None, :]
+            c_neg = reencode(code_tokens.reshape(n * k, -1), row_keys(key, _STREAM_NEG_CODE, neg_rows))
+            q_neg = reencode(query_tokens.reshape(n * k, -1), row_keys(key, _STREAM_NEG_QUERY, neg_rows))
+            c_neg, q_neg = c_neg.reshape(n, k, d), q_neg.reshape(n, k, d)
+            dropped_negatives = jnp.zeros((), jnp.int32)
         if not config.negative_gradient:
             c_neg, q_neg = jax.lax.stop_gradient(c_neg), jax.lax.stop_gradient(q_neg)
 
@@ -591,6 +651,7 @@ def loss_and_aux(
         loss_hn_rows = jnp.zeros((n,), q.dtype)
         negative_score_sum = jnp.zeros((), q.dtype)
         valid_negatives = jnp.zeros((), jnp.int32)
+        dropped_negatives = jnp.zeros((), jnp.int32)
 
     loss_share = (
         config.bimodal_weight * jnp.sum(loss_b_rows) + config.hard_negative_weight * jnp.sum(loss_hn_rows)
@@ -604,6 +665,7 @@ def loss_and_aux(
         positive_score_sum=jnp.sum(positive_scores),
         negative_score_sum=negative_score_sum,
         valid_negatives=valid_negatives,
+        dropped_negatives=dropped_negatives,
     )
     return loss_share, aux
 
@@ -654,7 +716,9 @@ def train_step_body(
     * ``query_bank_fill``, ``code_bank_fill``: fraction of occupied slots after the push;
     * ``distinct_negatives``: distinct DataIDs per valid hard negative of the global batch, per direction
       (1 = no neighbour shared by two anchors; 0 without negatives): the share of the re-encoding that a
-      de-duplication of shared neighbours would keep.
+      de-duplication of shared neighbours would keep;
+    * ``dropped_negatives``: valid hard negatives per anchor and direction left out by the re-encode
+      budget (``dedup_negatives`` with ``reencode_fraction < 1``; 0 otherwise).
     """
     if axis_name is None:
         gather = psum = lambda x: x  # noqa: E731
@@ -722,6 +786,7 @@ def train_step_body(
         "positive_score": psum(aux.positive_score_sum) / n_global,
         "hard_negative_score": psum(aux.negative_score_sum) / jnp.maximum(valid_negatives, 1),
         "distinct_negatives": distinct / jnp.maximum(valid_negatives, 1),
+        "dropped_negatives": psum(aux.dropped_negatives) / (2 * n_global),  # per anchor and direction
         "query_bank_fill": bank_lib.num_valid(query_bank) / query_bank.size,
         "code_bank_fill": bank_lib.num_valid(code_bank) / code_bank.size,
     }

@@ -415,7 +415,8 @@ def test_config_from_config_dict_and_validation():
     with pytest.raises(ValueError, match="unknown step config field"):
         S.StepConfig.from_config({"kk": 3})
     for bad in (dict(knn="tri"), dict(token_table="disk"), dict(k=0), dict(bank_size=5, k=10), dict(temperature=0.0),
-                dict(bimodal_weight=0.0, hard_negative_weight=0.0)):
+                dict(bimodal_weight=0.0, hard_negative_weight=0.0), dict(reencode_fraction=0.5),
+                dict(dedup_negatives=True, reencode_fraction=0.0), dict(dedup_negatives=True, reencode_fraction=1.5)):
         with pytest.raises(ValueError, match="StepConfig"):
             S.StepConfig(**bad)
     with pytest.raises(ValueError, match="host_table"):
@@ -442,3 +443,84 @@ def test_make_optimizer_defaults():
     tx = S.make_optimizer(S.StepConfig(weight_decay_vectors=False), total_steps=10)
     updates, _ = jax.jit(tx.update)(huge, tx.init(params), params)
     np.testing.assert_allclose(updates["b"], -3e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------- de-duplicated re-encoding
+
+
+def _numpy_dedup(ids, valid, budget):
+    """Plain-Python reference of S.dedup_neighbours: rank-major priority, first occurrence keeps its slot."""
+    n, k = ids.shape
+    unique, slot_of = [], {}
+    index, kept = np.full((n, k), budget), np.zeros((n, k), bool)
+    for j in range(k):
+        for a in range(n):
+            if not valid[a, j]:
+                continue
+            did = int(ids[a, j])
+            if did not in slot_of:
+                slot_of[did] = len(unique)
+                unique.append(did)
+            if slot_of[did] < budget:
+                index[a, j], kept[a, j] = slot_of[did], True
+    unique = (unique + [-1] * budget)[:budget]
+    return np.asarray(unique), index, kept
+
+
+def test_dedup_neighbours_matches_numpy():
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        n, k = (5, 4) if trial % 2 else (8, 3)
+        ids = rng.integers(0, 9, size=(n, k)).astype(np.int32)  # many shared neighbours
+        valid = rng.random((n, k)) < 0.8
+        for budget in (n * k, 7, 3, 1):
+            got = jax.jit(S.dedup_neighbours, static_argnums=2, compiler_options=FAST)(ids, valid, budget)
+            want = _numpy_dedup(ids, valid, budget)
+            for g, w, name in zip(got, want, ("unique_ids", "index", "kept")):
+                np.testing.assert_array_equal(np.asarray(g), w, err_msg=f"{name}, trial {trial}, budget {budget}")
+
+
+def test_dedup_reencoding_same_objective_without_dropout(world):
+    """Without dropout an embedding is a function of its tokens only, so re-encoding each distinct neighbour
+    once gives the same loss, gradient and negatives as re-encoding it once per (anchor, rank); a budget
+    below the number of distinct neighbours masks the farthest ones and counts them."""
+    (l0, a0), g0 = call(objective(CONFIG), world, world.params)
+    (l1, a1), g1 = call(objective(variant(dedup_negatives=True)), world, world.params)
+    distinct = sum(len(set(np.asarray(h.ids)[np.asarray(h.valid)].tolist())) for h in (a0.code_hits, a0.query_hits))
+    assert distinct < 2 * B * K  # the fixture's small bank makes anchors share neighbours: dedup is exercised
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    tree_allclose(g1, g0, rtol=1e-5, atol=1e-6 * float(optax.tree.norm(g0)))
+    np.testing.assert_allclose(a1.c_neg, a0.c_neg, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a1.q_neg, a0.q_neg, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a1.code_hits.valid, a0.code_hits.valid)
+    assert int(a1.dropped_negatives) == 0
+
+    fraction = 0.25  # budget ceil(0.25 * 8 * 3) = 6 distinct rows per direction
+    (l2, a2), _ = call(objective(variant(dedup_negatives=True, reencode_fraction=fraction)), world, world.params)
+    dropped = 0
+    for h0, h2, neg0, neg2 in ((a0.code_hits, a2.code_hits, a0.c_neg, a2.c_neg),
+                               (a0.query_hits, a2.query_hits, a0.q_neg, a2.q_neg)):
+        _, _, kept = _numpy_dedup(np.asarray(h0.ids), np.asarray(h0.valid), 6)
+        np.testing.assert_array_equal(h2.valid, kept)
+        np.testing.assert_allclose(np.asarray(neg2)[kept], np.asarray(neg0)[kept], rtol=1e-5, atol=1e-6)
+        dropped += int(np.sum(np.asarray(h0.valid) & ~kept))
+    assert dropped > 0 and int(a2.dropped_negatives) == dropped
+    assert int(a2.valid_negatives) == int(a0.valid_negatives) - dropped
+    assert not np.isclose(float(l2), float(l0))
+
+
+def test_dedup_one_device_equals_four_devices_with_dropout(world):
+    """With dropout on, a distinct neighbour's key comes from its DataID: the same on any device count."""
+    config = variant(dedup_negatives=True)
+    out = []
+    for devices in (1, 4):
+        mesh = sharding.make_mesh(jax.devices()[:devices])
+        step_fn = S.make_train_step(world.model, world.tx, config, mesh, pad_id=PAD_ID, compiler_options=FAST)
+        out.append(world.run(step_fn, mesh, 2, world.table))
+    (snaps1, metrics1, _), (snaps4, metrics4, _) = out
+    for s in range(2):
+        for name in ("loss", "loss_hn", "grad_norm", "valid_negatives", "distinct_negatives", "dropped_negatives"):
+            np.testing.assert_allclose(metrics1[s][name], metrics4[s][name], rtol=2e-5, err_msg=name)
+    assert metrics1[1]["distinct_negatives"] < 1  # shared neighbours were de-duplicated
+    tree_allclose(snaps1[1].params, snaps4[1].params, rtol=1e-4, atol=2e-6)
+    tree_allclose(snaps1[1].code_bank, snaps4[1].code_bank, rtol=1e-4, atol=2e-6)
