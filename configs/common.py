@@ -41,6 +41,8 @@ def base() -> ml_collections.ConfigDict:
     c.step.token_table = "device"  # "device" or "host" (pure_callback, for tables that do not fit)
     c.step.remat = False  # jax.checkpoint the re-encoding chunks
     c.step.reencode_chunk = 0  # rows per re-encoding chunk; 0 = one call
+    c.step.dedup_negatives = False  # re-encode each distinct retrieved DataID once (shared by its anchors)
+    c.step.reencode_fraction = 1.0  # with dedup: re-encode <= this fraction of B*k rows (see distinct_negatives)
     c.step.learning_rate = 3e-5
     c.step.adam_eps = 1e-8
     c.step.weight_decay = 0.01

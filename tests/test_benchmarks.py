@@ -112,7 +112,7 @@ def test_growth_smoke_and_plots(tmp_path, cache):
         assert f"| {row['bank']:,} | {row['ours_ms']:.1f} |" in text
     for row in data["k_sweep"]:
         assert f"{row['ours_step_s']:.3g}" in text
-    assert "Missing result files: train_step.json, train_step_1thread.json, encode.json" in text
+    assert "Missing result files: train_step.json, train_step_1thread.json, train_step_dedup.json, encode.json" in text
     md.write_text("no markers")
     with pytest.raises(SystemExit, match="markers"):
         report.main(["--results", str(tmp_path), "--out", str(md)])
