@@ -397,21 +397,39 @@ def step_model_flops(family: str, config: Any, batch: int, k: int, lq: int, lc: 
     return 3.0 * fwd
 
 
-def measure_matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, Any]:
-    """Best float32 matmul FLOP/s of this process on [size, size] @ [size, size], with XLA and PyTorch.
+def torch_device() -> str:
+    """"cuda" when PyTorch sees a GPU (the reference then runs there, as ours does on JAX's GPU), else "cpu"."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_sync() -> None:
+    """Wait for queued GPU work (timings of asynchronous CUDA calls); a no-op on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_matmul_peak(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> dict[str, Any]:
+    """Best matmul FLOP/s of this process on [size, size] @ [size, size] in ``dtype``, with XLA and PyTorch
+    (on the default JAX device and on :func:`torch_device`).
 
     The machine's peak for the MFU denominators is the larger of the two (best of ``repeats``).
     """
     import numpy as np
 
-    out: dict[str, Any] = {"size": size}
+    out: dict[str, Any] = {"size": size, "dtype": dtype}
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     flops = 2.0 * size**3
     try:
         import jax
         import jax.numpy as jnp
 
-        x = jnp.asarray(a)
+        x = jnp.asarray(a, dtype)
         f = jax.jit(lambda u, v: u @ v)
         f(x, x).block_until_ready()
         best = min(_timed(lambda: f(x, x).block_until_ready()) for _ in range(repeats))
@@ -421,10 +439,15 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, Any]:
     try:
         import torch
 
-        t = torch.from_numpy(a)
-        with torch.inference_mode():
+        t = torch.from_numpy(a).to(torch_device(), getattr(torch, dtype))
+
+        def mm():
             t @ t
-            best = min(_timed(lambda: t @ t) for _ in range(repeats))
+            torch_sync()
+
+        with torch.inference_mode():
+            mm()
+            best = min(_timed(mm) for _ in range(repeats))
         out["torch_gflops"] = flops / best / 1e9
     except ImportError:
         pass

@@ -37,27 +37,37 @@ class TorchReferenceStep:
         learning_rate: float = 3e-5,
         total_steps: int = 100_000,
         seed: int = 0,
+        device: str = "cpu",
+        autocast_dtype: torch.dtype | None = None,
     ):
         torch.manual_seed(seed)
-        self.model = model.train()
+        self.device = torch.device(device)
+        self.autocast_dtype = autocast_dtype  # e.g. torch.bfloat16: mixed precision as torch.autocast does it
+        self.model = model.to(self.device).train()
         self.pooling = pooling
         self.pad_id = pad_id
-        self.query_table = query_table.long()
-        self.code_table = code_table.long()
+        self.query_table = query_table.long().to(self.device)
+        self.code_table = code_table.long().to(self.device)
         self.k = k
         self.temperature = temperature
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, eps=1e-8, weight_decay=0.01)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: max(0.0, 1.0 - s / total_steps)
         )
-        self.query_bank = torch.zeros(bank_size, dim)
-        self.code_bank = torch.zeros(bank_size, dim)
-        self.query_bank_ids = torch.full((bank_size,), -1, dtype=torch.long)
-        self.code_bank_ids = torch.full((bank_size,), -1, dtype=torch.long)
+        self.query_bank = torch.zeros(bank_size, dim, device=self.device)
+        self.code_bank = torch.zeros(bank_size, dim, device=self.device)
+        self.query_bank_ids = torch.full((bank_size,), -1, dtype=torch.long, device=self.device)
+        self.code_bank_ids = torch.full((bank_size,), -1, dtype=torch.long, device=self.device)
         self.ptr = 0
 
     # -------------------------------------------------------------------------------------------
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self._encode(ids)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return self._encode(ids).float()
+
+    def _encode(self, ids: torch.Tensor) -> torch.Tensor:
         mask = (ids != self.pad_id).long()
         if self.pooling == "codet5p":
             return self.model(input_ids=ids, attention_mask=mask)  # already L2-normalised
@@ -83,15 +93,15 @@ class TorchReferenceStep:
         pos = (anchor * positive).sum(-1, keepdim=True)
         neg = torch.einsum("nd,nkd->nk", anchor, negatives).masked_fill(~valid, float("-inf"))
         logits = torch.cat([pos, neg], dim=1) / self.temperature
-        return F.cross_entropy(logits, torch.zeros(anchor.shape[0], dtype=torch.long))
+        return F.cross_entropy(logits, torch.zeros(anchor.shape[0], dtype=torch.long, device=anchor.device))
 
     # -------------------------------------------------------------------------------------------
     def step(self, data_id: torch.Tensor, query_ids: torch.Tensor, code_ids: torch.Tensor) -> float:
-        data_id = data_id.long()
+        data_id = data_id.long().to(self.device)
         n = data_id.shape[0]
-        q = self.encode(query_ids.long())
-        c = self.encode(code_ids.long())
-        labels = torch.arange(n)
+        q = self.encode(query_ids.long().to(self.device))
+        c = self.encode(code_ids.long().to(self.device))
+        labels = torch.arange(n, device=self.device)
         logits = q @ c.T / self.temperature
         loss_b = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
@@ -119,7 +129,7 @@ class TorchReferenceStep:
 
         with torch.no_grad():
             size = self.query_bank.shape[0]
-            slots = (self.ptr + torch.arange(n)) % size
+            slots = (self.ptr + torch.arange(n, device=self.device)) % size
             for bank, ids, emb in ((self.query_bank, self.query_bank_ids, q), (self.code_bank, self.code_bank_ids, c)):
                 ids[torch.isin(ids, data_id)] = -1
                 bank[slots] = emb.detach()
@@ -138,10 +148,10 @@ class TorchReferenceStep:
 def prefill(ref: TorchReferenceStep, query_emb: torch.Tensor, code_emb: torch.Tensor, ids: torch.Tensor) -> None:
     """Fill the banks with given (DataID, embedding) rows, as after a warm-up phase."""
     m = ids.shape[0]
-    ref.query_bank[:m] = query_emb
-    ref.code_bank[:m] = code_emb
-    ref.query_bank_ids[:m] = ids.long()
-    ref.code_bank_ids[:m] = ids.long()
+    ref.query_bank[:m] = query_emb.to(ref.device)
+    ref.code_bank[:m] = code_emb.to(ref.device)
+    ref.query_bank_ids[:m] = ids.long().to(ref.device)
+    ref.code_bank_ids[:m] = ids.long().to(ref.device)
     ref.ptr = m % ref.query_bank.shape[0]
 
 

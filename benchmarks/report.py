@@ -25,6 +25,7 @@ FILES = {
     "train_step": "train_step.json",
     "train_step_1thread": "train_step_1thread.json",
     "train_step_dedup": "train_step_dedup.json",
+    "train_step_gpu": "train_step_gpu.json",  # the paper's configuration in bf16 on a GPU (train_step.py doc)
     "encode": "encode.json",
     "search": "search.json",
     "growth": "growth.json",
@@ -140,13 +141,17 @@ STEP_COLUMNS = [
 def step_section(p: Mapping[str, dict]) -> str:
     out = ["### 1 and 4. Train step throughput and MFU (ours vs the PyTorch reference step)", ""]
     for name, label in (("train_step", "all cores"), ("train_step_1thread", "one thread"),
-                        ("train_step_dedup", "all cores, ours with de-duplicated re-encoding (budget column)")):
+                        ("train_step_dedup", "all cores, ours with de-duplicated re-encoding (budget column)"),
+                        ("train_step_gpu", "GPU")):
         if name not in p:
             out += [f"*{FILES[name]}: not measured.*", ""]
             continue
         peak = p[name]["matmul_peak"]
         after = p[name].get("matmul_peak_after", {})
-        out += [f"**{label}**; float32 matmul peak measured in the same process: {peak['peak_gflops']:.1f} GFLOP/s "
+        if name == "train_step_gpu":
+            label = f"GPU: {', '.join(p[name]['machine'].get('jax_devices', []))}"
+        out += [f"**{label}**; {peak.get('dtype', 'float32')} matmul peak measured in the same process: "
+                f"{peak['peak_gflops']:.1f} GFLOP/s "
                 f"at the start (XLA {_fmt(peak.get('xla_gflops'), '.1f')}, PyTorch {_fmt(peak.get('torch_gflops'), '.1f')}), "
                 f"{_fmt(after.get('peak_gflops'), '.1f')} at the end. MFU = model GFLOP per step / step time / "
                 "that peak (the start value).", "",

@@ -5,10 +5,14 @@ k, token lengths, bank size and thread count, dropout on) on the same batches of
 (docstring, function) pairs tokenised with all-MiniLM-L6-v2's tokenizer; both banks start full of random
 unit vectors (the steady state). Steps alternate ours / reference round by round; the table gives the
 median step time, pairs/s, the paired ratio (reference time / our time, > 1 = ours faster), our compile
-time, and the model-FLOPs utilisation of each against the float32 matmul peak measured in this process.
+time, and the model-FLOPs utilisation of each against the matmul peak (in ``--dtype``) measured in this
+process. On a GPU both run there (JAX's default device; the reference on ``cuda``), with peak memory.
 
     python benchmarks/train_step.py                  # full run (sizes below), writes results/train_step.json
     python benchmarks/train_step.py --smoke          # tiny models, seconds
+    # the paper's configuration on a GPU, bf16 (issue 6):
+    python benchmarks/train_step.py --models codet5p-110m --sizes "codet5p-110m=32,10,128,256" --bank 8096 \
+        --dtype bfloat16 --out benchmarks/results/train_step_gpu.json
 
 Models: ``minilm`` (real all-MiniLM-L6-v2 weights), ``codet5p-110m`` (CodeT5+ 110M embedding shape,
 random weights). Sizes are per model: ``--sizes minilm=B,k,Lq,Lc;codet5p-110m=...``.
@@ -130,8 +134,9 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     return run, compile_s, check
 
 
-def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int):
-    """The PyTorch reference step on the same workload; returns run()."""
+def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int, dtype: str = "float32"):
+    """The PyTorch reference step on the same workload (on :func:`common.torch_device`; ``dtype``
+    "bfloat16" runs the encoder under ``torch.autocast``, float32 weights and optimizer); returns run()."""
     import torch
 
     from reference_torch import TorchReferenceStep, prefill
@@ -139,7 +144,8 @@ def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int):
     model, pooling = common.load_torch_model(folder)
     ref = TorchReferenceStep(
         model, pooling, pad_id, torch.from_numpy(work.query_ids), torch.from_numpy(work.code_ids),
-        dim=dim, k=k, bank_size=work.bank_size,
+        dim=dim, k=k, bank_size=work.bank_size, device=common.torch_device(),
+        autocast_dtype=None if dtype == "float32" else getattr(torch, dtype),
     )
     prefill(ref, torch.from_numpy(work.bank_query_emb), torch.from_numpy(work.bank_code_emb),
             torch.from_numpy(work.bank_ids))
@@ -156,17 +162,24 @@ def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int):
 
 def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_size: int, rounds: int,
             peak_gflops: float, reference: bool = True, compiler_options: dict | None = None,
-            pairs_limit: int | None = None, reencode_fraction: float | None = None) -> dict[str, Any]:
-    """One configuration: both implementations, interleaved; returns the result row."""
+            pairs_limit: int | None = None, reencode_fraction: float | None = None,
+            dtype: str = "float32") -> dict[str, Any]:
+    """One configuration: both implementations, interleaved; returns the result row.
+
+    ``dtype``: compute dtype of both encoders ("bfloat16": our ``load_encoder(dtype=...)`` with float32
+    parameters and optimizer, the reference under ``torch.autocast``).
+    """
+    import jax.numpy as jnp
+
     import cocohanere_jax
 
-    enc = cocohanere_jax.load_encoder(folder)
+    enc = cocohanere_jax.load_encoder(folder, dtype=getattr(jnp, dtype))
     work = Workload(int(getattr(enc.config, "vocab_size")), batch, lq, lc, bank_size, enc.dim, steps=max(rounds + 2, 8),
                     pairs_limit=pairs_limit)
     run_ours, compile_s, check = make_ours(enc, work, k, compiler_options, reencode_fraction)
     fns = {"ours": run_ours}
     if reference:
-        fns["reference"] = make_reference(folder, work, k, enc.dim, enc.pad_id)
+        fns["reference"] = make_reference(folder, work, k, enc.dim, enc.pad_id, dtype)
     times = common.interleaved(fns, rounds=rounds, warmup=1)
     metrics = check()
     flops = common.step_model_flops(enc.family, enc.config, batch, k, lq, lc)
@@ -182,6 +195,8 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
         "reencode_fraction": reencode_fraction, "distinct_negatives": metrics.get("distinct_negatives"),
         "dropped_negatives": metrics.get("dropped_negatives"),
         "real_token_fraction": work.real_tokens,
+        "dtype": dtype,
+        "ours_peak_bytes": _jax_peak_bytes(),
     }
     if reference:
         ref = common.summary(times["reference"])
@@ -190,8 +205,24 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
             "reference_mfu": flops / ref["median_s"] / (peak_gflops * 1e9),
             "ratio_ours_over_reference": common.paired_ratio(times["ours"], times["reference"]),
             "reference_times_s": times["reference"],
+            "reference_peak_bytes": _torch_peak_bytes(),
         })
     return row
+
+
+def _jax_peak_bytes() -> int | None:
+    """Peak bytes in use on the default JAX device so far (accelerators; None where not reported, e.g. CPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def _torch_peak_bytes() -> int | None:
+    """Peak bytes allocated by PyTorch on the GPU so far (None on CPU)."""
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
 COLUMNS = ["model", "batch", "k", "lq", "lc", "bank", "compile_s", "ours_step_s", "reference_step_s",
@@ -206,6 +237,8 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--bank", type=int, default=None, help="bank entries (default 8096; smoke 64)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per implementation")
     parser.add_argument("--threads", type=int, default=None, help="cores for XLA and torch (default all)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="compute dtype of both encoders; the matmul peak is measured in it too")
     parser.add_argument("--reencode_fraction", default=None,
                         help="comma-separated fractions, one row each: ours de-duplicates the neighbours and "
                              "re-encodes at most this fraction of B*k rows per direction (the reference "
@@ -220,8 +253,8 @@ def main(argv=None) -> dict[str, Any]:
     bank = args.bank or (64 if args.smoke else 8096)
     rounds = args.rounds or (1 if args.smoke else 5)
     machine = common.machine_info(threads)
-    peak = common.measure_matmul_peak(256 if args.smoke else 2048)
-    print(f"threads {threads}; float32 matmul peak {peak['peak_gflops']:.1f} GFLOP/s; load {machine['load_average_start']}")
+    peak = common.measure_matmul_peak(256 if args.smoke else 2048, dtype=args.dtype)
+    print(f"threads {threads}; {args.dtype} matmul peak {peak['peak_gflops']:.1f} GFLOP/s; load {machine['load_average_start']}")
     rows = []
     fractions = [float(f) for f in args.reencode_fraction.split(",")] if args.reencode_fraction else [None]
     for name in models:
@@ -230,10 +263,11 @@ def main(argv=None) -> dict[str, Any]:
         for fraction in fractions:
             rows.append(measure(name, folder, b, k, lq, lc, bank, rounds, peak["peak_gflops"],
                                 compiler_options=SMOKE_COMPILER_OPTIONS if args.smoke else None,
-                                pairs_limit=SMOKE_PAIRS if args.smoke else None, reencode_fraction=fraction))
+                                pairs_limit=SMOKE_PAIRS if args.smoke else None, reencode_fraction=fraction,
+                                dtype=args.dtype))
             common.print_table(rows[-1:], COLUMNS)
     common.print_table(rows, COLUMNS, title="train step (median seconds; ratio = reference time / our time)")
-    peak_after = common.measure_matmul_peak(256 if args.smoke else 2048)
+    peak_after = common.measure_matmul_peak(256 if args.smoke else 2048, dtype=args.dtype)
     payload = {"benchmark": "train_step", "smoke": args.smoke, "machine": machine,
                "matmul_peak": peak, "matmul_peak_after": peak_after, "rounds": rounds, "results": rows}
     common.write_json(args.out or common.default_out("train_step", args.smoke), payload)

@@ -62,6 +62,20 @@ def test_train_step_smoke(tmp_path, cache):
     assert data["matmul_peak"]["peak_gflops"] > 0
 
 
+def test_train_step_smoke_bf16_with_dedup(tmp_path, cache):
+    """The options of the GPU run (bf16 compute) and of the de-duplicated re-encoding, on the tiny model."""
+    out = str(tmp_path / "train_step_bf16.json")
+    _script("train_step").main(["--smoke", "--dtype", "bfloat16", "--reencode_fraction", "0.5", "--out", out,
+                                "--cache", cache])
+    with open(out, encoding="utf-8") as f:
+        data = json.load(f)
+    assert data["matmul_peak"]["dtype"] == "bfloat16" and data["matmul_peak"]["peak_gflops"] > 0
+    (row,) = data["results"]
+    assert row["dtype"] == "bfloat16" and row["reencode_fraction"] == 0.5
+    assert math.isfinite(row["loss_after"]) and row["ratio_ours_over_reference"] > 0
+    assert 0 < row["distinct_negatives"] <= 1 and row["dropped_negatives"] >= 0
+
+
 def test_encode_smoke(tmp_path, cache):
     out = str(tmp_path / "encode.json")
     payload = _script("encode").main(["--smoke", "--out", out, "--cache", cache])
@@ -112,7 +126,7 @@ def test_growth_smoke_and_plots(tmp_path, cache):
         assert f"| {row['bank']:,} | {row['ours_ms']:.1f} |" in text
     for row in data["k_sweep"]:
         assert f"{row['ours_step_s']:.3g}" in text
-    assert "Missing result files: train_step.json, train_step_1thread.json, train_step_dedup.json, encode.json" in text
+    assert "Missing result files: train_step.json, train_step_1thread.json, train_step_dedup.json, train_step_gpu.json, encode.json" in text
     md.write_text("no markers")
     with pytest.raises(SystemExit, match="markers"):
         report.main(["--results", str(tmp_path), "--out", str(md)])
