@@ -38,6 +38,16 @@ Design decisions (see also the docstrings below):
   memory analysis (CPU compile, float32, a 110M T5-base-sized encoder with dropout, B=32, k=10, Lq=128,
   Lc=256, one device): temporaries 186 GiB without, 33 GiB with ``remat=True, reencode_chunk=40``,
   25 GiB with ``reencode_chunk=20``; use the latter two for the paper setting on one 80 GB GPU.
+* **Shared neighbours** (``dedup_negatives``, off by default). Anchors often retrieve the same bank
+  entries (the ``distinct_negatives`` metric says how often). With the option on, each distinct
+  retrieved DataID is re-encoded once per device and direction, its dropout key folded from the DataID
+  (so device counts still agree), and its embedding and gradient are shared by the anchors that
+  retrieved it; without dropout the loss and gradient equal the per-anchor re-encoding. The saving comes
+  from ``reencode_fraction`` < 1, a static budget of distinct rows (nearest ranks first); negatives
+  beyond it are masked out of L^HN and counted in ``dropped_negatives``.
+* **In-place banks.** The pushed rows are made data-dependent on the search results, so XLA orders the
+  bank writes after the searches that read the old banks and scatters into the donated buffers instead
+  of copying both banks every step.
 * **Bank consistency.** Pushes and updates use only all-gathered (device-invariant) values, so every
   replica runs the same deterministic program on the same inputs; duplicates (two anchors that
   retrieved the same slot) are resolved by "first in global order wins" (``bank.update``), and a slot
