@@ -251,6 +251,8 @@ def equal_compute_plan(out: str, language: str, seed: int, sizing: Sizing) -> di
         "in_batch_step_seconds": base_s,
         "full_train_seconds": full_steps * full_s,
         "full_job_seconds": full_summary.get("seconds"),
+        "full_load": mean_load(full),
+        "in_batch_load": mean_load(base),
         "derived_at": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
@@ -357,11 +359,40 @@ def run_training(config_path: str, workdir: str, out: str, isolate: bool = True)
         raise RuntimeError(f"exit status {rc}; see {workdir}/log.txt")
 
 
+def record_load(workdir: str, event: str) -> None:
+    """Appends the machine's load average to `<workdir>/load.jsonl`: step times (and so the equal-compute
+    step count) mean little if other jobs shared the cores. The run itself adds about 2."""
+    with open(os.path.join(workdir, "load.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"), "event": event,
+                            "loadavg": [round(x, 2) for x in os.getloadavg()]}) + "\n")
+
+
+def mean_load(workdir: str) -> float | None:
+    """Mean 1-minute load average recorded at the ends of a run's attempts (None if none recorded)."""
+    path = os.path.join(workdir, "load.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        ends = [json.loads(line)["loadavg"][0] for line in f if '"end"' in line]
+    return float(np.mean(ends)) if ends else None
+
+
 def execute(run: Run, out: str, sizing: Sizing, isolate: bool = True, keep_checkpoints: bool = False) -> None:
     """Runs (or resumes) one run to its summary.json."""
     v = VARIANTS[run.variant]
     cache = os.path.join(out, "cache")
     os.makedirs(run.workdir, exist_ok=True)
+    record_load(run.workdir, "start")
+    try:
+        _execute(run, v, out, sizing, cache, isolate)
+    finally:
+        record_load(run.workdir, "end")
+    if not keep_checkpoints:
+        for sub in ("checkpoints", "best", "export", "compile_cache", "cache"):
+            shutil.rmtree(os.path.join(run.workdir, sub), ignore_errors=True)
+
+
+def _execute(run: Run, v: Variant, out: str, sizing: Sizing, cache: str, isolate: bool) -> None:
     steps = eval_every = None
     if v.kind == "equal_compute":
         frozen = os.path.join(run.workdir, "equal_compute.json")
@@ -380,9 +411,6 @@ def execute(run: Run, out: str, sizing: Sizing, isolate: bool = True, keep_check
         run_training(config_path, run.workdir, out, isolate)
     if not os.path.exists(os.path.join(run.workdir, "summary.json")):
         raise RuntimeError(f"{run.workdir}: finished without summary.json")
-    if not keep_checkpoints:
-        for sub in ("checkpoints", "best", "export", "compile_cache", "cache"):
-            shutil.rmtree(os.path.join(run.workdir, sub), ignore_errors=True)
 
 
 def machine() -> dict:

@@ -167,13 +167,18 @@ def render_equal_compute(data: dict) -> str:
         for e in data["runs"].get(lang, {}).get("equal_compute", []):
             ec = e.get("equal_compute")
             if ec:
+                load = " / ".join("?" if ec.get(k) is None else f"{ec[k]:.1f}" for k in ("full_load", "in_batch_load"))
                 rows.append(f"| {LANGUAGE_NAMES.get(lang, lang)} | {e['seed']} | {ec['full_steps']} | "
                             f"{ec['full_step_seconds']:.2f} | {ec['in_batch_step_seconds']:.2f} | "
-                            f"{ec['full_train_seconds']:.0f} | {ec['steps']} |")
+                            f"{ec['full_train_seconds']:.0f} | {ec['steps']} | {load} |")
     if not rows:
         return "No equal-compute run has started yet (each needs the `full` and `in_batch` runs of its seed).\n"
     return "\n".join(["| language | seed | full steps | full s/step | in-batch s/step | full training s | "
-                      "equal-compute steps |", "|---|---:|---:|---:|---:|---:|---:|", *rows, ""])
+                      "equal-compute steps | load full / in-batch |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+                      *rows, "",
+                      "Load: the machine's 1-minute load average at the end of each run (the run itself adds "
+                      "about 2 on 2 cores); a step-time ratio taken under different loads is not a fair "
+                      "equal-compute budget.", ""])
 
 
 def render_leakage(data: dict) -> str:

@@ -162,6 +162,7 @@ def test_plan_statuses_and_equal_compute_derivation(tmp_path):
     ec = ablation.equal_compute_plan(out, "go", 0, sizing)
     assert ec["steps"] == 30 and ec["full_steps"] == 10 and ec["eval_every"] == 15  # 2 evaluations, as full
     assert ec["full_train_seconds"] == pytest.approx(30.0)
+    assert ec["full_load"] is None  # no load.jsonl in these fake runs
     assert ablation.equal_compute_plan(out, "go", 1, sizing) is None  # seed 1 has nothing yet
 
 
@@ -209,6 +210,8 @@ def test_interrupted_run_resumes_and_finished_runs_are_skipped(inputs, tmp_path,
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     assert summary["total_steps"] == 4 and 0 < summary["test"]["mrr"] <= 1
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # pruned once done
+    events = [json.loads(line)["event"] for line in open(os.path.join(workdir, "load.jsonl"))]
+    assert events == ["start", "end", "start", "end"] and ablation.mean_load(workdir) >= 0
     assert json.load(open(os.path.join(workdir, "config.json")))["step"]["hard_negative_weight"] == 0.0
 
     def must_not_run(*a, **k):
@@ -246,6 +249,10 @@ def _fake_table(out):
     d = ablation.run_dir(out, "go", "wo_bcl", 0)
     os.makedirs(d)
     ablation.write_json(os.path.join(d, "failed.json"), [{"error": "NonFiniteLossError: nan"}] * 2)
+    d = ablation.run_dir(out, "go", "equal_compute", 0)
+    os.makedirs(d)
+    ablation.write_json(os.path.join(d, "equal_compute.json"), ablation.equal_compute_plan(
+        out, "go", 0, ablation.Sizing(steps=10, eval_every=5, checkpoint_every=5)))
 
 
 def test_report_renders_partial_table_and_keeps_hand_written_text(tmp_path):
@@ -273,6 +280,7 @@ def test_report_renders_partial_table_and_keeps_hand_written_text(tmp_path):
     assert "| CoCoHaNeRe bi-knn (full) | 0.500 (1/3 seeds) |" in text
     assert "| L^HN only (w/o BCL) | 1 failed, 2 not run |" in text and "NonFiniteLossError" in text
     assert "| in-batch, equal wall-clock | 1 not run, 2 waiting |" in text
+    assert "| Go | 0 | 10 | 3.00 | 1.00 | 30 | 30 | ? / ? |" in text
     assert "0 of 10" in text and "Test CPU, 2 CPUs" in text and f"--out={out}" in text
     assert ("](../plots/valid_mrr_go.png)" in text) == bool(plots)
 
