@@ -164,6 +164,17 @@ def test_plan_statuses_and_equal_compute_derivation(tmp_path):
     assert ec["full_train_seconds"] == pytest.approx(30.0)
     assert ec["full_load"] is None  # no load.jsonl in these fake runs
     assert ablation.equal_compute_plan(out, "go", 1, sizing) is None  # seed 1 has nothing yet
+    # Another language timed `full` on a quieter machine (2.0 s) and `in_batch` under load (1.5 s): the
+    # fastest median of each variant over all finished runs is the step time (unfinished runs do not count).
+    _fake_run(out, "java", "full", 0, summary={"test": _metrics(0.5)}, step_s=2.0)
+    _fake_run(out, "java", "in_batch", 0, summary={"test": _metrics(0.4)}, step_s=1.5)
+    _fake_run(out, "java", "in_batch", 1, step_s=0.1)  # no summary.json: not finished
+    ec = ablation.equal_compute_plan(out, "go", 0, sizing)
+    assert ec["steps"] == 20 and ec["eval_every"] == 10
+    assert ec["full_step_seconds"] == pytest.approx(2.0) and ec["in_batch_step_seconds"] == pytest.approx(1.0)
+    assert ec["full_step_seconds_from"] == os.path.join("java", "full", "seed0")
+    assert ec["in_batch_step_seconds_from"] == os.path.join("go", "in_batch", "seed0")
+    assert ec["own_full_step_seconds"] == pytest.approx(3.0)
 
 
 def test_refuses_out_inside_repo_and_a_changed_sizing(tmp_path):
