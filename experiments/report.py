@@ -162,23 +162,39 @@ def render_tables(data: dict) -> str:
 
 
 def render_equal_compute(data: dict) -> str:
+    def timed(ec, variant):
+        source = ec.get(f"{variant}_step_seconds_from")
+        where = f" ({source.replace(os.sep, '/')})" if source else ""
+        return f"{ec[f'{variant}_step_seconds']:.2f}{where}"
+
+    def own(ec):
+        parts = []
+        for variant in ("full", "in_batch"):
+            seconds, load = ec.get(f"own_{variant}_step_seconds"), ec.get(f"{variant}_load")
+            text = "?" if seconds is None else f"{seconds:.2f}"
+            parts.append(text + ("" if load is None else f" (load {load:.1f})"))
+        return " / ".join(parts)
+
     rows = []
     for lang in data["languages"]:
         for e in data["runs"].get(lang, {}).get("equal_compute", []):
             ec = e.get("equal_compute")
             if ec:
-                load = " / ".join("?" if ec.get(k) is None else f"{ec[k]:.1f}" for k in ("full_load", "in_batch_load"))
                 rows.append(f"| {LANGUAGE_NAMES.get(lang, lang)} | {e['seed']} | {ec['full_steps']} | "
-                            f"{ec['full_step_seconds']:.2f} | {ec['in_batch_step_seconds']:.2f} | "
-                            f"{ec['full_train_seconds']:.0f} | {ec['steps']} | {load} |")
+                            f"{timed(ec, 'full')} | {timed(ec, 'in_batch')} | {ec['full_train_seconds']:.0f} | "
+                            f"{ec['steps']} | {own(ec)} |")
     if not rows:
         return "No equal-compute run has started yet (each needs the `full` and `in_batch` runs of its seed).\n"
-    return "\n".join(["| language | seed | full steps | full s/step | in-batch s/step | full training s | "
-                      "equal-compute steps | load full / in-batch |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+    return "\n".join(["| language | seed | full steps | full s/step (timed on) | in-batch s/step (timed on) | "
+                      "full training s | equal-compute steps | this seed's own full / in-batch s/step |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|",
                       *rows, "",
-                      "Load: the machine's 1-minute load average at the end of each run (the run itself adds "
-                      "about 2 on 2 cores); a step-time ratio taken under different loads is not a fair "
-                      "equal-compute budget.", ""])
+                      "The step times are the fastest median over every finished run of the variant when the "
+                      "equal-compute run first started (`ablation.uncontended_step_seconds`): every language "
+                      "and seed runs the same step program on the same shapes, and another job on the machine "
+                      "only slows a run down. The last column shows the seed's own medians (and the 1-minute "
+                      "load average at the end of the run, where recorded; the run itself adds about 2 on 2 "
+                      "cores).", ""])
 
 
 def render_leakage(data: dict) -> str:

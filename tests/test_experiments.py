@@ -291,7 +291,7 @@ def test_report_renders_partial_table_and_keeps_hand_written_text(tmp_path):
     assert "| CoCoHaNeRe bi-knn (full) | 0.500 (1/3 seeds) |" in text
     assert "| L^HN only (w/o BCL) | 1 failed, 2 not run |" in text and "NonFiniteLossError" in text
     assert "| in-batch, equal wall-clock | 1 not run, 2 waiting |" in text
-    assert "| Go | 0 | 10 | 3.00 | 1.00 | 30 | 30 | ? / ? |" in text
+    assert "| Go | 0 | 10 | 3.00 (go/full/seed0) | 1.00 (go/in_batch/seed0) | 30 | 30 | 3.00 / 1.00 |" in text
     assert "0 of 10" in text and "Test CPU, 2 CPUs" in text and f"--out={out}" in text
     assert ("](../plots/valid_mrr_go.png)" in text) == bool(plots)
 
