@@ -246,8 +246,26 @@ def render_commands(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _step_costs(data: dict) -> dict[str, float]:
+    """Seconds per training step of each trained variant: the fastest median over its finished runs in
+    every language and seed (one program on one set of shapes; see ablation.uncontended_step_seconds).
+    equal_compute runs the in-batch step."""
+    fastest = {}
+    for runs in data["runs"].values():
+        for variant, entries in runs.items():
+            for e in entries:
+                seconds = e.get("step_seconds")
+                if e["status"] == "done" and seconds:
+                    fastest[variant] = min(seconds, fastest.get(variant, seconds))
+    if "in_batch" in fastest:
+        fastest["equal_compute"] = fastest["in_batch"]
+    return fastest
+
+
 def plot(data: dict, plots_dir: str) -> tuple[list[str], str | None]:
-    """One PNG per language: valid MRR against steps, per variant (mean over seeds, thin lines per seed).
+    """One PNG per language: valid MRR per variant (mean over seeds, thin lines per seed) against steps, and
+    against training seconds (steps x the variant's step time from `_step_costs`), where the equal-compute
+    baseline ends where the full method does.
 
     Returns (paths written, reason when skipped)."""
     try:
@@ -266,25 +284,32 @@ def plot(data: dict, plots_dir: str) -> tuple[list[str], str | None]:
                   for v in data["variants"] if ablation.VARIANTS[v].seeded}
         if not any(curves.values()):
             continue  # nothing trained yet: a plot of the zero-shot line alone says nothing
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        step_cost = _step_costs(data)
+        fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(11.5, 4.2), sharey=True)
         for i, (variant, per_seed) in enumerate(curves.items()):
             if not per_seed:
                 continue
             color = f"C{i}"
-            for curve in per_seed:
-                pts = ([(0, zero[0])] if zero else []) + list(curve)
-                ax.plot(*zip(*pts), color=color, alpha=0.25, linewidth=0.8)
             steps = sorted({s for c in per_seed for s, _ in c})
             mean = [np.mean([dict(c)[s] for c in per_seed if s in dict(c)]) for s in steps]
-            pts = ([(0, zero[0])] if zero else []) + list(zip(steps, mean))
-            ax.plot(*zip(*pts), color=color, marker="o", markersize=3,
-                    label=f"{ablation.VARIANTS[variant].label} ({len(per_seed)} seeds)")
-        if zero:
-            ax.axhline(zero[0], color="grey", linestyle=":", linewidth=1, label="zero-shot")
+            label = f"{ablation.VARIANTS[variant].label} ({len(per_seed)} seeds)"
+            cost = step_cost.get(variant)
+            for axis, scale in ((ax, 1.0), (ax_t, cost)):
+                if scale is None:
+                    continue
+                for curve in per_seed:
+                    pts = ([(0, zero[0])] if zero else []) + [(s * scale, m) for s, m in curve]
+                    axis.plot(*zip(*pts), color=color, alpha=0.25, linewidth=0.8)
+                pts = ([(0, zero[0])] if zero else []) + [(s * scale, m) for s, m in zip(steps, mean)]
+                axis.plot(*zip(*pts), color=color, marker="o", markersize=3, label=label)
+        for axis in (ax, ax_t):
+            if zero:
+                axis.axhline(zero[0], color="grey", linestyle=":", linewidth=1, label="zero-shot")
+            axis.grid(alpha=0.3)
         ax.set_xlabel("training step")
+        ax_t.set_xlabel("training seconds (steps x the variant's fastest median s/step)")
         ax.set_ylabel("valid MRR (whole codebase)")
-        ax.set_title(f"{LANGUAGE_NAMES.get(lang, lang)}: validation MRR during training")
-        ax.grid(alpha=0.3)
+        fig.suptitle(f"{LANGUAGE_NAMES.get(lang, lang)}: validation MRR during training")
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = os.path.join(plots_dir, f"valid_mrr_{lang}.png")
@@ -315,9 +340,11 @@ def render(data: dict, plots: list[str], plot_note: str | None, results_path: st
         "## Results",
         "",
         render_tables(data),
-        "## Validation MRR against steps",
+        "## Validation MRR against steps and against training time",
         "",
-        "Step 0 is the zero-shot encoder; thin lines are single seeds, thick lines their mean.",
+        "Step 0 is the zero-shot encoder; thin lines are single seeds, thick lines their mean. Right panels: "
+        "training seconds = steps x the variant's fastest median seconds per step over all its finished runs "
+        "(evaluation excluded), so the equal-compute baseline ends where the full method does.",
         "",
         *plot_lines,
         "",
