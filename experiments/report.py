@@ -161,6 +161,38 @@ def render_tables(data: dict) -> str:
     return "\n".join(lines)
 
 
+# (a, b): test MRR of a minus that of b, seed by seed (the same seed gives both the same batches and
+# initialisation, so the difference removes most of the seed-to-seed spread).
+PAIRS = (("full", "in_batch"), ("full", "uni_knn"), ("full", "wo_bcl"), ("wo_bcl", "in_batch"),
+         ("uni_knn", "in_batch"), ("equal_compute", "full"), ("equal_compute", "in_batch"))
+
+
+def render_paired(data: dict) -> str:
+    langs = data["languages"]
+    lines = ["| a − b | " + " | ".join(LANGUAGE_NAMES.get(lang, lang) for lang in langs) + " |",
+             "|---|" + "---:|" * len(langs)]
+    for a, b in PAIRS:
+        if a not in data["variants"] or b not in data["variants"]:
+            continue
+        cells = []
+        for lang in langs:
+            runs = data["runs"].get(lang, {})
+            by_seed = [{e["seed"]: e["test"]["mrr"] for e in runs.get(v, []) if e["status"] == "done" and e.get("test")}
+                       for v in (a, b)]
+            diffs = [by_seed[0][s] - by_seed[1][s] for s in sorted(set(by_seed[0]) & set(by_seed[1]))]
+            if not diffs:
+                cells.append("no pair yet")
+                continue
+            text = f"{round(float(np.mean(diffs)), 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
+            if len(diffs) > 1:
+                text += f" ± {float(np.std(diffs, ddof=1)):.3f}"
+            cells.append(text + f" ({sum(d > 0 for d in diffs)}/{len(diffs)} seeds > 0)")
+        lines.append(f"| {ablation.VARIANTS[a].label} − {ablation.VARIANTS[b].label} | " + " | ".join(cells) + " |")
+    lines += ["", "Test MRR of a minus b for the same seed, mean ± sample standard deviation over the seeds where "
+              "both are done, and on how many of them a is ahead.", ""]
+    return "\n".join(lines)
+
+
 def render_equal_compute(data: dict) -> str:
     def timed(ec, variant):
         source = ec.get(f"{variant}_step_seconds_from")
@@ -348,6 +380,9 @@ def render(data: dict, plots: list[str], plot_note: str | None, results_path: st
         "",
         *plot_lines,
         "",
+        "## Paired differences",
+        "",
+        render_paired(data),
         "## Equal compute",
         "",
         render_equal_compute(data),

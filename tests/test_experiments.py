@@ -292,6 +292,8 @@ def test_report_renders_partial_table_and_keeps_hand_written_text(tmp_path):
     assert "| L^HN only (w/o BCL) | 1 failed, 2 not run |" in text and "NonFiniteLossError" in text
     assert "| in-batch, equal wall-clock | 1 not run, 2 waiting |" in text
     assert "| Go | 0 | 10 | 3.00 (go/full/seed0) | 1.00 (go/in_batch/seed0) | 30 | 30 | 3.00 / 1.00 |" in text
+    # Paired: Go full (seed 0 only) minus in-batch of the same seed (0.40; seed 1's 0.44 has no partner).
+    assert "| CoCoHaNeRe bi-knn (full) − in-batch only (w/o HNCL) | +0.100 (1/1 seeds > 0) | no pair yet |" in text
     assert "0 of 10" in text and "Test CPU, 2 CPUs" in text and f"--out={out}" in text
     assert ("](../plots/valid_mrr_go.png)" in text) == bool(plots)
 
