@@ -22,8 +22,6 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -96,7 +94,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         commit = None
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks." + os.path.splitext(os.path.basename(sys.argv[0]))[0]] + sys.argv[1:]),
         "git_commit": commit,
         "cpu": cpu,
         "simd": sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")),

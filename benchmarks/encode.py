@@ -15,8 +15,8 @@ For a model folder without a tokenizer (the random CodeT5+ 110M) the texts are t
 all-MiniLM-L6-v2's tokenizer outside the timed region and both sides embed the same id rows
 (``Encoder.embed_ids`` against the PyTorch model on the same rows, padded to the longest row of the batch).
 
-    python benchmarks/encode.py            # minilm and codet5p-110m; writes results/encode.json
-    python benchmarks/encode.py --smoke    # tiny models, seconds
+    python -m benchmarks.encode            # minilm and codet5p-110m; writes results/encode.json
+    python -m benchmarks.encode --smoke    # tiny models, seconds
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ import sys
 import tempfile
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from benchmarks import common
 
 DEFAULT = {"minilm": 256, "codet5p-110m": 64}  # sequences per kind
 SMOKE = {"bert-tiny": 16, "codet5p-tiny": 16}

@@ -5,8 +5,8 @@ weights, batch, lengths, threads; interleaved rounds, medians). k = 0 is the in-
 HNCL": no search, no re-encoding). The bank sweep runs at the largest k of the k sweep. One model
 (default all-MiniLM-L6-v2, real weights).
 
-    python benchmarks/growth.py              # writes results/growth.json (plots: benchmarks/plots.py)
-    python benchmarks/growth.py --smoke      # tiny model, two points per sweep
+    python -m benchmarks.growth              # writes results/growth.json (plots: benchmarks/plots.py)
+    python -m benchmarks.growth --smoke      # tiny model, two points per sweep
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import sys
 import tempfile
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from benchmarks import common
 import train_step  # noqa: E402
 
 DEFAULT = dict(model="minilm", batch=8, lq=32, lc=64, ks=(0, 1, 5, 10), banks=(8096, 65536, 1048576), rounds=3)

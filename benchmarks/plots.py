@@ -1,7 +1,7 @@
 """PNG plots of the growth curves from the JSON results (matplotlib; skipped with a note without it).
 
-    python benchmarks/plots.py                       # results/{growth,search}.json -> benchmarks/*.png
-    python benchmarks/plots.py --results DIR --out DIR
+    python -m benchmarks.plots                       # results/{growth,search}.json -> benchmarks/*.png
+    python -m benchmarks.plots --results DIR --out DIR
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Writes the measured part of benchmarks/RESULTS.md from the JSON results of the benchmark scripts.
 
-    python benchmarks/report.py                        # results/*.json -> RESULTS.md (generated section)
-    python benchmarks/report.py --results DIR --out F  # other results / output
+    python -m benchmarks.report                        # results/*.json -> RESULTS.md (generated section)
+    python -m benchmarks.report --results DIR --out F  # other results / output
 
 Only the text between the ``<!-- generated:start -->`` and ``<!-- generated:end -->`` markers is
 rewritten; the hand-written reading around it is kept. Every number in the generated section is read
@@ -222,7 +222,7 @@ def generate(results: str) -> str:
     if not payloads:
         raise SystemExit(f"report.py: no result files in {results}; run benchmarks/run_all.sh first")
     missing = [FILES[n] for n in FILES if n not in payloads]
-    parts = [START, "", "<!-- written by `python benchmarks/report.py` from benchmarks/results/*.json -->", "",
+    parts = [START, "", "<!-- written by `python -m benchmarks.report` from benchmarks/results/*.json -->", "",
              machine_section(payloads), "", targets_section(payloads), "", step_section(payloads),
              encode_section(payloads), "", search_section(payloads), "", growth_section(payloads)]
     if missing:

@@ -15,8 +15,8 @@ entries, k=10, all float32, same thread count. Implementations:
 
 Results agree on the neighbour sets (checked, ties aside). Median of interleaved rounds.
 
-    python benchmarks/search.py             # writes results/search.json
-    python benchmarks/search.py --smoke     # small banks, seconds
+    python -m benchmarks.search             # writes results/search.json
+    python -m benchmarks.search --smoke     # small banks, seconds
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from benchmarks import common
 
 DEFAULT_SIZES = (8192, 65536, 1048576)
 SMOKE_SIZES = (1024, 8192)

@@ -8,10 +8,10 @@ median step time, pairs/s, the paired ratio (reference time / our time, > 1 = ou
 time, and the model-FLOPs utilisation of each against the matmul peak (in ``--dtype``) measured in this
 process. On a GPU both run there (JAX's default device; the reference on ``cuda``), with peak memory.
 
-    python benchmarks/train_step.py                  # full run (sizes below), writes results/train_step.json
-    python benchmarks/train_step.py --smoke          # tiny models, seconds
+    python -m benchmarks.train_step                  # full run (sizes below), writes results/train_step.json
+    python -m benchmarks.train_step --smoke          # tiny models, seconds
     # the paper's configuration on a GPU, bf16 (issue 6):
-    python benchmarks/train_step.py --models codet5p-110m --sizes "codet5p-110m=32,10,128,256" --bank 8096 \
+    python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=32,10,128,256" --bank 8096 \
         --dtype bfloat16 --out benchmarks/results/train_step_gpu.json
 
 Models: ``minilm`` (real all-MiniLM-L6-v2 weights), ``codet5p-110m`` (CodeT5+ 110M embedding shape,
@@ -27,8 +27,7 @@ import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from benchmarks import common
 
 DEFAULT_SIZES = {"minilm": (8, 10, 32, 64), "codet5p-110m": (4, 10, 32, 64)}
 # One tiny model in smoke runs (the step's compile dominates); encode.py --smoke covers the T5 side.
@@ -139,7 +138,7 @@ def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int, d
     "bfloat16" runs the encoder under ``torch.autocast``, float32 weights and optimizer); returns run()."""
     import torch
 
-    from reference_torch import TorchReferenceStep, prefill
+    from benchmarks.reference_torch import TorchReferenceStep, prefill
 
     model, pooling = common.load_torch_model(folder)
     ref = TorchReferenceStep(

@@ -1,7 +1,7 @@
 """The config's `data` section -> training pairs and the valid/test retrieval tasks.
 
 Sources: "codesearchnet" (the GraphCodeBERT-filtered `<lang>/{train,valid,test,codebase}.jsonl` or the raw
-CSN v2 layout, and any corpus that `python -m data.source_tree.build` made from a source tree), "cosqa",
+CSN v2 layout, and any corpus that `python -m cocohanere_data.source_tree.build` made from a source tree), "cosqa",
 and "stdlib" (the embedded default: the running interpreter's standard library, built on first use).
 """
 
@@ -19,7 +19,7 @@ SOURCES = ("codesearchnet", "cosqa", "stdlib")
 
 @dataclasses.dataclass
 class Datasets:
-    train: object  # data.records.Pairs (data_id = row index = DataID)
+    train: object  # cocohanere_data.records.Pairs (data_id = row index = DataID)
     valid: RetrievalTask
     test: RetrievalTask
     description: str
@@ -35,7 +35,7 @@ def check(config: ml_collections.ConfigDict) -> None:
             hint = (
                 "the directory that holds <language>/train.jsonl, valid.jsonl, test.jsonl, codebase.jsonl "
                 "(GraphCodeBERT's filtered CodeSearchNet) or <language>/final/jsonl/ (raw CodeSearchNet v2), "
-                "or a corpus built with `python -m data.source_tree.build`"
+                "or a corpus built with `python -m cocohanere_data.source_tree.build`"
                 if d.source == "codesearchnet"
                 else "the CoSQA directory (cosqa-train.json, cosqa-dev.json / cosqa-test.json, code_idx_map.txt)"
             )
@@ -54,7 +54,7 @@ def _task(split, max_queries: int) -> RetrievalTask:
 
 def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
     """Reads the data named by `config.data` (bad rows are skipped and counted; see data/README.md)."""
-    from data import codesearchnet, cosqa, records
+    from cocohanere_data import codesearchnet, cosqa, records
 
     d = config.data
     strict = bool(d.strict)
@@ -66,7 +66,7 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
     else:
         root, lang = d.root, d.language
         if d.source == "stdlib":
-            from data import stdlib_corpus
+            from cocohanere_data import stdlib_corpus
 
             root, lang = str(stdlib_corpus.build_stdlib_corpus(d.root or None)), "python"
         train = codesearchnet.load_pairs(root, lang, "train", strict=strict)

@@ -51,5 +51,10 @@ def main(argv):
         print(load_encoder(_MODEL.value, pooling=_POOLING.value).export(_OUT.value))
 
 
-if __name__ == "__main__":
+def run():
+    """Console-script entry point (pyproject.toml)."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

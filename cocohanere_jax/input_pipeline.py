@@ -218,7 +218,7 @@ def build_token_table(queries: Sequence[str], codes: Sequence[str], tokenize: To
 
 def token_table_from_pairs(pairs, tokenize: Tokenize, fingerprint: str, query_length: int = 128,
                            code_length: int = 256, cache_dir: str | os.PathLike | None = None) -> TokenTable:
-    """`build_token_table` for a `data.records.Pairs` (whose data_id is the row index)."""
+    """`build_token_table` for a `cocohanere_data.records.Pairs` (whose data_id is the row index)."""
     return build_token_table(pairs.queries, pairs.codes, tokenize, fingerprint, query_length, code_length, cache_dir)
 
 

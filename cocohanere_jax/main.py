@@ -47,5 +47,10 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
-if __name__ == "__main__":
+def run():
+    """Console-script entry point (pyproject.toml)."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

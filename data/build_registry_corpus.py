@@ -1,6 +1,6 @@
 """Reproducible multi-language code-search corpus from package-registry sources (not run in CI).
 
-    python -m data.build_registry_corpus --workdir ~/cocohanere-registry [--langs python,go] [--jobs 2]
+    python -m cocohanere_data.build_registry_corpus --workdir ~/cocohanere-registry [--langs python,go] [--jobs 2]
 
 Needs only the registry clients: ``apt-get download`` + ``dpkg -x`` (Debian 12 archive),
 ``npm pack`` and ``pip download --no-deps``. Everything goes under ``--workdir``, which must lie
@@ -37,8 +37,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from data.source_tree.build import BuildConfig, build_corpus
-from data.source_tree.languages import spec_for
+from cocohanere_data.source_tree.build import BuildConfig, build_corpus
+from cocohanere_data.source_tree.languages import spec_for
 
 log = logging.getLogger("registry_corpus")
 
@@ -225,7 +225,7 @@ def _deb_version(artifact: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.build_registry_corpus", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cocohanere_data.build_registry_corpus", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="directory outside the repository")
     p.add_argument("--langs", default=",".join(LANGS))
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)

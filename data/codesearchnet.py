@@ -12,7 +12,7 @@ Layouts (`root` is the directory that holds one folder per language):
 Texts follow the published convention: query = ``' '.join(docstring_tokens)``, code =
 ``' '.join(code_tokens)``, key = ``url``, origin = ``repo``.
 
-Bad input follows the policy in `data.records`: bad rows are skipped and counted (or raise with
+Bad input follows the policy in `cocohanere_data.records`: bad rows are skipped and counted (or raise with
 ``strict=True``), missing files raise with instructions to obtain them.
 """
 
@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from data.records import (
+from cocohanere_data.records import (
     DEFAULT_MAX_LINE_BYTES,
     BadInputError,
     EvalSplit,
@@ -54,9 +54,9 @@ Place one of these layouts under the data root and point the config at it:
     -> ROOT/<lang>/final/jsonl/{train,valid,test}/<lang>_<split>_<n>.jsonl.gz
 
 Without either, build a corpus in the same layout from source code you have:
-    python -m data.source_tree.build --src DIR --out ROOT --lang <lang>
+    python -m cocohanere_data.source_tree.build --src DIR --out ROOT --lang <lang>
 or use the embedded default built from this interpreter's standard library
-(data.stdlib_corpus.build_stdlib_corpus)."""
+(cocohanere_data.stdlib_corpus.build_stdlib_corpus)."""
 
 
 def canonical_split(split: str) -> str:

@@ -23,7 +23,7 @@ import json
 import os
 from pathlib import Path
 
-from data.records import (
+from cocohanere_data.records import (
     BadInputError,
     EvalSplit,
     LoadReport,

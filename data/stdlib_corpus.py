@@ -7,7 +7,7 @@ top-level module or package (``json``, ``email``, ``os``...), and writes
 (``test``, ``*/tests``, ``idle_test``...) and ``site-packages`` are pruned by the builder.
 
 A stamp file records the interpreter version, the stdlib path and the build settings; a second call
-with the same ones reuses the files. Read the result with `data.codesearchnet.load_pairs(root,
+with the same ones reuses the files. Read the result with `cocohanere_data.codesearchnet.load_pairs(root,
 "python", split)` / `load_eval_split(root, "python", "test")`.
 """
 
@@ -20,7 +20,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from data.source_tree.build import BuildConfig, build_corpus
+from cocohanere_data.source_tree.build import BuildConfig, build_corpus
 
 _STAMP = "stdlib_stamp.json"
 _BUILDER_VERSION = 1

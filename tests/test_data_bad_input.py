@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from data.codesearchnet import load_eval_split, load_pairs
-from data.cosqa import load_cosqa_eval, load_cosqa_pairs
-from data.records import BadInputError
-from data.source_tree import build as B
+from cocohanere_data.codesearchnet import load_eval_split, load_pairs
+from cocohanere_data.cosqa import load_cosqa_eval, load_cosqa_pairs
+from cocohanere_data.records import BadInputError
+from cocohanere_data.source_tree import build as B
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -55,7 +55,7 @@ def test_bad_rows_are_skipped_counted_and_located(corpus, caplog):
     # Interleave: bad rows land on known 1-based lines.
     lines = good[:3] + bad + good[3:]
     train.write_bytes(b"".join(lines))
-    with caplog.at_level(logging.WARNING, logger="data.records"):
+    with caplog.at_level(logging.WARNING, logger="cocohanere_data.records"):
         pairs = load_pairs(corpus, "python", "train")
     rep = pairs.report
     assert len(pairs) == len(good)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.codesearchnet import detect_layout, load_eval_split, load_pairs, split_files
-from data.records import Pairs
+from cocohanere_data.codesearchnet import detect_layout, load_eval_split, load_pairs, split_files
+from cocohanere_data.records import Pairs
 
 FIX = Path(__file__).parent / "fixtures"
 GCB, RAW = FIX / "csn_gcb", FIX / "csn_raw"
@@ -128,7 +128,7 @@ def test_split_names_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         load_pairs(tmp_path, "python", "train")
     msg = str(e.value)
-    assert "GraphCodeBERT" in msg and "zenodo" in msg and "data.source_tree.build" in msg and str(tmp_path) in msg
+    assert "GraphCodeBERT" in msg and "zenodo" in msg and "cocohanere_data.source_tree.build" in msg and str(tmp_path) in msg
     (tmp_path / "python").mkdir()
     (tmp_path / "python" / "train.jsonl").write_text((GCB / "python" / "train.jsonl").read_text())
     with pytest.raises(FileNotFoundError, match="codebase"):

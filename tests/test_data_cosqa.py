@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from data.cosqa import cosqa_file, load_cosqa_eval, load_cosqa_pairs
+from cocohanere_data.cosqa import cosqa_file, load_cosqa_eval, load_cosqa_pairs
 
 FIX = Path(__file__).parent / "fixtures" / "cosqa"
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from data.codesearchnet import load_eval_split, load_pairs
-from data.source_tree import build as B
-from data.source_tree.docs import summary, tokenize_docstring
-from data.source_tree.extract import extract_functions
+from cocohanere_data.codesearchnet import load_eval_split, load_pairs
+from cocohanere_data.source_tree import build as B
+from cocohanere_data.source_tree.docs import summary, tokenize_docstring
+from cocohanere_data.source_tree.extract import extract_functions
 
 LANGS = ("python", "java", "javascript", "go", "php", "ruby")
 

@@ -2,8 +2,8 @@
 
 import json
 
-from data.codesearchnet import load_eval_split, load_pairs
-from data.stdlib_corpus import build_stdlib_corpus, stdlib_dir
+from cocohanere_data.codesearchnet import load_eval_split, load_pairs
+from cocohanere_data.stdlib_corpus import build_stdlib_corpus, stdlib_dir
 
 MODULES = ("bisect", "colorsys", "csv", "fnmatch", "glob", "heapq", "json", "shlex", "string", "textwrap")
 

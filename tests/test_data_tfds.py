@@ -7,8 +7,8 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from data.codesearchnet import load_eval_split, load_pairs  # noqa: E402
-from data.tfds_builder import CodeSearchNet, codesearch_builder, read_pairs  # noqa: E402
+from cocohanere_data.codesearchnet import load_eval_split, load_pairs  # noqa: E402
+from cocohanere_data.tfds_builder import CodeSearchNet, codesearch_builder, read_pairs  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -43,7 +43,7 @@ def minilm():
 
 
 def _pairs():
-    from data.codesearchnet import load_pairs
+    from cocohanere_data.codesearchnet import load_pairs
 
     return load_pairs(FIXTURES / "csn_gcb", "python", "train")
 

@@ -1,9 +1,9 @@
 """Build a CodeSearchNet-layout corpus from any directory of source code.
 
-    python -m data.source_tree.build --src DIR --out OUT --lang python
+    python -m cocohanere_data.source_tree.build --src DIR --out OUT --lang python
 
 writes ``OUT/<lang>/{train,valid,test,codebase}.jsonl`` in the GraphCodeBERT-filtered layout (so
-`data.codesearchnet.load_pairs` / `load_eval_split` read it unchanged) and ``OUT/<lang>/report.json``
+`cocohanere_data.codesearchnet.load_pairs` / `load_eval_split` read it unchanged) and ``OUT/<lang>/report.json``
 saying how many files and functions every filter removed.
 
 Pipeline (each step counts what it removes):
@@ -15,7 +15,7 @@ Pipeline (each step counts what it removes):
    files (``*_test.go``, ``test_*.py``, ``*.test.js``, ``*Test.java``...), generated files
    (``*.min.js``), links, files over ``max_file_bytes`` (2 MB), binary files (NUL byte in the first
    8 KB), files that are not valid UTF-8 (``file:line`` of the first bad byte).
-2. Functions (tree-sitter, `data.source_tree.extract`), then the CodeSearchNet filters in this
+2. Functions (tree-sitter, `cocohanere_data.source_tree.extract`), then the CodeSearchNet filters in this
    order: no doc comment; empty doc; a parse error inside the function; no body (abstract/interface
    methods); a name with a ``test*`` component; Python dunders and the constructors/standard methods
    CodeSearchNet drops (``toString``, ``initialize``...); fewer than 3 non-blank code lines; a summary
@@ -49,10 +49,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.records import BadInputError
-from data.source_tree import docs
-from data.source_tree.extract import Function, extract_functions
-from data.source_tree.languages import LANGUAGES, grammar_versions, spec_for
+from cocohanere_data.records import BadInputError
+from cocohanere_data.source_tree import docs
+from cocohanere_data.source_tree.extract import Function, extract_functions
+from cocohanere_data.source_tree.languages import LANGUAGES, grammar_versions, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +463,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.source_tree.build", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cocohanere_data.source_tree.build", description=__doc__.split("\n\n")[0])
     p.add_argument("--src", required=True, help="directory of source code (a repository, packages...)")
     p.add_argument("--out", required=True, help="output root; writes OUT/<lang>/{train,valid,test,codebase}.jsonl")
     p.add_argument("--lang", required=True, choices=LANGUAGES)

@@ -2,7 +2,7 @@
 
 `extract_functions(source, lang, path)` returns every function-like definition of the file with its
 doc (None when it has none), the CodeSearchNet fields derived from it and the facts the filters in
-`data.source_tree.build` need (body present, parse error). It filters nothing itself.
+`cocohanere_data.source_tree.build` need (body present, parse error). It filters nothing itself.
 
 Doc comments, per language:
 * Python: the docstring (first statement of the body, a string literal); it is removed from `code`
@@ -21,8 +21,8 @@ import dataclasses
 import textwrap
 import warnings
 
-from data.source_tree import docs
-from data.source_tree.languages import LanguageSpec, parser_for, spec_for
+from cocohanere_data.source_tree import docs
+from cocohanere_data.source_tree.languages import LanguageSpec, parser_for, spec_for
 
 
 @dataclasses.dataclass
