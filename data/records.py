@@ -388,3 +388,112 @@ def join_tokens(tokens: list[str]) -> str:
 def normalize_whitespace(text: str) -> str:
     return " ".join(text.split())
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Labelled code (code-to-code tasks: POJ-104, BigCloneBench functions, code groups from source trees).
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LabelledCode:
+    """One program or function with the label of the group it belongs to.
+
+    `data_id` is the row index within the loaded set; `label` names the group (POJ-104: the problem
+    number; a source-tree group: the qualified function name); programs with the same label are
+    clones of each other (positives), programs with different labels are not. `key` identifies the
+    program itself (POJ-104 `index`, BigCloneBench `idx`, a source-tree `path#Lstart-Lend`).
+    """
+
+    data_id: int
+    code: str
+    label: str
+    key: str
+    language: str
+    origin: str
+
+
+class LabelledCodes(Sequence[LabelledCode]):
+    """An immutable sequence of `LabelledCode` with `data_id == index`, plus the load report."""
+
+    def __init__(self, items: list[LabelledCode], report: LoadReport | None = None):
+        for i, it in enumerate(items):
+            if it.data_id != i:
+                raise ValueError(f"LabelledCodes need data_id == row index; row {i} has data_id {it.data_id}")
+        self._items = items
+        self.report = report if report is not None else LoadReport()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._items[i]
+
+    def __iter__(self) -> Iterator[LabelledCode]:
+        return iter(self._items)
+
+    @property
+    def codes(self) -> list[str]:
+        return [it.code for it in self._items]
+
+    @property
+    def labels(self) -> list[str]:
+        return [it.label for it in self._items]
+
+    @property
+    def keys(self) -> list[str]:
+        return [it.key for it in self._items]
+
+    def label_ids(self) -> np.ndarray:
+        """int32 [N]: dense label ids 0..L-1, numbered in sorted order of the label strings
+        (integers sort numerically when every label is an integer, as in POJ-104)."""
+        names = sorted(set(self.labels), key=_label_sort_key)
+        index = {name: i for i, name in enumerate(names)}
+        return np.asarray([index[it.label] for it in self._items], np.int32)
+
+    def groups(self) -> dict[str, np.ndarray]:
+        """label -> int64 row indices carrying it (in row order)."""
+        where: dict[str, list[int]] = collections.defaultdict(list)
+        for it in self._items:
+            where[it.label].append(it.data_id)
+        return {k: np.asarray(v, np.int64) for k, v in where.items()}
+
+    def positive_pairs(self, seed: int = 0) -> tuple["Pairs", np.ndarray]:
+        """Code-to-code training pairs: every program whose label has another member is an anchor,
+        paired with one other member of its group drawn with `seed` (as CodeXGLUE's POJ-104 pipeline
+        draws one positive per anchor). Returns `(pairs, label_ids)`: `pairs[i].query` is the anchor
+        code, `pairs[i].code` the positive, `pairs[i].key` = "<anchor key>|<positive key>",
+        `pairs[i].origin` the label; `label_ids` int32 [len(pairs)] is the DataID -> label table the
+        label masks (`cocohanere_jax.label_mask`) read. Programs alone in their group are counted under
+        `filtered` (`singleton_label`) in `pairs.report`."""
+        rng = np.random.default_rng(seed)
+        ids = self.label_ids()
+        groups = self.groups()
+        report = LoadReport()
+        report.rows_read = len(self._items)
+        out: list[Pair] = []
+        out_labels: list[int] = []
+        for it in self._items:
+            members = groups[it.label]
+            if len(members) < 2:
+                report.filter("singleton_label", it.key, None, f"label {it.label!r} has no other member")
+                continue
+            j = int(rng.integers(len(members) - 1))
+            others = members[members != it.data_id]
+            pos = self._items[int(others[j])]
+            out.append(Pair(len(out), it.code, pos.code, f"{it.key}|{pos.key}", it.language, it.label))
+            out_labels.append(int(ids[it.data_id]))
+        report.rows_kept = len(out)
+        if not out:
+            raise BadInputError(f"positive_pairs: no label has two or more programs ({len(self)} programs); "
+                                "code-to-code training needs groups of clones.")
+        return Pairs(out, report), np.asarray(out_labels, np.int32)
+
+    def __repr__(self) -> str:
+        return f"LabelledCodes(n={len(self)}, labels={len(set(self.labels))}, report={self.report.summary()!r})"
+
+
+def _label_sort_key(label: str):
+    try:
+        return (0, int(label), "")
+    except ValueError:
+        return (1, 0, label)
