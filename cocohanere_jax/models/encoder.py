@@ -25,6 +25,8 @@ from cocohanere_jax.models.t5 import T5Config, T5Encoder
 # Default maximum lengths of the paper (query 128, code 256 tokens).
 DEFAULT_MAX_LENGTH = {"query": 128, "code": 256}
 _REMOTE_CODE_DIR = os.path.join(os.path.dirname(__file__), "codet5p_remote")
+_TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json")
 _SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
@@ -243,11 +245,29 @@ def resolve_model_path(path: str) -> str:
 def load_tokenizer(folder: str) -> Any:
     """The folder's Hugging Face tokenizer, or None if it has no tokenizer files."""
     names = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
-    if not any(os.path.isfile(os.path.join(folder, n)) for n in names):
+    present = [n for n in names if os.path.isfile(os.path.join(folder, n))]
+    if not present:
         return None
+    # The JSON files first: a truncated one then names itself instead of failing somewhere in transformers.
+    for name in _TOKENIZER_JSON:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            hf.read_json(path, f"tokenizer file {name}")
+    for name in present:
+        path = os.path.join(folder, name)
+        if os.path.getsize(path) == 0:
+            raise hf.ModelFileError(f"{path}: the tokenizer file is empty. {hf._RECOPY}")
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as e:  # tokenizers / sentencepiece / transformers raise many types, often with no file
+        files = ", ".join(f"{n} ({hf._size(os.path.join(folder, n))})" for n in sorted(os.listdir(folder))
+                          if n in names + _TOKENIZER_JSON or n.endswith((".model", ".txt")))
+        raise hf.ModelFileError(
+            f"{folder}: the tokenizer does not load ({type(e).__name__}: {' '.join(str(e).split())[:300]}). Its files: "
+            f"{files}. One of them is truncated, corrupt or of another model; {hf._RECOPY}"
+        ) from e
     tok.padding_side = "right"
     tok.truncation_side = "right"
     return tok

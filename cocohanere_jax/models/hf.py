@@ -30,8 +30,39 @@ BERT_MODEL_TYPES = ("bert",)
 POOLING_KEY = "cocohanere_pooling"
 
 
-class ConversionError(ValueError):
+class ModelFileError(ValueError):
+    """A file of a model folder is unreadable or invalid (truncated or corrupt weights, bad JSON, a tokenizer
+    that does not load): the message names the file, what is wrong with it and what to do."""
+
+
+class ConversionError(ModelFileError):
     """A checkpoint does not fit the architecture: names the key, the expected and the found shape."""
+
+
+def _size(path: str) -> str:
+    try:
+        return f"{os.path.getsize(path)} bytes"
+    except OSError:
+        return "size unknown"
+
+
+_RECOPY = ("Copy the file again from the original model (a full disk or an interrupted download or copy "
+           "leaves it truncated), e.g. with save_pretrained, or `python -m cocohanere_jax.export` for our runs.")
+
+
+def read_json(path: str, what: str = "JSON file") -> Any:
+    """A JSON file, or a ModelFileError naming it (unreadable, not UTF-8, invalid JSON)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelFileError(
+            f"{path}:{e.lineno}:{e.colno}: {what} is not valid JSON ({e.msg}; {_size(path)}). {_RECOPY}"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start}). {_RECOPY}") from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read the {what} ({e.strerror or e}).") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,11 +292,26 @@ def read_config(folder: str) -> dict[str, Any]:
             f"{folder}: no config.json. Pass a local Hugging Face model folder (as written by "
             "save_pretrained, or by `python -m cocohanere_jax.export`); this project never downloads from a hub."
         )
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg}).") from e
+    config = read_json(path, "config.json")
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: config.json holds a {type(config).__name__}, not a JSON object. {_RECOPY}")
+    return config
+
+
+def load_safetensors(path: str, index: str | None = None) -> dict[str, np.ndarray]:
+    """One safetensors file as numpy arrays, or a ModelFileError naming it (missing, truncated, corrupt)."""
+    from safetensors.numpy import load_file
+
+    if not os.path.isfile(path):
+        raise ModelFileError(
+            f"{path}: missing" + (f" (listed in {index})" if index else "") + f". {_RECOPY}")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises SafetensorError / OSError with no file name
+        raise ModelFileError(
+            f"{path}: not a readable safetensors file ({type(e).__name__}: {e}; {_size(path)}): truncated or "
+            f"corrupt. {_RECOPY}"
+        ) from e
 
 
 def read_state(folder: str) -> tuple[dict[str, np.ndarray], str]:
@@ -274,15 +320,25 @@ def read_state(folder: str) -> tuple[dict[str, np.ndarray], str]:
     index = os.path.join(folder, "model.safetensors.index.json")
     binary = os.path.join(folder, "pytorch_model.bin")
     if os.path.isfile(single) or os.path.isfile(index):
-        from safetensors.numpy import load_file
-
         if os.path.isfile(single):
-            return load_file(single), single
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+            return load_safetensors(single), single
+        spec = read_json(index, "safetensors index")
+        weight_map = spec.get("weight_map") if isinstance(spec, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise ModelFileError(f"{index}: no 'weight_map' object of tensor name -> shard file. {_RECOPY}")
+        missing = sorted({s for s in weight_map.values() if not os.path.isfile(os.path.join(folder, s))})
+        if missing:
+            raise ModelFileError(
+                f"{index} lists {len(missing)} shard file(s) that are not in {folder}: {missing[:5]}. {_RECOPY}")
         state: dict[str, np.ndarray] = {}
-        for shard in shards:
-            state.update(load_file(os.path.join(folder, shard)))
+        for shard in sorted(set(weight_map.values())):
+            state.update(load_safetensors(os.path.join(folder, shard), index))
+        absent = [k for k in weight_map if k not in state]
+        if absent:
+            raise ModelFileError(
+                f"{index}: {len(absent)} tensor(s) it maps are in none of the shards, first: "
+                f"{[(k, weight_map[k]) for k in absent[:3]]}. {_RECOPY}")
         return state, index
     if os.path.isfile(binary):
         try:
@@ -292,7 +348,15 @@ def read_state(folder: str) -> tuple[dict[str, np.ndarray], str]:
                 f"{binary}: reading pytorch_model.bin needs PyTorch, which is not installed. Either "
                 "`pip install torch` (CPU is enough), or convert the folder once to model.safetensors."
             ) from e
-        sd = torch.load(binary, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(binary, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated zip, not a checkpoint, pickled code (weights_only refuses it)
+            raise ModelFileError(
+                f"{binary}: torch.load failed ({type(e).__name__}: {' '.join(str(e).split())[:300]}; {_size(binary)}): "
+                f"truncated, corrupt or not a plain state dict. {_RECOPY}"
+            ) from e
+        if not isinstance(sd, dict) or not all(hasattr(v, "is_floating_point") for v in sd.values()):
+            raise ModelFileError(f"{binary}: not a state dict of tensors (found {type(sd).__name__}). {_RECOPY}")
         return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}, binary
     raise FileNotFoundError(
         f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin."
@@ -304,8 +368,9 @@ def sentence_transformers_pooling(folder: str) -> str | None:
     path = os.path.join(folder, "1_Pooling", "config.json")
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
+    cfg = read_json(path, "sentence-transformers pooling config")
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"{path}: holds a {type(cfg).__name__}, not a JSON object. {_RECOPY}")
     if cfg.get("pooling_mode_mean_tokens"):
         return "mean"
     if cfg.get("pooling_mode_cls_token"):
@@ -324,9 +389,20 @@ def architecture(hf_config: Mapping[str, Any], folder: str, pooling: str | None)
     chosen = pooling or hf_config.get(POOLING_KEY) or sentence_transformers_pooling(folder)
 
     def pick(cls, **renamed):
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {k: hf_config[k] for k in fields if k in hf_config}
         kwargs.update(renamed)
+        for k, v in kwargs.items():  # a wrong type here would fail deep inside the model, far from the file
+            default = fields[k].default
+            want = type(default) if default is not None and default is not dataclasses.MISSING else int
+            if k == "embed_dim" and v is None:
+                continue
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) if want is float else
+                  isinstance(v, want) and (want is bool or not isinstance(v, bool)))
+            if not ok or (want is int and v < 0):
+                raise ModelFileError(
+                    f"{folder}/config.json: field {k!r} is {v!r}, expected a{' non-negative' if want is int else ''} "
+                    f"{want.__name__}. Fix the field or copy config.json again from the original model.")
         return cls(**kwargs)
 
     if model_type in (CODET5P_MODEL_TYPE, "t5"):
