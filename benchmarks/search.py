@@ -22,8 +22,6 @@ Results agree on the neighbour sets (checked, ties aside). Median of interleaved
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Any
 
 from benchmarks import common

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from typing import Any
@@ -96,11 +95,15 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
 
     from cocohanere_jax import bank as bank_lib
     from cocohanere_jax import sharding
+    from cocohanere_jax import optim
     from cocohanere_jax import step as S
+    from cocohanere_jax.step_config import StepConfig
+    from cocohanere_jax.token_table import TokenTable
 
-    config = S.StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0,
-                          dedup_negatives=reencode_fraction is not None, reencode_fraction=reencode_fraction or 1.0)
-    tx = S.make_optimizer(config, total_steps=100_000)
+    config = StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0,
+                        mask_duplicates=False, dedup_negatives=reencode_fraction is not None,
+                        reencode_fraction=reencode_fraction or 1.0)
+    tx = optim.make_optimizer(config, total_steps=100_000)
     mesh = sharding.make_mesh(jax.devices()[:1])
     state = S.init_train_state(enc.params, tx, config, enc.dim, rng=0)
 
@@ -108,11 +111,11 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
         return bank_lib.Bank(embeddings=jnp.asarray(emb), ids=jnp.asarray(work.bank_ids), ptr=jnp.zeros((), jnp.int32))
 
     state = sharding.replicate(state.replace(query_bank=bank(work.bank_query_emb), code_bank=bank(work.bank_code_emb)), mesh)
-    table = sharding.replicate(S.TokenTable(jnp.asarray(work.query_ids), jnp.asarray(work.code_ids)), mesh)
+    tokens = TokenTable(work.query_ids, work.code_ids, pad_id=enc.pad_id)
+    table = sharding.replicate(tokens.device_view(), mesh)
 
     def batch(s):
-        ids = work.batch_ids(s)
-        return sharding.shard_batch({"data_id": ids, "query_ids": work.query_ids[ids], "code_ids": work.code_ids[ids]}, mesh)
+        return sharding.shard_batch(tokens.batch(work.batch_ids(s)), mesh)
 
     fn = S.make_train_step(enc.module, tx, config, mesh, pad_id=enc.pad_id, compiler_options=compiler_options)
     t = time.perf_counter()

@@ -3,7 +3,7 @@
 Data parallelism only: one mesh axis, ``"data"``, over all devices. The train state (parameters,
 optimizer state, both memory banks, step, rng) and the token table are **replicated**; a batch is
 **split along its leading (example) axis**. The step runs as ``jax.shard_map`` under ``jax.jit`` over this
-mesh (STYLE.md: what a ``pmap`` compiles to in this JAX version).
+mesh (what a ``pmap`` compiles to in this JAX version; docs/METHOD.md).
 
 The mesh is built with ``jax.sharding.Mesh`` (Auto axis types), not ``jax.make_mesh`` (Explicit axes,
 under which a scatter into a replicated array needs ``out_sharding=``).
@@ -11,7 +11,7 @@ under which a scatter into a replicated array needs ``out_sharding=``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -23,6 +23,8 @@ __all__ = [
     "replicated_sharding",
     "batch_sharding",
     "replicate",
+    "replicated_abstract",
+    "init_replicated",
     "shard_batch",
     "check_global_batch",
 ]
@@ -55,6 +57,19 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     state, and donating an alias would delete the caller's arrays (e.g. the initial parameters).
     """
     return jax.device_put(tree, replicated_sharding(mesh), may_alias=False)
+
+
+def replicated_abstract(tree: Any, mesh: Mesh) -> Any:
+    """``jax.ShapeDtypeStruct`` leaves of ``tree`` (arrays or shape structs), replicated on ``mesh``: the
+    target a checkpoint is restored into, with nothing allocated."""
+    where = replicated_sharding(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), tree)
+
+
+def init_replicated(fn: Callable[..., Any], *args: Any, mesh: Mesh) -> Any:
+    """``fn(*args)`` computed where it lives: its outputs are born replicated on ``mesh``
+    (``jax.jit(fn, out_shardings=...)``) instead of built on the host and copied (big_vision, maxtext)."""
+    return jax.jit(fn, out_shardings=replicated_sharding(mesh))(*replicate(args, mesh))
 
 
 def check_global_batch(global_batch: int, mesh: Mesh) -> int:

@@ -38,8 +38,10 @@ def main(argv):
     import jax
     import numpy as np
 
-    from cocohanere_jax import sharding
+    from cocohanere_jax import optim, sharding
     from cocohanere_jax import step as step_lib
+    from cocohanere_jax.step_config import StepConfig
+    from cocohanere_jax.token_table import TokenTable
     from cocohanere_jax.models import encoder as encoder_lib
     from cocohanere_data import codesearchnet
     from experiments import ablation
@@ -49,23 +51,23 @@ def main(argv):
     n = min(len(pairs), 4 * FLAGS.batch * (FLAGS.steps + 1))
     q_ids = enc.tokenize(pairs.queries[:n], FLAGS.query_length)
     c_ids = enc.tokenize(pairs.codes[:n], FLAGS.code_length)
-    code_tokens = (c_ids != enc.pad_id).sum(1)
+    tokens = TokenTable(q_ids, c_ids, pad_id=enc.pad_id)
+    code_tokens = tokens.code_lengths
     mesh = sharding.make_mesh()
     rows = []
     for variant in FLAGS.variants:
         overrides = ablation.VARIANTS[variant].step
-        cfg = step_lib.StepConfig(k=FLAGS.k, bank_size=FLAGS.bank_size, mask_duplicates=False,
-                                  **{k: v for k, v in overrides.items()})
-        optimizer = step_lib.make_optimizer(cfg, 1000)
+        cfg = StepConfig(k=FLAGS.k, bank_size=FLAGS.bank_size, mask_duplicates=False,
+                         **{k: v for k, v in overrides.items()})
+        optimizer = optim.make_optimizer(cfg, 1000)
         state = sharding.replicate(step_lib.init_train_state(enc.params, optimizer, cfg, enc.dim, 0), mesh)
-        table = sharding.replicate(step_lib.TokenTable(q_ids, c_ids, np.zeros(n, np.int32), np.zeros(n, np.int32)),
-                                   mesh)
+        table = sharding.replicate(tokens.device_view(), mesh)
         train_step = step_lib.make_train_step(enc.module, optimizer, cfg, mesh, pad_id=enc.pad_id)
         t0 = time.perf_counter()
 
         def batch(i):
             ids = np.arange(i * FLAGS.batch, (i + 1) * FLAGS.batch, dtype=np.int32) % n
-            return sharding.shard_batch({"data_id": ids, "query_ids": q_ids[ids], "code_ids": c_ids[ids]}, mesh)
+            return sharding.shard_batch(tokens.batch(ids), mesh)
 
         compiled = train_step.lower(state, batch(0), table).compile()
         compile_s = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""Tokenised arrays, the on-disk token cache, the token table and the resumable batch iterator."""
+"""Tokenised arrays, the on-disk token cache, the token table built from them and the resumable batch iterator."""
 
 import hashlib
 import json
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cocohanere_jax import input_pipeline as ip
+from cocohanere_jax import token_table as TT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -73,25 +74,25 @@ def test_token_table_cache_is_keyed_by_fingerprint_lengths_and_texts(minilm, tmp
     tokenize, fp, pad_id, calls = minilm
     pairs = _pairs()
     calls.clear()
-    t1 = ip.token_table_from_pairs(pairs, tokenize, fp, 24, 64, cache_dir=tmp_path)
+    t1 = TT.token_table_from_pairs(pairs, tokenize, fp, 24, 64, cache_dir=tmp_path)
     first_calls = len(calls)
     assert first_calls >= 2
     assert t1.query_ids.shape == (len(pairs), 24) and t1.code_ids.shape == (len(pairs), 64)
     assert t1.query_ids.dtype == t1.code_ids.dtype == t1.code_hash.dtype == np.int32
 
     # Same tokenizer, lengths and texts: read from disk, tokenizer never called.
-    t2 = ip.token_table_from_pairs(pairs, tokenize, fp, 24, 64, cache_dir=tmp_path)
+    t2 = TT.token_table_from_pairs(pairs, tokenize, fp, 24, 64, cache_dir=tmp_path)
     assert len(calls) == first_calls
     np.testing.assert_array_equal(t1.query_ids, t2.query_ids)
     np.testing.assert_array_equal(t1.code_ids, t2.code_ids)
 
     # Any change of fingerprint, length or texts misses the cache.
-    ip.token_table_from_pairs(pairs, tokenize, fp + "-other", 24, 64, cache_dir=tmp_path)
+    TT.token_table_from_pairs(pairs, tokenize, fp + "-other", 24, 64, cache_dir=tmp_path)
     assert len(calls) > first_calls
     n = len(calls)
-    ip.build_token_table(pairs.queries, pairs.codes, tokenize, fp, 24, 32, cache_dir=tmp_path)
+    TT.build_token_table(pairs.queries, pairs.codes, tokenize, fp, 24, 32, cache_dir=tmp_path)
     assert len(calls) == n + 1  # queries hit, codes (new length) miss
-    ip.build_token_table(pairs.queries[:-1] + ["changed"], pairs.codes, tokenize, fp, 24, 32, cache_dir=tmp_path)
+    TT.build_token_table(pairs.queries[:-1] + ["changed"], pairs.codes, tokenize, fp, 24, 32, cache_dir=tmp_path)
     assert len(calls) == n + 2  # queries changed, codes hit
     meta = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert {m["fingerprint"] for m in meta} == {fp, fp + "-other"}
@@ -100,7 +101,7 @@ def test_token_table_cache_is_keyed_by_fingerprint_lengths_and_texts(minilm, tmp
     for victim in tmp_path.glob("code-*.npy"):
         victim.write_bytes(b"garbage")
     n = len(calls)
-    ip.build_token_table(pairs.queries, pairs.codes, tokenize, fp, 24, 64, cache_dir=tmp_path)
+    TT.build_token_table(pairs.queries, pairs.codes, tokenize, fp, 24, 64, cache_dir=tmp_path)
     assert len(calls) > n
     rebuilt = tmp_path / f"code-{ip.cache_key(fp, 64, ip.texts_digest(pairs.codes))}.npy"
     assert np.load(rebuilt).shape == (len(pairs), 64)
@@ -109,7 +110,7 @@ def test_token_table_cache_is_keyed_by_fingerprint_lengths_and_texts(minilm, tmp
 def test_token_table_rows_follow_data_ids(minilm, tmp_path):
     tokenize, fp, _, _ = minilm
     pairs = _pairs()
-    table = ip.token_table_from_pairs(pairs, tokenize, fp, 16, 48)
+    table = TT.token_table_from_pairs(pairs, tokenize, fp, 16, 48)
     ids = np.array([5, 0, 17, 5], np.int32)
     q, c = table.rows(ids)
     np.testing.assert_array_equal(q, ip.tokenize_in_chunks([pairs[i].query for i in ids], tokenize, 16))
@@ -117,22 +118,22 @@ def test_token_table_rows_follow_data_ids(minilm, tmp_path):
     with pytest.raises(IndexError):
         table.rows(np.array([len(pairs)]))
     with pytest.raises(IndexError):
-        table.codes(np.array([-1]))
+        table.lookup("code", np.array([-1]))
 
 
 def test_text_hash_matches_whitespace_normalised_duplicates():
-    h = ip.text_hash(["def f ( ) :\n  return 1", "def f ( ) : return 1", "def g ( ) : return 1", ""])
+    h = TT.text_hash(["def f ( ) :\n  return 1", "def f ( ) : return 1", "def g ( ) : return 1", ""])
     assert h.dtype == np.int32 and h.shape == (4,)
     assert h[0] == h[1] and h[1] != h[2]
     # Stable across processes/runs (not Python's randomised hash).
-    assert ip.text_hash(["abc"])[0] == int.from_bytes(hashlib.blake2b(b"abc", digest_size=4).digest(),
+    assert TT.text_hash(["abc"])[0] == int.from_bytes(hashlib.blake2b(b"abc", digest_size=4).digest(),
                                                       "little", signed=True)
 
 
 def test_fixture_duplicates_share_code_hash(minilm):
     tokenize, fp, _, _ = minilm
     pairs = _pairs()
-    table = ip.token_table_from_pairs(pairs, tokenize, fp, 8, 8)
+    table = TT.token_table_from_pairs(pairs, tokenize, fp, 8, 8)
     norm = [" ".join(c.split()) for c in pairs.codes]
     for i in range(len(pairs)):
         for j in range(i + 1, len(pairs)):
@@ -195,12 +196,9 @@ def test_processes_read_disjoint_slices_of_the_global_batch():
     np.testing.assert_array_equal(np.concatenate([next(two[0]), next(two[1])]), full[5])
 
 
-def test_drop_remainder_false_pads_the_last_batch():
-    it = ip.BatchIterator(10, 4, seed=0, drop_remainder=False, num_epochs=1)
-    batches = list(it)
-    assert len(batches) == 3
-    assert (batches[-1][2:] == -1).all() and (batches[-1][:2] >= 0).all()
-    assert sorted(np.concatenate(batches)[np.concatenate(batches) >= 0].tolist()) == list(range(10))
+def test_last_incomplete_batch_is_dropped_and_unshuffled_order_is_kept():
+    batches = list(ip.BatchIterator(10, 4, seed=0, num_epochs=1))
+    assert len(batches) == 2 and all(b.shape == (4,) and (b >= 0).all() for b in batches)
     unshuffled = list(ip.BatchIterator(10, 5, seed=0, shuffle=False, num_epochs=1))
     np.testing.assert_array_equal(np.concatenate(unshuffled), np.arange(10))
 

@@ -18,7 +18,11 @@ import pytest
 from cocohanere_jax import bank as bank_lib
 from cocohanere_jax import losses
 from cocohanere_jax import sharding
+from cocohanere_jax import objective as objective_lib
+from cocohanere_jax import optim, reencode
 from cocohanere_jax import step as S
+from cocohanere_jax import token_table as TT
+from cocohanere_jax.step_config import StepConfig
 from tiny_models import PAD_ID, TinyEncoder, batch_for, init_params, numpy_search, token_table
 
 N, LQ, LC, VOCAB, DIM = 40, 8, 12, 50, 16
@@ -29,7 +33,7 @@ PREFILL = np.array([20, 21, 22, 23, 24, 25, 26, 27, 28, 3, 5], np.int32)  # 3 an
 BATCHES = [np.arange(s * B, (s + 1) * B, dtype=np.int32) for s in range(5)]
 STEPS = 5
 # lr large enough that parameters move well beyond float noise; eps above the noise of near-zero grads.
-CONFIG = S.StepConfig(k=K, bank_size=M, learning_rate=1e-2, adam_eps=1e-6)
+CONFIG = StepConfig(k=K, bank_size=M, learning_rate=1e-2, adam_eps=1e-6, mask_duplicates=False)
 
 
 # Jitted for checks outside traced code (one compile instead of one per op).
@@ -39,7 +43,7 @@ hard_negative_loss = jax.jit(losses.hard_negative_loss, static_argnames="tempera
 
 def variant(**changes):
     """CONFIG with some fields changed."""
-    return S.StepConfig(**{**CONFIG.__dict__, **changes})
+    return StepConfig(**{**CONFIG.__dict__, **changes})
 
 
 class World:
@@ -49,8 +53,8 @@ class World:
         self.model = TinyEncoder(vocab_size=VOCAB, hidden=32, dim=DIM, dropout_rate=0.1)
         self.params = init_params(self.model)
         self.qt, self.ct = token_table(N, LQ, LC, VOCAB)
-        self.table = S.TokenTable(query_ids=jnp.asarray(self.qt), code_ids=jnp.asarray(self.ct))
-        self.tx = S.make_optimizer(CONFIG, total_steps=20)
+        self.table = TT.TokenTable(self.qt, self.ct, pad_id=PAD_ID).device_view()
+        self.tx = optim.make_optimizer(CONFIG, total_steps=20)
         state = S.init_train_state(self.params, self.tx, CONFIG, DIM, rng=0)
         encode = jax.jit(lambda p, ids: self.model.apply({"params": p}, ids, ids != PAD_ID))
         state = state.replace(
@@ -223,7 +227,7 @@ def test_host_table_equals_device_table(world, run4):
 
     calls = []
 
-    class CountingHostTable(S.HostTokenTable):
+    class CountingHostTable(TT.TokenTable):
         def lookup(self, which, ids):
             calls.append((which, np.shape(ids)))
             return super().lookup(which, ids)
@@ -232,7 +236,7 @@ def test_host_table_equals_device_table(world, run4):
     mesh = sharding.make_mesh(jax.devices()[:4])
     step_fn = S.make_train_step(world.model, world.tx, config, mesh, pad_id=PAD_ID, compiler_options=FAST,
                                 host_table=CountingHostTable(world.qt, world.ct))
-    snaps, metrics, identical = world.run(step_fn, mesh, 2, S.TokenTable())
+    snaps, metrics, identical = world.run(step_fn, mesh, 2, TT.DeviceTokenTable())
     assert identical
     assert ("code", (B // 4, K)) in calls and ("query", (B // 4, K)) in calls  # per device, local anchors
     for s in range(2):
@@ -253,7 +257,7 @@ def test_lr_follows_linear_decay(run4):
 def objective(config, dropout=0.0, grad=True):
     """The jitted single-program objective (memoised: each variant compiles once per session)."""
     model = TinyEncoder(vocab_size=VOCAB, hidden=32, dim=DIM, dropout_rate=dropout)  # same params as World
-    f = functools.partial(S.loss_and_aux, apply_fn=S.as_apply_fn(model), config=config, pad_id=PAD_ID)
+    f = functools.partial(objective_lib.loss_and_aux, apply_fn=reencode.as_apply_fn(model), config=config, pad_id=PAD_ID)
     if grad:
         f = jax.value_and_grad(f, has_aux=True)
     return jax.jit(f, compiler_options=FAST)
@@ -306,15 +310,15 @@ def test_gradient_reaches_reencoded_negatives_finite_differences(world):
 def test_remat_and_chunked_encoding_change_nothing(world):
     """jax.checkpoint + chunked encoding give the same embeddings and gradient as one call, dropout on:
     per-row keys make the dropout masks independent of the chunking."""
-    apply_fn = S.as_apply_fn(world.model)
+    apply_fn = reencode.as_apply_fn(world.model)
     rows = jnp.asarray(world.ct[:23])
-    keys = S.row_keys(jax.random.key_data(jax.random.key(3)), 2, jnp.arange(23))
+    keys = reencode.row_keys(jax.random.key_data(jax.random.key(3)), 2, jnp.arange(23))
     weights = jnp.asarray(np.random.default_rng(0).normal(size=(23, DIM)), jnp.float32)
 
     @functools.partial(jax.jit, static_argnums=(1, 2), compiler_options=FAST)
     def value_and_grad(params, remat, chunk):
         def f(p):
-            emb = S.encode_rows(apply_fn, p, rows, keys, pad_id=PAD_ID, remat=remat, chunk=chunk)
+            emb = reencode.encode_rows(apply_fn, p, rows, keys, pad_id=PAD_ID, remat=remat, chunk=chunk)
             return jnp.sum(emb * weights), emb
         return jax.value_and_grad(f, has_aux=True)(params)
 
@@ -324,7 +328,7 @@ def test_remat_and_chunked_encoding_change_nothing(world):
     np.testing.assert_allclose(v1, v0, rtol=1e-5, atol=1e-5)
     tree_allclose(g1, g0, rtol=1e-5, atol=1e-6 * float(optax.tree.norm(g0)))
     # Dropout is really on: the deterministic encoding differs.
-    det = S.encode_rows(apply_fn, world.params, rows, keys, pad_id=PAD_ID, deterministic=True)
+    det = reencode.encode_rows(apply_fn, world.params, rows, keys, pad_id=PAD_ID, deterministic=True)
     assert float(jnp.max(jnp.abs(det - e0))) > 1e-3
 
 
@@ -410,37 +414,37 @@ def test_ablations(world):
 
 def test_config_from_config_dict_and_validation():
     cfg = ml_collections.ConfigDict({"k": 4, "knn": "uni", "false_negative_margin": None, "temperature": 0.07})
-    sc = S.StepConfig.from_config(cfg)
+    sc = StepConfig.from_config(cfg)
     assert (sc.k, sc.knn, sc.temperature, sc.bank_size) == (4, "uni", 0.07, 8096)
     with pytest.raises(ValueError, match="unknown step config field"):
-        S.StepConfig.from_config({"kk": 3})
+        StepConfig.from_config({"kk": 3})
     for bad in (dict(knn="tri"), dict(token_table="disk"), dict(k=0), dict(bank_size=5, k=10), dict(temperature=0.0),
                 dict(bimodal_weight=0.0, hard_negative_weight=0.0), dict(reencode_fraction=0.5),
                 dict(dedup_negatives=True, reencode_fraction=0.0), dict(dedup_negatives=True, reencode_fraction=1.5)):
         with pytest.raises(ValueError, match="StepConfig"):
-            S.StepConfig(**bad)
+            StepConfig(**bad)
     with pytest.raises(ValueError, match="host_table"):
-        S.make_train_step(TinyEncoder(), optax.sgd(0.1), S.StepConfig(token_table="host"), sharding.make_mesh(),
+        S.make_train_step(TinyEncoder(), optax.sgd(0.1), StepConfig(token_table="host"), sharding.make_mesh(),
                           pad_id=0)
 
 
 def test_make_optimizer_defaults():
-    config = S.StepConfig()
+    config = StepConfig()
     assert (config.learning_rate, config.adam_eps, config.weight_decay, config.grad_clip) == (3e-5, 1e-8, 0.01, 1.0)
-    tx = S.make_optimizer(config, total_steps=10)
+    tx = optim.make_optimizer(config, total_steps=10)
     params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
     state = tx.init(params)
     huge = {"w": jnp.full((2, 2), 100.0), "b": jnp.full((2,), 100.0)}
     update = jax.jit(tx.update)
     updates, state = update(huge, state, params)
-    np.testing.assert_allclose(S.current_learning_rate(state), 3e-5, rtol=1e-6)
+    np.testing.assert_allclose(optim.current_learning_rate(state), 3e-5, rtol=1e-6)
     # First AdamW step: -lr * (g/|g| + wd * p) per element (clipping does not change the direction).
     np.testing.assert_allclose(updates["w"], -3e-5 * (1 + 0.01), rtol=1e-4)
     for _ in range(4):
         updates, state = update(huge, state, params)
-    np.testing.assert_allclose(S.current_learning_rate(state), 3e-5 * (1 - 4 / 10), rtol=1e-5)
+    np.testing.assert_allclose(optim.current_learning_rate(state), 3e-5 * (1 - 4 / 10), rtol=1e-5)
     # Biases can be exempted from weight decay.
-    tx = S.make_optimizer(S.StepConfig(weight_decay_vectors=False), total_steps=10)
+    tx = optim.make_optimizer(StepConfig(weight_decay_vectors=False), total_steps=10)
     updates, _ = jax.jit(tx.update)(huge, tx.init(params), params)
     np.testing.assert_allclose(updates["b"], -3e-5, rtol=1e-4)
 
@@ -449,7 +453,7 @@ def test_make_optimizer_defaults():
 
 
 def _numpy_dedup(ids, valid, budget):
-    """Plain-Python reference of S.dedup_neighbours: rank-major priority, first occurrence keeps its slot."""
+    """Plain-Python reference of reencode.dedup_neighbours: rank-major priority, first occurrence keeps its slot."""
     n, k = ids.shape
     unique, slot_of = [], {}
     index, kept = np.full((n, k), budget), np.zeros((n, k), bool)
@@ -474,7 +478,7 @@ def test_dedup_neighbours_matches_numpy():
         ids = rng.integers(0, 9, size=(n, k)).astype(np.int32)  # many shared neighbours
         valid = rng.random((n, k)) < 0.8
         for budget in (n * k, 7, 3, 1):
-            got = jax.jit(S.dedup_neighbours, static_argnums=2, compiler_options=FAST)(ids, valid, budget)
+            got = jax.jit(reencode.dedup_neighbours, static_argnums=2, compiler_options=FAST)(ids, valid, budget)
             want = _numpy_dedup(ids, valid, budget)
             for g, w, name in zip(got, want, ("unique_ids", "index", "kept")):
                 np.testing.assert_array_equal(np.asarray(g), w, err_msg=f"{name}, trial {trial}, budget {budget}")

@@ -1,0 +1,123 @@
+"""`StepConfig`: the train step's options, their defaults and their validation (the one source).
+
+`config.step` of every config file is generated from these fields (`config_dict`), so a default is
+written once, here, and every field can be set from the command line (`--config.step.k=5`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import ml_collections
+
+__all__ = ["StepConfig", "config_dict"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Options of the train step. Hashable, so it can be closed over by the jitted step."""
+
+    temperature: float = 0.05  # tau; METHOD.md section 3 (UniXcoder uses 0.05, CoCoSoDa 0.07)
+    k: int = 10  # hard negatives per anchor and direction
+    bank_size: int = 8096  # M, slots per bank (paper: 8,096)
+    knn: str = "bi"  # "bi": codes nearest each query, queries nearest each code; "uni": code->code, query->query
+    bimodal_weight: float = 1.0  # weight of L^B; 0 = "w/o BCL" ablation
+    hard_negative_weight: float = 1.0  # weight of L^HN; 0 = "w/o HNCL" (in-batch baseline, no search)
+    mask_in_batch: bool = True  # never retrieve DataIDs of the current global batch
+    mask_duplicates: bool = True  # mask same-text pairs (CodeSearchNet has many); needs the table's text hashes
+    false_negative_margin: float | None = None  # drop candidates with score > pos + margin*|pos|; None = off
+    negative_gradient: bool = True  # False: stop-gradient on re-encoded negatives (ablation)
+    token_table: str = "device"  # "device": TokenTable arrays; "host": HostTokenTable via pure_callback
+    remat: bool = False  # jax.checkpoint each re-encoding chunk
+    reencode_chunk: int = 0  # rows per re-encoding chunk; 0 = all n*k rows in one call
+    # Re-encode each distinct retrieved DataID once per device and direction (the anchors that share a
+    # neighbour share its embedding and gradient) instead of once per (anchor, rank).
+    dedup_negatives: bool = False
+    # With dedup_negatives: re-encode at most ceil(fraction * n_local * k) distinct rows per direction; the
+    # rest (farthest ranks first) are masked out of L^HN and counted in the `dropped_negatives` metric.
+    # 1.0 never drops; set it from the `distinct_negatives` metric of a run to save re-encoding.
+    reencode_fraction: float = 1.0
+    learning_rate: float = 3e-5
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.01
+    weight_decay_vectors: bool = True  # decay biases / norm scales too (torch AdamW(model.parameters()))
+    warmup_steps: int = 0  # linear warmup before the linear decay; the paper uses none
+    grad_clip: float | None = 1.0  # global-norm clip; None or 0 = off
+
+    def __post_init__(self):
+        def bad(field, value, fix):
+            raise ValueError(f"step_config.py: StepConfig.{field}={value!r} is invalid; {fix}.")
+
+        if not self.temperature > 0:
+            bad("temperature", self.temperature, "use a positive temperature such as 0.05")
+        if self.k < 1:
+            bad("k", self.k, "use k >= 1")
+        if self.bank_size < self.k:
+            bad("bank_size", self.bank_size, f"use bank_size >= k (= {self.k})")
+        if self.knn not in ("bi", "uni"):
+            bad("knn", self.knn, 'use "bi" or "uni"')
+        if self.token_table not in ("device", "host"):
+            bad("token_table", self.token_table, 'use "device" or "host"')
+        if self.bimodal_weight < 0 or self.hard_negative_weight < 0:
+            bad("bimodal_weight/hard_negative_weight", (self.bimodal_weight, self.hard_negative_weight),
+                "use non-negative weights")
+        if self.bimodal_weight == 0 and self.hard_negative_weight == 0:
+            bad("bimodal_weight/hard_negative_weight", (0, 0), "keep at least one loss")
+        if self.reencode_chunk < 0:
+            bad("reencode_chunk", self.reencode_chunk, "use 0 (no chunking) or a positive row count")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", self.warmup_steps, "use warmup_steps >= 0")
+        if not 0 < self.reencode_fraction <= 1:
+            bad("reencode_fraction", self.reencode_fraction, "use a fraction in (0, 1]")
+        if self.reencode_fraction < 1 and not self.dedup_negatives:
+            bad("reencode_fraction", self.reencode_fraction, "it needs dedup_negatives=True")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "StepConfig":
+        """Build from a mapping or ``ml_collections.ConfigDict``; unknown keys are an error."""
+        values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"step_config.py: unknown step config field(s) {unknown}; known fields: {sorted(known)}."
+            )
+        return cls(**values)
+
+    @property
+    def uses_hard_negatives(self) -> bool:
+        """Whether the step searches the banks and re-encodes (False for the in-batch baseline)."""
+        return self.hard_negative_weight > 0
+
+
+
+_TYPES = {"float": float, "int": int, "str": str, "bool": bool}
+
+
+def _optional_type(field: dataclasses.Field) -> type:
+    """The non-None type of a field annotated ``X | None`` (annotations are strings here)."""
+    names = [t.strip() for t in str(field.type).split("|") if t.strip() != "None"]
+    if len(names) != 1 or names[0] not in _TYPES:
+        raise TypeError(f"step_config.py: StepConfig.{field.name}: cannot type {field.type!r} for the config")
+    return _TYPES[names[0]]
+
+
+def config_dict(**overrides: Any) -> ml_collections.ConfigDict:
+    """``config.step``: every StepConfig field with its default (``overrides`` replace some).
+
+    Fields that default to None become typed placeholders, so that the command line can still set them
+    (``--config.step.false_negative_margin=0.1``).
+    """
+    known = {f.name for f in dataclasses.fields(StepConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"step_config.py: unknown step config field(s) {unknown}; known fields: {sorted(known)}.")
+    c = ml_collections.ConfigDict()
+    for f in dataclasses.fields(StepConfig):
+        value = overrides.get(f.name, f.default)
+        c[f.name] = ml_collections.config_dict.placeholder(_optional_type(f), value) if (
+            f.default is None or value is None) else value
+    return c
