@@ -222,3 +222,44 @@ def test_xlcost_bad_rows_and_missing(tmp_path):
         xlcost.load_xlcost_pairs(tmp_path, "csharp", "train")
     with pytest.raises(ValueError, match="unknown XLCoST language"):
         xlcost.language_folder("rust")
+
+
+# ------------------------------------------------------------------ groups from releases of a source tree
+
+
+def test_version_groups_from_two_source_trees(tmp_path):
+    from cocohanere_data.code_groups import build_version_groups, module_path
+
+    v1 = tmp_path / "pkg-1.0" / "src" / "pkg"
+    v2 = tmp_path / "pkg-2.0" / "pkg"
+    v1.mkdir(parents=True)
+    v2.mkdir(parents=True)
+    (v1 / "util.py").write_text(
+        'def add(a, b):\n    """Add."""\n    total = a + b\n    return total\n\n'
+        'def same(x):\n    y = x * 2\n    return y\n\n'
+        'def gone(x):\n    z = x - 1\n    return z\n\n'
+        'def twice(x):\n    v = x\n    return v\n\ndef twice(x):\n    w = x\n    return w\n')
+    (v2 / "util.py").write_text(
+        'def add(a: int, b: int) -> int:\n    """Add two ints."""\n    total = a + b\n    return total\n\n'
+        'def same(x):\n    y = x * 2\n    return y\n\n'
+        'def tiny(x): return x\n\n'
+        'def twice(x):\n    v = x\n    return v\n')
+    (tmp_path / "pkg-2.0" / "pkg-2.0.dist-info").mkdir()
+    (tmp_path / "pkg-2.0" / "pkg-2.0.dist-info" / "x.py").write_text("def meta():\n    a = 1\n    return a\n")
+    assert module_path("pkg-1.0/src/pkg/util.py") == "pkg/util.py" and module_path("pkg/util.py") == "pkg/util.py"
+    assert module_path("pkg-2.0.dist-info/x.py") == ""
+    g = build_version_groups({"1.0": tmp_path / "pkg-1.0", "2.0": tmp_path / "pkg-2.0"})
+    groups = {k: [g[i].origin for i in v] for k, v in g.groups().items()}
+    assert groups["pkg/util.py::add"] == ["1.0", "2.0"]  # changed: a group of two
+    assert groups["pkg/util.py::same"] == ["1.0"]  # unchanged: one distractor
+    assert groups["pkg/util.py::gone"] == ["1.0"]  # one version only: distractor
+    assert groups["pkg/util.py::twice"] == ["2.0"]  # ambiguous in 1.0 (defined twice)
+    assert "pkg/util.py::tiny" not in groups  # one line
+    assert '"""' not in g[g.groups()["pkg/util.py::add"][0]].code  # docstrings removed
+    rep = g.report
+    assert rep.filtered["too_short"] == 1 and rep.filtered["ambiguous_name"] == 2 and rep.filtered["identical_copy"] == 1
+    assert rep.rows_read == rep.rows_kept + sum(rep.filtered.values())
+    strict = build_version_groups({"1.0": tmp_path / "pkg-1.0", "2.0": tmp_path / "pkg-2.0"}, keep_unchanged=False)
+    assert sorted(set(strict.labels)) == ["pkg/util.py::add"]
+    pairs, labels = strict.positive_pairs()
+    assert len(pairs) == 2 and labels.tolist() == [0, 0]
