@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
 import glob as globlib
 import hashlib
 import json
@@ -33,7 +32,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -46,8 +45,7 @@ PARTIAL_EVERY = 2048           # chunks per saved slice of embeddings
 IN_PROCESS_FILES = 64          # below this many files to read, no worker processes
 
 
-class SearchError(Exception):
-    """A user-facing error: its message names the file or flag and what to do."""
+from cocohanere_jax.search.model import SearchError, load_model, model_fingerprint  # noqa: E402,F401
 
 
 class ModelMismatchError(SearchError):
@@ -56,43 +54,6 @@ class ModelMismatchError(SearchError):
 
 # ------------------------------------------------------------------------------------------------
 # Model identity
-
-
-def model_fingerprint(encoder: Any) -> str:
-    """Identifies a model's tokenizer *and* weights: two fine-tunings of one base model differ.
-
-    sha256 over the tokenizer fingerprint, the architecture config and every parameter's bytes (in
-    sorted path order). An encoder object without `params` (e.g. `HashingEncoder`) gives its
-    `fingerprint` attribute.
-    """
-    params = getattr(encoder, "params", None)
-    if params is None:
-        return str(encoder.fingerprint)
-    import jax
-
-    h = hashlib.sha256()
-    h.update(str(encoder.fingerprint).encode())
-    h.update(repr(getattr(encoder, "config", "")).encode())
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
-        arr = np.ascontiguousarray(np.asarray(leaf))
-        h.update(jax.tree_util.keystr(path).encode())
-        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
-        h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()[:24]
-
-
-def load_model(path: str):
-    """`cocohanere_jax.load_encoder` with a message naming --model when the folder is unusable."""
-    from cocohanere_jax.models.encoder import load_encoder, resolve_model_path
-
-    try:
-        return load_encoder(path)
-    except FileNotFoundError as e:
-        raise SearchError(f"--model {path}: {e}") from None
-    except (ValueError, KeyError, OSError) as e:
-        raise SearchError(f"--model {path} ({resolve_model_path(path) if path.startswith('pkg:') else path}): "
-                          f"not a usable model folder: {e}") from None
 
 
 class HashingEncoder:
@@ -318,7 +279,7 @@ class Index:
             raise SearchError(f"--index {self.dir}: not an index ({DB_NAME} missing); build one with "
                               f"`python -m cocohanere_jax.search index SRC --index {self.dir}`.")
         self._encoder = encoder
-        self._fingerprint_checked = False
+        self._enc_fp: str | None = None
         self._loaded_gen: int | None = None
         self._bm25 = None
         self._ann = None
@@ -358,7 +319,12 @@ class Index:
     def check_model(self, encoder: Any = None) -> None:
         enc = encoder or self.encoder
         meta = self.meta()
-        fp = model_fingerprint(enc)
+        if encoder is None or encoder is self._encoder:
+            if self._enc_fp is None:
+                self._enc_fp = model_fingerprint(enc)
+            fp = self._enc_fp
+        else:
+            fp = model_fingerprint(enc)
         if fp != meta["model_fingerprint"]:
             raise ModelMismatchError(
                 f"--index {self.dir} was built with the model {meta['model_path']} (fingerprint "
@@ -424,9 +390,8 @@ class Index:
 
     def embed_query(self, query: str) -> np.ndarray:
         enc = self.encoder
-        if not self._fingerprint_checked:
-            self.check_model(enc)
-            self._fingerprint_checked = True
+        if self._enc_fp is None or self._enc_fp != self._meta["model_fingerprint"]:
+            self.check_model(enc)   # once per model, and again if a rebuilt index has another model
         return np.asarray(enc.encode([query], kind="query", batch_size=1), np.float32)[0]
 
     def dense_scores(self, query: str) -> np.ndarray:
@@ -765,6 +730,21 @@ def update_index(directory: str | os.PathLike, sources: Sequence[str | os.PathLi
              for p, (sha, _) in extracted.items()])
         all_ids = np.fromiter((r[0] for r in con.execute("SELECT id FROM chunks ORDER BY id")), np.int64)
         dim = int(getattr(encoder, "dim"))
+        if old_gen > 0 and not (deletes or updates or inserts) and ann == (meta.get("ann") == "1"):
+            # Nothing to re-embed or move: the current generation stays; only file stats change.
+            con.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [
+                ("updated", time.strftime("%Y-%m-%dT%H:%M:%S")),
+                ("sources", json.dumps([{"root": str(r), "label": lab} for r, lab in zip(roots, labels)]))])
+            con.execute("COMMIT")
+            report.chunks = len(all_ids)
+            report.reused = report.chunks - report.embedded
+            report.files = con.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+            con.close()
+            _cleanup(directory, old_gen)
+            report.skipped = skipped.as_dict()
+            report.seconds["write"] = time.perf_counter() - t0
+            report.seconds["total"] = time.perf_counter() - t_start
+            return report
         emb = np.zeros((len(all_ids), dim), np.float16)
         new_pos = dict(zip(new_ids, (vectors[ch.key] for ch in inserts)))
         if old_ids is not None and len(old_ids):
