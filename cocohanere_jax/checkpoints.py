@@ -137,11 +137,14 @@ def _slug(text: str) -> str:
 
 
 def _describe(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}"
-    cause = e.__cause__ or e.__context__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text += f" (caused by {type(cause).__name__}: {cause})"
-    text = " ".join(text.split())
+    """One line: the innermost cause first (tensorstore's OUT_OF_RANGE, ...), without the spec dumps."""
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = re.sub(r"See full TensorStore details.*", "", " ".join(str(e).split())).strip()
+        chain.append(f"{type(e).__name__}: {text}" if text else type(e).__name__)
+        e = e.__cause__ or e.__context__
+    text = "; from ".join(reversed(chain))
     return text if len(text) < 600 else text[:600] + " ..."
 
 
