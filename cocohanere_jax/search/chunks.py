@@ -84,6 +84,11 @@ def _git_files(root: Path) -> list[str] | None:
                              capture_output=True, text=True, timeout=60)
         if top.returncode != 0 or top.stdout.strip() != "true":
             return None
+        # A directory the enclosing repository ignores (e.g. a virtualenv or ~/.pyenv/versions inside a
+        # dotfiles repo): git knows none of its files, so walk it instead.
+        ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."], capture_output=True, timeout=60)
+        if ignored.returncode == 0:
+            return None
         out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
                               "--exclude-standard", "--", "."], capture_output=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired):
