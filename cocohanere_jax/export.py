@@ -8,7 +8,7 @@ run's `config.json` names the base model, which supplies the architecture and th
 folder holds config.json, model.safetensors, the tokenizer files (and for CodeT5+ the remote-code files)
 and loads with the original class (`AutoModel.from_pretrained(DIR)`, `trust_remote_code=True` for
 CodeT5+) as well as with `cocohanere_jax.load_encoder(DIR)`. With a run, `DIR/params_orbax/` also
-receives the parameters as a params-only orbax checkpoint.
+receives the parameters as a params-only orbax checkpoint, and `DIR/README.md` the model card.
 """
 
 import json
@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from cocohanere_jax import checkpoints
+from cocohanere_jax import checkpoints, model_card
 from cocohanere_jax.models.encoder import load_encoder
 
 _MODEL = flags.DEFINE_string("model", None, "Source model folder (Hugging Face layout).")
@@ -32,11 +32,20 @@ def export_run(workdir: str, step: str, out: str) -> str:
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{config_path}: missing; is {workdir} the workdir of a training run?")
     with open(config_path, encoding="utf-8") as f:
-        model = json.load(f)["model"]
+        run_config = json.load(f)
+    model = run_config["model"]
     enc = load_encoder(model["path"], pooling=model.get("pooling"))
     params, chosen = checkpoints.params_at(workdir, step)
     enc.with_params(params).export(out)
     checkpoints.save_params(os.path.join(out, "params_orbax"), params)
+    summary_path = os.path.join(workdir, "summary.json")
+    summary = {}
+    if os.path.isfile(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+    if summary.get("best_step") != chosen:  # the run's metrics describe another step's parameters
+        summary = {k: v for k, v in summary.items() if not k.startswith(("best", "test"))}
+    model_card.write_model_card(out, run_config, {**summary, "best_step": chosen})
     print(f"exported step {chosen} of {workdir} to {out}")
     return out
 

@@ -1,18 +1,25 @@
-"""Entry point: `python -m cocohanere_jax.main --config=configs/csn_java.py --workdir=DIR`.
+"""Entry point: `python -m cocohanere_jax.main --config=configs/csn_java.py --workdir=DIR` (or `cocohanere-train`).
 
-Config files take an argument after a colon (`configs/csn_java.py:smoke`) and any field can be
-overridden with `--config.train.global_batch_size=64`.
+Config files take an argument after a colon, big_vision style (`configs/default.py:smoke,k=5`; see
+`configs/common.py`), and any field can be overridden with `--config.train.global_batch_size=64`; an
+unknown key is an error that lists the known keys of its section. The console shows this project's
+progress and evaluations; the full log, third-party INFO records included, goes to `<workdir>/log.txt`
+(`--verbose` shows it on the console too).
 """
 
+import importlib.util
 import os
+import re
 import signal
+import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, exports.", required=True)
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:argument]).", lock_config=True)
 flags.mark_flag_as_required("config")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show third-party INFO logs (orbax, jax) on the console too.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
@@ -24,17 +31,61 @@ def _raise_system_exit(signum, frame):
     raise SystemExit(f"stopped by signal {signum}")
 
 
+def unknown_override(argv: list[str]) -> str | None:
+    """The message for the first ``--config.a.b=v`` of ``argv`` that names no field of the config, else None."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_cocohanere_config", path)
+    if module_spec is None or not os.path.isfile(path):
+        return f"--config={spec}: no config file {path!r}"
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    for a in argv:
+        match = re.fullmatch(r"--config\.([\w.]+)(=.*)?", a)
+        if not match:
+            continue
+        node, where = config, "config"
+        for part in match.group(1).split("."):
+            if not hasattr(node, "keys") or part not in node:
+                known = sorted(node.keys()) if hasattr(node, "keys") else []
+                return (f"{a}: {where} has no field {part!r}; its fields are {known}"
+                        if known else f"{a}: {where} is a value, not a section")
+            node, where = node[part], f"{where}.{part}"
+    return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError):  # ml_collections' answer to an unknown override: "'kk'"
+        message = unknown_override(argv)
+        if message is None:
+            raise
+        print(f"FATAL config error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except (ValueError, flags.Error) as e:  # a bad config-file argument (configs/common.finish), a bad value
+        outer = str(e).splitlines()[0] if str(e) else type(e).__name__
+        while e.__context__ is not None:  # absl wraps the config file's own error in its traceback text
+            e = e.__context__
+        print(f"FATAL config error: {outer if str(e) in outer else f'{outer} {e}'}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _COORDINATOR.value or _AUTO_DISTRIBUTED.value:
-        import jax
+    import jax
 
+    if _COORDINATOR.value or _AUTO_DISTRIBUTED.value:
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
         )
-    import jax
+    from cocohanere_jax import metrics
 
+    log_path = metrics.setup_logging(_WORKDIR.value, _VERBOSE.value, jax.process_index())
     # A restarted run (preemption, crash) loads its compiled step instead of compiling it again.
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "compile_cache"))
@@ -43,13 +94,16 @@ def main(argv):
     # A scheduler's SIGTERM becomes an exception, so the in-flight asynchronous checkpoint completes.
     signal.signal(signal.SIGTERM, _raise_system_exit)
 
-    logging.info("config:\n%s", _CONFIG.value)
+    import logging
+
+    logging.getLogger("cocohanere_jax").info("workdir %s (full log: %s)", _WORKDIR.value, log_path)
+    logging.getLogger("config").info("config:\n%s", _CONFIG.value)  # the log file only (not this project's logger)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 def run():
     """Console-script entry point (pyproject.toml)."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""Metrics: one JSON line per logging step in the workdir, the log, and a progress line with ETA."""
+"""Metrics and the log: one JSON line per logging step in the workdir, a progress line with ETA, and the
+console / file logging of the command-line job (`setup_logging`)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import sys
 import time
 from typing import Any, Mapping
-
-from absl import logging
 
 
 def _plain(v: Any) -> Any:
@@ -70,15 +71,46 @@ class Progress:
             "eta_sec": (self.total_steps - step) / rate,
         }
 
+    # What the progress line shows (everything is in metrics.jsonl): name in the record -> label.
+    SHOWN = (("loss", "loss"), ("loss_b", "L^B"), ("loss_hn", "L^HN"), ("in_batch_accuracy", "acc"),
+             ("valid_negatives", "negs"), ("grad_norm", "|g|"), ("steps_per_sec", "steps/s"))
+
     @staticmethod
     def line(step: int, total: int, values: Mapping[str, Any]) -> str:
+        """``step 30/60  50%  loss 1.234  L^B ...  steps/s 1.2  eta 0:00:25``."""
         eta = values.get("eta_sec", float("nan"))
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        shown = " ".join(
-            f"{k}={float(v):.4g}" for k, v in values.items() if k not in ("eta_sec",) and isinstance(_plain(v), (int, float))
-        )
-        return f"[{step}/{total}] {shown} eta={eta_s}"
+        width = len(str(total))
+        shown = "  ".join(f"{label} {float(values[k]):.4g}" for k, label in Progress.SHOWN if k in values)
+        return f"step {step:>{width}}/{total} {100 * step / max(total, 1):3.0f}%  {shown}  eta {eta_s}"
 
 
-def log(msg: str, *args) -> None:
-    logging.info(msg, *args)
+_CONSOLE_FORMAT = "%(asctime)s %(message)s"
+_FILE_FORMAT = "%(asctime)s %(levelname).1s %(name)s %(message)s"
+
+
+def setup_logging(workdir: str, verbose: bool = False, process_index: int = 0) -> str:
+    """Quiet console, full file: this project's INFO records (progress, evaluations) on stderr; third-party
+    INFO records (orbax, absl, jax) only in ``<workdir>/log.txt`` unless ``verbose``; warnings everywhere.
+
+    Other processes of a multi-process run write ``log-<i>.txt`` and print only warnings. Returns the path
+    of the log file.
+    """
+    from absl import logging as absl_logging
+
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "log.txt" if process_index == 0 else f"log-{process_index}.txt")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+    root.addHandler(file_handler)
+    absl_logging.set_verbosity(absl_logging.INFO)  # records reach the file; the console filters below
+    absl_logging.get_absl_handler().setLevel(logging.INFO if verbose else logging.WARNING)
+    ours = logging.getLogger("cocohanere_jax")
+    if process_index == 0 and not verbose:  # verbose: absl's own console handler shows our records too
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter(_CONSOLE_FORMAT, "%H:%M:%S"))
+        console.setLevel(logging.INFO)
+        ours.addHandler(console)
+    return path

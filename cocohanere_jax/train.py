@@ -8,6 +8,7 @@ best-on-valid parameters -> summary -> export.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -16,11 +17,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import logging
 
-from cocohanere_jax import checkpoints, datasets, evaluate, input_pipeline, metrics, sharding
+from cocohanere_jax import checkpoints, datasets, evaluate, input_pipeline, metrics, model_card, optim, sharding
 from cocohanere_jax import step as step_lib
+from cocohanere_jax import token_table as token_table_lib
 from cocohanere_jax.models import encoder as encoder_lib
+from cocohanere_jax.step_config import StepConfig
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -29,10 +33,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; the checkpoints on disk are from before it."""
 
 
-def check_config(config: ml_collections.ConfigDict, num_devices: int) -> step_lib.StepConfig:
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> StepConfig:
     """Every config error that needs no data, raised before anything is loaded or compiled."""
     try:
-        step_config = step_lib.StepConfig.from_config(config.step)
+        step_config = StepConfig.from_config(config.step)
     except ValueError as e:
         raise ValueError(f"config.step: {e}") from None
     batch = config.train.global_batch_size
@@ -69,6 +73,18 @@ def _evaluate(enc, params, task: evaluate.TokenizedTask, config, code_embeddings
                              code_embeddings=code_embeddings)
 
 
+def _zero_shot(enc, tasks: dict[str, evaluate.TokenizedTask], shared_codebase: bool, config,
+               summary: dict[str, Any], writer: metrics.MetricWriter) -> None:
+    """The loaded encoder on valid and test (the reference the trained model is compared with)."""
+    codes = (evaluate.embed_codebase(enc, tasks["valid"], batch_size=config.train.eval_batch_size)
+             if shared_codebase else None)
+    for split, task in tasks.items():
+        result = _evaluate(enc, enc.params, task, config, codes)
+        summary[f"zero_shot_{split}"] = result
+        writer.write(0, result, kind=f"zero_shot_{split}")
+        log.info("zero-shot %s: %s", split, evaluate.format_metrics(result))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains with CoCoHaNeRe, evaluating on valid, and reports test MRR of the best-on-valid params.
 
@@ -92,12 +108,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     valid_task, test_task = (
         evaluate.tokenize_task(enc, t, config.data.query_length, config.data.code_length) for t in (data.valid, data.test)
     )
-    logging.info("data: %s; %d train pairs, valid %d queries / %d codes, test %d queries / %d codes",
-                 data.description, len(data.train), len(data.valid.queries), len(data.valid.codebase),
-                 len(data.test.queries), len(data.test.codebase))
-    tokens = input_pipeline.token_table_from_pairs(
+    tasks = {"valid": valid_task, "test": test_task}
+    log.info("data: %s; %d train pairs, valid %d queries / %d codes, test %d queries / %d codes",
+             data.description, len(data.train), len(data.valid.queries), len(data.valid.codebase),
+             len(data.test.queries), len(data.test.codebase))
+    tokens = token_table_lib.token_table_from_pairs(
         data.train, enc.tokenize, enc.fingerprint, config.data.query_length, config.data.code_length,
-        cache_dir=config.data.cache_dir or os.path.join(workdir, "cache"),
+        cache_dir=config.data.cache_dir or os.path.join(workdir, "cache"), pad_id=enc.pad_id,
     )
     iterator = input_pipeline.BatchIterator(
         len(tokens), config.train.global_batch_size, config.train.seed,
@@ -109,56 +126,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # GraphCodeBERT layout: valid and test rank against one codebase; embed it once per set of parameters.
     shared_codebase = evaluate.same_codebase(valid_task, test_task)
     if total_steps == 0:
-        codes = (evaluate.embed_codebase(enc, valid_task, batch_size=config.train.eval_batch_size)
-                 if shared_codebase else None)
-        for split, task in (("valid", valid_task), ("test", test_task)):
-            summary[f"zero_shot_{split}"] = _evaluate(enc, enc.params, task, config, codes)
+        _zero_shot(enc, tasks, shared_codebase, config, summary, writer)
         return _finish(summary, workdir, t_start, is_main)
 
-    optimizer = step_lib.make_optimizer(step_config, total_steps)
-    state = sharding.replicate(
-        step_lib.init_train_state(enc.params, optimizer, step_config, enc.dim, config.train.seed), mesh
-    )
-    host_table = None
-    if step_config.token_table == "host":
-        host_table = step_lib.HostTokenTable(tokens.query_ids, tokens.code_ids)
-        table = step_lib.TokenTable(query_hash=tokens.query_hash, code_hash=tokens.code_hash)
-    else:
-        table = step_lib.TokenTable(tokens.query_ids, tokens.code_ids, tokens.query_hash, tokens.code_hash)
-    table = sharding.replicate(table, mesh)
+    # The train state: shapes first (nothing allocated), then restored into them or born on the devices.
+    optimizer = optim.make_optimizer(step_config, total_steps)
+    state_spec = sharding.replicated_abstract(
+        step_lib.abstract_train_state(enc.params, optimizer, step_config, enc.dim, config.train.seed), mesh)
+    table = sharding.replicate(tokens.device_view(step_config.token_table), mesh)
     train_step = step_lib.make_train_step(
-        enc.module, optimizer, step_config, mesh, pad_id=enc.pad_id, host_table=host_table
+        enc.module, optimizer, step_config, mesh, pad_id=enc.pad_id,
+        host_table=tokens if step_config.token_table == "host" else None,
     )
 
     ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    start = ckpt.latest_step() or 0
-    if start:
-        state, meta = ckpt.restore(start, state)
+    # The newest checkpoint that passes its integrity check and restores; damaged ones are set aside.
+    restored = ckpt.restore_latest(state_spec)
+    start = restored[0] if restored else 0
+    if restored:
+        _, state, meta = restored
         iterator.restore(meta["iterator"])
-        logging.info("resumed from %s/checkpoints/%d", workdir, start)
-    elif config.train.get("zero_shot_eval", True):
-        codes = (evaluate.embed_codebase(enc, valid_task, batch_size=config.train.eval_batch_size)
-                 if shared_codebase else None)
-        for split, task in (("valid", valid_task), ("test", test_task)):
-            result = _evaluate(enc, enc.params, task, config, codes)
-            summary[f"zero_shot_{split}"] = result
-            writer.write(0, result, kind=f"zero_shot_{split}")
-            logging.info("zero-shot %s: %s", split, evaluate.format_metrics(result))
+        log.info("resumed from %s/checkpoints/%d", workdir, start)
+    else:
+        state = sharding.init_replicated(
+            lambda params: step_lib.init_train_state(params, optimizer, step_config, enc.dim, config.train.seed),
+            enc.params, mesh=mesh)
+        if config.train.zero_shot_eval:
+            _zero_shot(enc, tasks, shared_codebase, config, summary, writer)
     best = ckpt.best_meta() or {}
     best_mrr = best.get("valid", {}).get("mrr", -math.inf)
 
-    # Compile before the first batch: errors and memory show up now (STYLE.md, maxtext).
-    batch_spec = {
-        "data_id": jax.ShapeDtypeStruct((config.train.global_batch_size,), jnp.int32, sharding=sharding.batch_sharding(mesh)),
-        "query_ids": jax.ShapeDtypeStruct((config.train.global_batch_size, tokens.query_length), jnp.int32,
-                                          sharding=sharding.batch_sharding(mesh)),
-        "code_ids": jax.ShapeDtypeStruct((config.train.global_batch_size, tokens.code_length), jnp.int32,
-                                         sharding=sharding.batch_sharding(mesh)),
-    }
-    compiled = train_step.lower(state, batch_spec, table).compile()
+    # Compile before the first batch: errors and memory show up now (maxtext).
+    batch_spec = tokens.batch_spec(config.train.global_batch_size, sharding.batch_sharding(mesh))
+    t_compile = time.time()
+    compiled = train_step.lower(state_spec, batch_spec, table).compile()
     memory = compiled.memory_analysis()
-    if memory is not None:
-        logging.info("step memory: %s", memory)
+    log.info("step compiled in %.1f s%s", time.time() - t_compile,
+             f"; memory: {_memory_line(memory)}" if memory is not None else "")
 
     try:
         progress = metrics.Progress(total_steps, start, config.train.global_batch_size)
@@ -166,9 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         last_codes = None  # (step, codebase embeddings) of the last validation, for the test of that step
         nonfinite = jnp.zeros((), bool)  # device-side: any non-finite loss since the start (no host sync)
         for done in range(start + 1, total_steps + 1):
-            ids = next(iterator)
-            query_ids, code_ids = tokens.rows(ids)
-            batch = sharding.shard_batch({"data_id": ids, "query_ids": query_ids, "code_ids": code_ids}, mesh)
+            batch = sharding.shard_batch(tokens.batch(next(iterator)), mesh)
             state, step_metrics = compiled(state, batch, table)
             nonfinite = nonfinite | ~jnp.isfinite(step_metrics["loss"])
             sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
@@ -181,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 _stop_if_nonfinite(nonfinite, done, workdir)
                 values.update(progress.measure(done))
                 writer.write(done, values)
-                logging.info(metrics.Progress.line(done, total_steps, values))
+                log.info(metrics.Progress.line(done, total_steps, values))
             if done % config.train.eval_every == 0 or last:
                 _stop_if_nonfinite(nonfinite, done, workdir)
                 params = _local(state.params)
@@ -191,7 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     last_codes = (done, codes)
                 result = _evaluate(enc, params, valid_task, config, codes)
                 writer.write(done, result, kind="valid")
-                logging.info("valid at %d: %s", done, evaluate.format_metrics(result))
+                log.info("valid at %d: %s%s", done, evaluate.format_metrics(result),
+                         " (best so far)" if result["mrr"] > best_mrr else "")
                 if result["mrr"] > best_mrr:
                     best_mrr = result["mrr"]
                     ckpt.save_best(done, state.params, {"step": done, "valid": result})
@@ -208,9 +211,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     reuse = last_codes[1] if last_codes is not None and last_codes[0] == best_meta["step"] else None
     summary["test"] = _evaluate(enc, best_params, test_task, config, reuse)
     writer.write(best_meta["step"], summary["test"], kind="test")
-    logging.info("test (best-on-valid step %d): %s", best_meta["step"], evaluate.format_metrics(summary["test"]))
+    log.info("test (best-on-valid step %d): %s", best_meta["step"], evaluate.format_metrics(summary["test"]))
     if config.train.export_best and is_main:
         summary["export"] = enc.with_params(best_params).export(os.path.join(workdir, "export"))
+        model_card.write_model_card(summary["export"], config.to_dict(), summary)
     ckpt.close()
     return _finish(summary, workdir, t_start, is_main)
 
@@ -224,12 +228,19 @@ def _stop_if_nonfinite(flag: jax.Array, step: int, workdir: str) -> None:
         )
 
 
+def _memory_line(memory) -> str:
+    """XLA's compiled memory analysis in GiB (arguments, outputs, temporaries)."""
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    fields = (("arguments", "argument_size_in_bytes"), ("outputs", "output_size_in_bytes"),
+              ("temporaries", "temp_size_in_bytes"))
+    return ", ".join(f"{name} {gib(getattr(memory, attr))}" for name, attr in fields if hasattr(memory, attr))
+
+
 def _finish(summary: dict[str, Any], workdir: str, t_start: float, is_main: bool) -> dict[str, Any]:
     summary["seconds"] = time.time() - t_start
     if is_main:
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-        lines = [f"{k}: {evaluate.format_metrics(v)}" for k, v in summary.items() if isinstance(v, dict) and "mrr" in v]
-        logging.info("summary (%s/summary.json):\n  %s", workdir, "\n  ".join(lines))
-        print("\n".join(lines))
+        print(f"\n{model_card.results_table(summary)}\n\n{summary['seconds'] / 60:.1f} min; "
+              f"{workdir}/summary.json, metrics.jsonl" + (f", {summary['export']}" if "export" in summary else ""))
     return summary

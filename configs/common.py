@@ -1,10 +1,22 @@
-"""Shared defaults: the paper's hyper-parameters (METHOD.md section 5) on a CodeT5+ 110M embedding model.
+"""Shared defaults: the paper's hyper-parameters (docs/METHOD.md section 5) on a CodeT5+ 110M embedding model.
 
-Every config file builds on `base()` and changes a few fields. Any config accepts the argument `smoke`
-(`--config=configs/csn_java.py:smoke`) which shrinks it to a seconds-long run for tests and wiring checks.
+Every config file builds on `base()` and changes a few fields, then passes its argument to `finish`. The
+argument (big_vision style) is a comma-separated list of presets and `key=value` settings, applied in order:
+
+    --config=configs/csn_java.py:smoke                  # a seconds-long run for tests and wiring checks
+    --config=configs/default.py:in_batch,k=5,train.seed=1
+
+A key is `section.field` or, where only one section has it, the bare field (`k` = `step.k`); values are
+Python literals (`0.1`, `True`, `None`, `"bi"` or bare `bi`). Presets: `smoke` (alias `runlocal`) and the
+paper's ablation variants `full`, `in_batch` (alias `wo_hncl`), `wo_bcl`, `uni_knn`. An unknown key or
+preset is an error naming it and listing what is known. `--config.section.field=value` flags apply after.
 """
 
+import ast
+
 import ml_collections
+
+from cocohanere_jax import step_config
 
 
 def base() -> ml_collections.ConfigDict:
@@ -12,7 +24,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.path = ""  # local Hugging Face folder; "pkg:<module>/<subdir>" resolves inside an installed package
-    c.model.pooling = None  # None: from the folder (CodeT5+ head / sentence-transformers pooling / CLS)
+    c.model.pooling = ml_collections.config_dict.placeholder(str)  # None: from the folder (CodeT5+ head / sentence-transformers pooling / CLS)
     c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
     c.model.remat = False  # rematerialise encoder blocks in the backward pass
 
@@ -27,27 +39,11 @@ def base() -> ml_collections.ConfigDict:
     c.data.max_train_pairs = 0  # 0 = all; else the first N (smoke tests, quick experiments)
     c.data.max_eval_queries = 0  # 0 = all queries; the codebase is always ranked whole
 
-    # The CoCoHaNeRe step (cocohanere_jax.step.StepConfig; unknown keys are an error).
-    c.step = ml_collections.ConfigDict()
-    c.step.temperature = 0.05  # the paper gives none; unit-norm embeddings need one (UniXcoder 0.05, CoCoSoDa 0.07)
-    c.step.k = 10  # hard negatives per anchor and direction
-    c.step.bank_size = 8096  # slots per memory bank (paper: 8,096)
-    c.step.knn = "bi"  # "bi" (paper) or "uni" (ablation)
-    c.step.bimodal_weight = 1.0  # L^B; 0 = "w/o BCL"
-    c.step.hard_negative_weight = 1.0  # L^HN; 0 = "w/o HNCL", the in-batch baseline
-    c.step.mask_in_batch = True  # never retrieve a DataID of the current global batch
-    c.step.mask_duplicates = True  # mask bank entries whose text equals the positive's (CSN has many)
-    c.step.false_negative_margin = None  # e.g. 0.1 drops candidates scoring > positive + 0.1*|positive|
-    c.step.token_table = "device"  # "device" or "host" (pure_callback, for tables that do not fit)
-    c.step.remat = False  # jax.checkpoint the re-encoding chunks
-    c.step.reencode_chunk = 0  # rows per re-encoding chunk; 0 = one call
-    c.step.dedup_negatives = False  # re-encode each distinct retrieved DataID once (shared by its anchors)
-    c.step.reencode_fraction = 1.0  # with dedup: re-encode <= this fraction of B*k rows (see distinct_negatives)
-    c.step.learning_rate = 3e-5
-    c.step.adam_eps = 1e-8
-    c.step.weight_decay = 0.01
-    c.step.warmup_steps = 0  # linear decay without warmup, as the replication package
-    c.step.grad_clip = 1.0
+    # The CoCoHaNeRe step: every field of cocohanere_jax.step_config.StepConfig with its default, the one
+    # source of the step's defaults (each field is documented there). The paper's settings are those
+    # defaults: temperature 0.05, k 10, bank 8,096, bi-knn, AdamW lr 3e-5 eps 1e-8 wd 0.01, linear decay
+    # without warmup, clip 1.0, duplicate masking on.
+    c.step = step_config.config_dict()
 
     c.train = ml_collections.ConfigDict()
     c.train.global_batch_size = 32  # over all devices and processes
@@ -92,11 +88,77 @@ def codesearchnet(language: str, arg: str | None = None) -> ml_collections.Confi
     return finish(c, arg)
 
 
+def _variant(**step):
+    def apply(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        for key, value in step.items():
+            c.step[key] = value
+        return c
+
+    return apply
+
+
+# Presets of the config argument: the paper's ablation (docs/METHOD.md section 3) and the smoke size.
+PRESETS = {
+    "smoke": smoke,
+    "runlocal": smoke,
+    "full": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="bi"),
+    "in_batch": _variant(bimodal_weight=1.0, hard_negative_weight=0.0),
+    "wo_hncl": _variant(bimodal_weight=1.0, hard_negative_weight=0.0),
+    "wo_bcl": _variant(bimodal_weight=0.0, hard_negative_weight=1.0),
+    "uni_knn": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="uni"),
+}
+
+
+def parse_value(text: str):
+    """A Python literal (`0.1`, `True`, `None`, `'bi'`), or the text itself (`bi`); `true`/`false`/`none` too."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false", "none", "null"):
+        return {"true": True, "false": False}.get(lowered)
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def resolve_key(c: ml_collections.ConfigDict, key: str) -> tuple[str, str]:
+    """`section.field` or a bare field name -> (section, field); unknown or ambiguous keys are an error."""
+    sections = [name for name, value in c.items() if isinstance(value, ml_collections.ConfigDict)]
+    if "." in key:
+        section, _, field = key.partition(".")
+        if section not in sections:
+            raise ValueError(f"config key {key!r}: no section {section!r}; the sections are {sorted(sections)}")
+        if field not in c[section]:
+            raise ValueError(f"config key {key!r}: config.{section} has no field {field!r}; its fields are "
+                             f"{sorted(c[section].keys())}")
+        return section, field
+    owners = [name for name in sections if key in c[name]]
+    if len(owners) == 1:
+        return owners[0], key
+    if owners:
+        raise ValueError(f"config key {key!r} is in several sections ({', '.join(owners)}); write "
+                         f"{owners[0]}.{key}=...")
+    raise ValueError(f"config key {key!r} is not a field of any section; known: "
+                     + "; ".join(f"{name}: {sorted(c[name].keys())}" for name in sections))
+
+
+def set_value(c: ml_collections.ConfigDict, key: str, value) -> None:
+    """``c.<section>.<field> = value`` for a `resolve_key` key, with the config's type check named."""
+    section, field = resolve_key(c, key)
+    try:
+        c[section][field] = value
+    except TypeError as e:
+        raise ValueError(f"config.{section}.{field}={value!r}: {e}") from None
+
+
 def finish(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies the config-file argument (`file.py:smoke`)."""
-    for part in filter(None, (arg or "").split(",")):
-        if part in ("smoke", "runlocal"):
-            smoke(c)
+    """Applies the config-file argument (presets and `key=value` settings, in order; see the module doc)."""
+    for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+        if "=" in part:
+            key, _, text = part.partition("=")
+            set_value(c, key.strip(), parse_value(text))
+        elif part in PRESETS:
+            PRESETS[part](c)
         else:
-            raise ValueError(f"unknown config argument {part!r}; known: smoke (alias runlocal)")
+            raise ValueError(f"unknown config argument {part!r}; presets: {sorted(PRESETS)}, or key=value with a "
+                             "field of the config (e.g. k=5, train.seed=1)")
     return c
