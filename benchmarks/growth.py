@@ -17,7 +17,7 @@ import tempfile
 from typing import Any
 
 from benchmarks import common
-import train_step  # noqa: E402
+from benchmarks import train_step
 
 DEFAULT = dict(model="minilm", batch=8, lq=32, lc=64, ks=(0, 1, 5, 10), banks=(8096, 65536, 1048576), rounds=3)
 SMOKE = dict(model="bert-tiny", batch=4, lq=16, lc=24, ks=(0, 1), banks=(64, 128), rounds=1)

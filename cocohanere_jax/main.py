@@ -77,15 +77,20 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from cocohanere_jax import metrics
+
+    # Before anything starts a backend, so that its INFO records go to the file too. With --distributed the
+    # process index is known only after initialize (its own start-up records reach the console).
+    log_path = None if _AUTO_DISTRIBUTED.value else metrics.setup_logging(
+        _WORKDIR.value, _VERBOSE.value, _PROCESS_ID.value or 0)
     import jax
 
     if _COORDINATOR.value or _AUTO_DISTRIBUTED.value:
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
         )
-    from cocohanere_jax import metrics
-
-    log_path = metrics.setup_logging(_WORKDIR.value, _VERBOSE.value, jax.process_index())
+    if log_path is None:
+        log_path = metrics.setup_logging(_WORKDIR.value, _VERBOSE.value, jax.process_index())
     # A restarted run (preemption, crash) loads its compiled step instead of compiling it again.
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "compile_cache"))

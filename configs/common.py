@@ -7,8 +7,9 @@ argument (big_vision style) is a comma-separated list of presets and `key=value`
     --config=configs/default.py:in_batch,k=5,train.seed=1
 
 A key is `section.field` or, where only one section has it, the bare field (`k` = `step.k`); values are
-Python literals (`0.1`, `True`, `None`, `"bi"` or bare `bi`). Presets: `smoke` (alias `runlocal`) and the
-paper's ablation variants `full`, `in_batch` (alias `wo_hncl`), `wo_bcl`, `uni_knn`. An unknown key or
+Python literals (`0.1`, `True`, `None`, `"bi"` or bare `bi`; no commas inside values). Presets: `smoke` (alias
+`runlocal`), `zero_shot` (evaluate only) and the paper's ablation variants `full`, `in_batch` (alias `wo_hncl`),
+`wo_bcl`, `uni_knn`. An unknown key or
 preset is an error naming it and listing what is known. `--config.section.field=value` flags apply after.
 """
 
@@ -97,14 +98,23 @@ def _variant(**step):
     return apply
 
 
-# Presets of the config argument: the paper's ablation (docs/METHOD.md section 3) and the smoke size.
+def _zero_shot(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c.train.num_steps = 0
+    c.train.num_epochs = 0
+    c.train.zero_shot_eval = True
+    return c
+
+
+# Presets of the config argument: the paper's ablation (docs/METHOD.md section 3), zero-shot evaluation
+# of the loaded encoder, and the smoke size.
 PRESETS = {
     "smoke": smoke,
     "runlocal": smoke,
+    "zero_shot": _zero_shot,
     "full": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="bi"),
     "in_batch": _variant(bimodal_weight=1.0, hard_negative_weight=0.0),
     "wo_hncl": _variant(bimodal_weight=1.0, hard_negative_weight=0.0),
-    "wo_bcl": _variant(bimodal_weight=0.0, hard_negative_weight=1.0),
+    "wo_bcl": _variant(bimodal_weight=0.0, hard_negative_weight=1.0, knn="bi"),
     "uni_knn": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="uni"),
 }
 

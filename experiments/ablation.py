@@ -4,7 +4,7 @@
     python -m experiments.ablation --out=/tmp/ablation --dry_run  # the plan and the state of every run
     python -m experiments.report --out=/tmp/ablation              # docs/RESULTS.md + plots from what is done
 
-Variants (`VARIANTS`; the config switches are in `Variant.step`):
+Variants (`VARIANTS`; each is a preset of the config argument, `configs/common.PRESETS`):
 
 | name | what | config |
 |---|---|---|
@@ -27,11 +27,12 @@ the other variants.
 Layout of `--out` (outside the repository): `settings.json` (the sizing; a later invocation with another
 sizing is refused), `leakage.json`, `invocations.jsonl` (command, machine, time of every invocation),
 `cache/` (token arrays), `compile_cache/`, and one workdir per run `<language>/<variant>/seed<s>/` with
-`config.json`, `log.txt`, `metrics.jsonl`, `summary.json`. A run with `summary.json` is done and skipped;
+`config.json`, `console.txt`, `log.txt`, `metrics.jsonl`, `summary.json`. A run with `summary.json` is done and skipped;
 an interrupted run resumes from its last checkpoint (train_and_evaluate does it); a run that failed is
 retried `--max_attempts` times in all, then skipped (`failed.json` says why). Checkpoints of finished runs
 are deleted unless `--keep_checkpoints`. Each training run is a child process
-`python -m cocohanere_jax.main --config=experiments/json_config.py:<run>/config.json --workdir=<run>`
+`python -m cocohanere_jax.main --config=configs/registry.py:<variant>,<settings> --workdir=<run>` (the
+argument is `run_argument`; the child's console is `console.txt`)
 (memory returns to the system between runs; SIGTERM or Ctrl-C to this process is passed on and waited for,
 so the in-flight checkpoint completes). Stop a background table with `kill <pid of this process>`.
 """
@@ -51,7 +52,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class Variant:
     name: str
     label: str
     kind: str  # "zero_shot" | "bm25" | "train" | "equal_compute"
-    step: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # overrides of config.step
+    preset: str | None = None  # its preset of the config argument (configs/common.PRESETS)
 
     @property
     def seeded(self) -> bool:
@@ -73,18 +74,13 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("zero_shot", "zero-shot", "zero_shot"),
+        Variant("zero_shot", "zero-shot", "zero_shot", "zero_shot"),
         Variant("bm25", "BM25", "bm25"),
-        Variant("in_batch", "in-batch only (w/o HNCL)", "train",
-                {"bimodal_weight": 1.0, "hard_negative_weight": 0.0}),
-        Variant("full", "CoCoHaNeRe bi-knn (full)", "train",
-                {"knn": "bi", "bimodal_weight": 1.0, "hard_negative_weight": 1.0}),
-        Variant("wo_bcl", "L^HN only (w/o BCL)", "train",
-                {"knn": "bi", "bimodal_weight": 0.0, "hard_negative_weight": 1.0}),
-        Variant("uni_knn", "uni-knn", "train",
-                {"knn": "uni", "bimodal_weight": 1.0, "hard_negative_weight": 1.0}),
-        Variant("equal_compute", "in-batch, equal wall-clock", "equal_compute",
-                {"bimodal_weight": 1.0, "hard_negative_weight": 0.0}),
+        Variant("in_batch", "in-batch only (w/o HNCL)", "train", "in_batch"),
+        Variant("full", "CoCoHaNeRe bi-knn (full)", "train", "full"),
+        Variant("wo_bcl", "L^HN only (w/o BCL)", "train", "wo_bcl"),
+        Variant("uni_knn", "uni-knn", "train", "uni_knn"),
+        Variant("equal_compute", "in-batch, equal wall-clock", "equal_compute", "in_batch"),
     )
 }
 LANGUAGES = ("python", "java", "go", "javascript")
@@ -121,60 +117,52 @@ class Sizing:
 # ------------------------------------------------------------------------------------------- configs
 
 
-def _parse_value(text: str) -> Any:
-    import ast
+def run_argument(sizing: Sizing, language: str, variant: str, seed: int, steps: int | None = None,
+                 eval_every: int | None = None, cache_dir: str = "") -> str:
+    """The config argument of one run: it runs as ``--config=configs/registry.py:<argument>``.
 
-    if text in ("None", "none", "null"):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    The variant's preset, then every field of the sizing as ``section.field=value``, then (trained runs
+    only) the investigation's ``--sets``.
+    """
+    v = VARIANTS[variant]
+    trained = v.kind not in ("zero_shot", "bm25")
+    parts = [v.preset] if v.preset else []
+    parts += [
+        f"model.path={sizing.model}", "data.source=codesearchnet", f"data.root={sizing.corpus}",
+        f"data.language={language}", f"data.query_length={sizing.query_length}",
+        f"data.code_length={sizing.code_length}", f"data.max_eval_queries={sizing.max_eval_queries}",
+        f"data.cache_dir={cache_dir}", f"step.k={sizing.k}", f"step.bank_size={sizing.bank_size}",
+        f"step.temperature={sizing.temperature}", f"step.learning_rate={sizing.learning_rate}",
+        f"train.global_batch_size={sizing.batch}", "train.num_epochs=0",
+        f"train.num_steps={(steps or sizing.steps) if trained else 0}", f"train.seed={seed}",
+        f"train.log_every={sizing.log_every}", f"train.eval_every={eval_every or sizing.eval_every}",
+        f"train.checkpoint_every={sizing.checkpoint_every}", "train.keep_checkpoints=1",
+        f"train.eval_batch_size={sizing.eval_batch}", f"train.zero_shot_eval={v.kind == 'zero_shot'}",
+        "train.export_best=False",
+    ]
+    if v.seeded:
+        for item in sizing.sets:
+            path, eq, _ = item.partition("=")
+            if not eq or "." not in path:
+                raise ValueError(f"--set {item!r}: expected section.field=value with a field of configs/common.py")
+        parts += list(sizing.sets)
+    commas = [p for p in parts if "," in p]
+    if commas:
+        raise ValueError(f"config argument items {commas} contain a comma; use paths and values without commas")
+    return ",".join(parts)
 
 
 def run_config(sizing: Sizing, language: str, variant: str, seed: int, steps: int | None = None,
                eval_every: int | None = None, cache_dir: str = "") -> dict:
-    """The config (a plain dict, as saved in `config.json`) of one run."""
-    from configs import common
+    """The config (a plain dict, as saved in `config.json`) of one run: `configs/registry.py` with the
+    run's config argument."""
+    from configs import registry
 
-    v = VARIANTS[variant]
-    c = common.base()
-    c.model.path = sizing.model
-    c.data.source = "codesearchnet"
-    c.data.root = sizing.corpus
-    c.data.language = language
-    c.data.query_length = sizing.query_length
-    c.data.code_length = sizing.code_length
-    c.data.max_eval_queries = sizing.max_eval_queries
-    c.data.cache_dir = cache_dir
-    c.step.k = sizing.k
-    c.step.bank_size = sizing.bank_size
-    c.step.temperature = sizing.temperature
-    c.step.learning_rate = sizing.learning_rate
-    c.train.global_batch_size = sizing.batch
-    c.train.num_epochs = 0
-    c.train.num_steps = 0 if v.kind in ("zero_shot", "bm25") else (steps or sizing.steps)
-    c.train.seed = seed
-    c.train.log_every = sizing.log_every
-    c.train.eval_every = eval_every or sizing.eval_every
-    c.train.checkpoint_every = sizing.checkpoint_every
-    c.train.keep_checkpoints = 1
-    c.train.eval_batch_size = sizing.eval_batch
-    c.train.zero_shot_eval = v.kind == "zero_shot"  # trained runs take step 0 from the zero_shot run
-    c.train.export_best = False
-    d = json.loads(c.to_json())
-    for key, value in v.step.items():
-        if key not in d["step"]:
-            raise KeyError(f"variant {variant}: unknown step field {key!r}")
-        d["step"][key] = value
-    if v.seeded:
-        for item in sizing.sets:
-            path, _, value = item.partition("=")
-            section, _, field = path.partition(".")
-            if not _ or section not in d or field not in d[section]:
-                raise ValueError(f"--set {item!r}: expected section.field=value with a field of configs/common.py")
-            d[section][field] = _parse_value(value)
-    return d
+    argument = run_argument(sizing, language, variant, seed, steps, eval_every, cache_dir)
+    try:
+        return json.loads(registry.get_config(argument).to_json())
+    except ValueError as e:
+        raise ValueError(f"{e} (--set items are section.field=value)") from None
 
 
 def run_dir(out: str, language: str, variant: str, seed: int) -> str:
@@ -354,8 +342,10 @@ def _raise_system_exit(signum, frame):
     raise SystemExit(f"stopped by signal {signum}")
 
 
-def run_training(config_path: str, workdir: str, out: str, isolate: bool = True) -> None:
-    """`cocohanere_jax.main` on the saved config: a child process (default) or in this process.
+def run_training(config_path: str, workdir: str, out: str, isolate: bool = True, argument: str = "") -> None:
+    """`cocohanere_jax.main` on ``configs/registry.py:<argument>`` in a child process (default), or
+    `train_and_evaluate` on the saved config in this process. The child's console goes to
+    ``<workdir>/console.txt`` (its full log is ``<workdir>/log.txt``).
 
     If this process is stopped (Ctrl-C, or SIGTERM once `main` has made it an exception) while the child
     trains, the child gets SIGTERM (it completes its in-flight checkpoint) and is waited for, so a later
@@ -368,11 +358,11 @@ def run_training(config_path: str, workdir: str, out: str, isolate: bool = True)
 
         train.train_and_evaluate(ml_collections.ConfigDict(read_json(config_path)), workdir)
         return
-    cmd = [sys.executable, "-m", "cocohanere_jax.main",
-           f"--config={os.path.join(REPO, 'experiments', 'json_config.py')}:{config_path}", f"--workdir={workdir}"]
+    cmd = [sys.executable, "-m", "cocohanere_jax.main", f"--config=configs/registry.py:{argument}",
+           f"--workdir={workdir}"]
     env = dict(os.environ)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(out, "compile_cache"))
-    with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as log:
+    with open(os.path.join(workdir, "console.txt"), "a", encoding="utf-8") as log:
         log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n")
         log.flush()
         child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -384,7 +374,7 @@ def run_training(config_path: str, workdir: str, out: str, isolate: bool = True)
                 child.wait()
             raise
     if rc:
-        raise RuntimeError(f"exit status {rc}; see {workdir}/log.txt")
+        raise RuntimeError(f"exit status {rc}; see {workdir}/console.txt and {workdir}/log.txt")
 
 
 def record_load(workdir: str, event: str) -> None:
@@ -436,7 +426,8 @@ def _execute(run: Run, v: Variant, out: str, sizing: Sizing, cache: str, isolate
     if v.kind == "bm25":
         run_bm25(config, run.workdir)
     else:
-        run_training(config_path, run.workdir, out, isolate)
+        argument = run_argument(sizing, run.language, run.variant, run.seed, steps, eval_every, cache_dir=cache)
+        run_training(config_path, run.workdir, out, isolate, argument)
     if not os.path.exists(os.path.join(run.workdir, "summary.json")):
         raise RuntimeError(f"{run.workdir}: finished without summary.json")
 

@@ -44,6 +44,7 @@ def main(argv):
     from cocohanere_jax.token_table import TokenTable
     from cocohanere_jax.models import encoder as encoder_lib
     from cocohanere_data import codesearchnet
+    from configs import common
     from experiments import ablation
 
     enc = encoder_lib.load_encoder(FLAGS.model)
@@ -56,9 +57,9 @@ def main(argv):
     mesh = sharding.make_mesh()
     rows = []
     for variant in FLAGS.variants:
-        overrides = ablation.VARIANTS[variant].step
-        cfg = StepConfig(k=FLAGS.k, bank_size=FLAGS.bank_size, mask_duplicates=False,
-                         **{k: v for k, v in overrides.items()})
+        c = common.finish(common.base(), f"{ablation.VARIANTS[variant].preset},k={FLAGS.k},"
+                                         f"bank_size={FLAGS.bank_size},mask_duplicates=False")
+        cfg = StepConfig.from_config(c.step)
         optimizer = optim.make_optimizer(cfg, 1000)
         state = sharding.replicate(step_lib.init_train_state(enc.params, optimizer, cfg, enc.dim, 0), mesh)
         table = sharding.replicate(tokens.device_view(), mesh)

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from cocohanere_jax import bm25, evaluate, sharding, step as step_lib
+from cocohanere_jax import bm25, evaluate, sharding
+from cocohanere_jax.step_config import StepConfig
 from experiments import ablation, leakage, report
 
 import tiny_setup
@@ -36,7 +37,7 @@ def test_variants_map_to_the_config_switches():
     }
     for name, (bw, hw, knn) in expected.items():
         c = ablation.run_config(sizing, "go", name, seed=2)
-        step = step_lib.StepConfig.from_config(c["step"])
+        step = StepConfig.from_config(c["step"])
         assert (step.bimodal_weight, step.hard_negative_weight) == (bw, hw), name
         assert step.uses_hard_negatives == (hw > 0)
         if knn:
@@ -215,7 +216,8 @@ def test_interrupted_run_resumes_and_finished_runs_are_skipped(inputs, tmp_path,
     final = ablation.run_all(out, sizing, ["python"], [0], ["in_batch"], isolate=True)
     assert [r.status for r in final] == ["done"]
     log = open(os.path.join(workdir, "log.txt")).read()
-    assert "resumed from" in log and "json_config.py" in log
+    console = open(os.path.join(workdir, "console.txt")).read()
+    assert "resumed from" in log and "configs/registry.py:in_batch," in console
     steps = [r["step"] for r in _records(workdir, "train")]
     assert steps == [1, 2, 3, 3, 4]  # step 3 again after the resume from the step-2 checkpoint
     summary = json.load(open(os.path.join(workdir, "summary.json")))
