@@ -318,6 +318,9 @@ def test_git_work_tree_follows_ls_files(tmp_path):
     rep = update_index(tmp_path / "idx", [src], encoder=HashingEncoder(16), progress=False)
     assert rep.listing == {str(src.resolve()): "git"}
     assert {k[1] for k in _chunks(tmp_path / "idx")} == {"kept", "untracked"}
+    # a directory the repository ignores (a virtualenv, ~/.pyenv/versions) is walked instead
+    rep = update_index(tmp_path / "idx2", [src / "build"], encoder=HashingEncoder(16), progress=False)
+    assert rep.listing == {str((src / "build").resolve()): "walk"} and rep.chunks == 1
 
 
 def test_chunks_per_language_kinds():

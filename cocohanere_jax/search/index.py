@@ -510,7 +510,7 @@ def _import_faiss():
         import faiss  # noqa: F401
     except ImportError:
         raise SearchError("--ann needs faiss: `pip install faiss-cpu` (optional dependency; "
-                          "see experiments/requirements.txt).") from None
+                          "pinned in benchmarks/requirements.txt).") from None
     return faiss
 
 
