@@ -262,7 +262,7 @@ def minilm_folder() -> str:
 
 REMOTE = os.path.join(ROOT, "cocohanere_jax", "models", "codet5p_remote")
 
-# CodeT5+ 110M embedding (METHOD.md section 2).
+# CodeT5+ 110M embedding (docs/METHOD.md section 2).
 CODET5P_110M = dict(
     vocab_size=32103, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
     relative_attention_num_buckets=32, relative_attention_max_distance=128, embed_dim=256,

@@ -7,7 +7,7 @@ with a linear decay schedule, then the FIFO push and the refresh of the retrieve
 
 It does the same work as our step (search *before* the push, own DataID / current batch / empty slots
 masked, every sequence padded to the fixed Lq / Lc of the token table) so that the two time the same
-computation; the replication package's bugs (METHOD.md section 5) are not reproduced because they do not
+computation; the replication package's bugs (docs/METHOD.md section 5) are not reproduced because they do not
 change the cost.
 """
 

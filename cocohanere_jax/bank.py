@@ -1,13 +1,13 @@
 """Memory bank of (DataID, embedding) pairs: FIFO push, in-place update, masked top-k search.
 
-A bank is a fixed-size ring (METHOD.md section 2) held as three device arrays inside the train state:
+A bank is a fixed-size ring (docs/METHOD.md section 2) held as three device arrays inside the train state:
 
 * ``embeddings`` [M, d] float32, unit-norm rows;
 * ``ids`` [M] int32, the DataID stored in each slot, ``-1`` for a slot that holds nothing;
 * ``ptr`` [] int32, the next slot to write.
 
 All functions are pure (they return a new :class:`Bank`) and shape-static, so they compile once inside
-the train step. Unlike the public replication package (METHOD.md section 5), the bank
+the train step. Unlike the public replication package (docs/METHOD.md section 5), the bank
 
 * starts **empty** (ids all -1) instead of random vectors with random DataIDs, and never-written slots
   are never returned by :func:`search`;

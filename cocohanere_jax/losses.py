@@ -1,4 +1,4 @@
-"""Contrastive losses of CoCoHaNeRe (METHOD.md section 3).
+"""Contrastive losses of CoCoHaNeRe (docs/METHOD.md section 3).
 
 All embeddings are L2-normalised rows, so ``a @ b`` is the cosine similarity; every similarity is divided
 by ``temperature`` before the softmax. The two public losses are

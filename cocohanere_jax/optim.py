@@ -25,7 +25,7 @@ def make_schedule(config: StepConfig, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(config: StepConfig, total_steps: int) -> optax.GradientTransformation:
-    """Global-norm clip, then AdamW on the linear schedule (METHOD.md section 5 defaults).
+    """Global-norm clip, then AdamW on the linear schedule (docs/METHOD.md section 5 defaults).
 
     The learning rate is injected as a hyperparameter so the step can report the rate it actually used
     (:func:`current_learning_rate`).

@@ -18,7 +18,7 @@ __all__ = ["StepConfig", "config_dict"]
 class StepConfig:
     """Options of the train step. Hashable, so it can be closed over by the jitted step."""
 
-    temperature: float = 0.05  # tau; METHOD.md section 3 (UniXcoder uses 0.05, CoCoSoDa 0.07)
+    temperature: float = 0.05  # tau; docs/METHOD.md section 3 (UniXcoder uses 0.05, CoCoSoDa 0.07)
     k: int = 10  # hard negatives per anchor and direction
     bank_size: int = 8096  # M, slots per bank (paper: 8,096)
     knn: str = "bi"  # "bi": codes nearest each query, queries nearest each code; "uni": code->code, query->query

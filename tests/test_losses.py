@@ -27,7 +27,7 @@ def np_logsumexp(x):
 
 
 def np_bimodal(q, c, tau, mask=None):
-    """Literal transcription of METHOD.md section 3 with explicit loops."""
+    """Literal transcription of docs/METHOD.md section 3 with explicit loops."""
     n = q.shape[0]
     total = 0.0
     for i in range(n):
