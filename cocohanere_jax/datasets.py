@@ -2,7 +2,9 @@
 
 Sources: "codesearchnet" (the GraphCodeBERT-filtered `<lang>/{train,valid,test,codebase}.jsonl` or the raw
 CSN v2 layout, and any corpus that `python -m cocohanere_data.source_tree.build` made from a source tree), "cosqa",
-and "stdlib" (the embedded default: the running interpreter's standard library, built on first use).
+"stdlib" (the embedded default: the running interpreter's standard library, built on first use) and
+"source_tree" (your own repository, `config.data.src`: the corpus is built from it with the tree-sitter
+builder, cached in `config.data.root` or `<workdir>/corpus`, and rebuilt when the tree changes).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import ml_collections
 
 from cocohanere_jax.evaluate import RetrievalTask
 
-SOURCES = ("codesearchnet", "cosqa", "stdlib")
+SOURCES = ("codesearchnet", "cosqa", "stdlib", "source_tree")
 
 
 @dataclasses.dataclass
@@ -42,6 +44,13 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise FileNotFoundError(
                 f"config.data.root={d.root!r} is not a directory. Set --config.data.root to {hint}."
             )
+    if d.source == "source_tree":
+        src = os.path.expanduser(d.get("src", ""))
+        if not src or not os.path.isdir(src):
+            raise FileNotFoundError(
+                f"config.data.src={src!r} is not a directory. Set --config.data.src to the source tree to train on "
+                "(configs/repo.py), e.g. a git checkout of your repository."
+            )
     for key in ("query_length", "code_length"):
         if d[key] < 2:
             raise ValueError(f"config.data.{key}={d[key]} must be at least 2 tokens.")
@@ -50,6 +59,23 @@ def check(config: ml_collections.ConfigDict) -> None:
 def _task(split, max_queries: int) -> RetrievalTask:
     n = max_queries or len(split.query_texts)
     return RetrievalTask.from_keys(split.query_texts[:n], split.query_keys[:n], split.code_texts, split.code_keys)
+
+
+def _build_tree_corpus(d: ml_collections.ConfigDict, workdir: str):
+    """The corpus of ``config.data.src`` (built, or reused when neither the tree nor the settings changed)."""
+    from cocohanere_data.records import BadInputError
+    from cocohanere_data.source_tree.build import BuildConfig, build_corpus_cached
+
+    cfg = BuildConfig(lang=d.language, split_depth=d.get("split_depth", 0) or None,
+                      min_groups=d.get("min_groups", 10), jobs=os.cpu_count() or 1)
+    out = d.root or os.path.join(workdir, "corpus")
+    try:
+        return build_corpus_cached(os.path.expanduser(d.src), out, cfg)
+    except BadInputError as e:
+        raise BadInputError(
+            f"config.data.src={d.src!r}: {e} For a small tree try --config.data.min_groups=3 or "
+            "--config.data.split_depth=1 (group files by top-level directory)."
+        ) from None
 
 
 def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
@@ -69,6 +95,8 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
             from cocohanere_data import stdlib_corpus
 
             root, lang = str(stdlib_corpus.build_stdlib_corpus(d.root or None)), "python"
+        elif d.source == "source_tree":
+            root = str(_build_tree_corpus(d, workdir))
         train = codesearchnet.load_pairs(root, lang, "train", strict=strict)
         valid = codesearchnet.load_eval_split(root, lang, "valid", strict=strict)
         test = codesearchnet.load_eval_split(root, lang, "test", strict=strict)

@@ -13,17 +13,12 @@ with the same ones reuses the files. Read the result with `cocohanere_data.codes
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
 import sysconfig
 from pathlib import Path
 
-from cocohanere_data.source_tree.build import BuildConfig, build_corpus
-
-_STAMP = "stdlib_stamp.json"
-_BUILDER_VERSION = 1
+from cocohanere_data.source_tree.build import BuildConfig, build_corpus_cached
 
 
 def stdlib_dir() -> Path:
@@ -47,20 +42,4 @@ def build_stdlib_corpus(out_dir: str | os.PathLike | None = None, *, modules: tu
     root = Path(out_dir) if out_dir is not None else default_cache_dir()
     cfg = BuildConfig(lang="python", valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
                       split_depth=1, origin="stdlib", include=tuple(sorted(modules)), jobs=jobs)
-    stamp = {
-        "builder_version": _BUILDER_VERSION,
-        "python": sys.version,
-        "stdlib": str(stdlib_dir()),
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "jobs"},
-    }
-    stamp_path = root / "python" / _STAMP
-    files = [root / "python" / f"{s}.jsonl" for s in ("train", "valid", "test", "codebase")]
-    if not force and stamp_path.is_file() and all(f.is_file() for f in files):
-        try:
-            if json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp)):
-                return root
-        except json.JSONDecodeError:
-            pass
-    build_corpus(stdlib_dir(), root, cfg)
-    stamp_path.write_text(json.dumps(stamp, indent=1))
-    return root
+    return build_corpus_cached(stdlib_dir(), root, cfg, stamp_extra={"python": sys.version}, force=force)

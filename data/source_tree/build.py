@@ -42,6 +42,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import sys
@@ -333,6 +334,45 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+_STAMP = "build_stamp.json"
+_BUILDER_VERSION = 1
+
+
+def tree_fingerprint(src: str | os.PathLike, lang: str) -> str:
+    """sha256 over (path, size, mtime) of the files `build_corpus` would read: changes when the tree does."""
+    h = hashlib.sha256()
+    for rel, full in walk_source_files(Path(src).resolve(), lang, _Counter(0)):
+        st = full.stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def build_corpus_cached(src: str | os.PathLike, out: str | os.PathLike, cfg: BuildConfig, *,
+                        stamp_extra: dict[str, Any] | None = None, force: bool = False) -> Path:
+    """`build_corpus` unless ``out`` already holds the corpus of this tree and config; returns ``out``.
+
+    The stamp (``out/<lang>/build_stamp.json``) records the builder version, the source path, the config
+    (except ``jobs``), a fingerprint of the tree's files (`tree_fingerprint`) and ``stamp_extra``; any change
+    rebuilds.
+    """
+    root = Path(out)
+    stamp = {"builder_version": _BUILDER_VERSION, "src": str(Path(src).resolve()),
+             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "jobs"},
+             "tree": tree_fingerprint(src, cfg.lang), **(stamp_extra or {})}
+    stamp = json.loads(json.dumps(stamp))
+    stamp_path = root / cfg.lang / _STAMP
+    files = [root / cfg.lang / f"{s}.jsonl" for s in ("train", "valid", "test", "codebase")]
+    if not force and stamp_path.is_file() and all(f.is_file() for f in files):
+        try:
+            if json.loads(stamp_path.read_text()) == stamp:
+                return root
+        except json.JSONDecodeError:
+            pass
+    build_corpus(src, root, cfg)
+    stamp_path.write_text(json.dumps(stamp, indent=1))
+    return root
+
+
 def build_corpus(src: str | os.PathLike, out: str | os.PathLike, cfg: BuildConfig) -> dict[str, Any]:
     """Builds ``out/<lang>/`` from the source tree `src`; returns (and writes) the report."""
     t0 = time.time()
@@ -349,7 +389,9 @@ def build_corpus(src: str | os.PathLike, out: str | os.PathLike, cfg: BuildConfi
         candidates = [(rel, full) for rel, full in candidates if group_of(rel, 1) in wanted]
     jobs_args = [(rel, str(full), cfg.lang, cfg.max_file_bytes) for rel, full in candidates]
     if cfg.jobs > 1 and len(jobs_args) > 1:
-        with concurrent.futures.ProcessPoolExecutor(cfg.jobs) as pool:
+        # forkserver, not fork: the builder also runs inside a training process, where JAX's threads make
+        # a forked child deadlock-prone.
+        with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
             results = list(pool.map(_extract_file, jobs_args, chunksize=16))
     else:
         results = [_extract_file(a) for a in jobs_args]
