@@ -131,10 +131,26 @@ def loss_and_aux(
     rows = offset + jnp.arange(n, dtype=jnp.int32)  # global row index of each local example
     encode = functools.partial(reencode.encode_rows, apply_fn, params, pad_id=pad_id)
     hashes = _hashes(table, config)
+    # The batch's own token rows: gathered here by DataID from the device table when it holds them (the
+    # host then sends DataIDs only), else the rows the host sent.
+    if table.query_ids is not None and table.code_ids is not None:
+        query_rows, code_rows = table.query_ids[ids], table.code_ids[ids]
+    else:
+        query_rows, code_rows = batch["query_ids"], batch["code_ids"]
+    lq, lc = query_rows.shape[1], code_rows.shape[1]
+
+    def encode_parts(parts, **padded_options):
+        """Embeddings of [(token_ids, keys), ...]: length-aware in one pooled call, or padded one by one."""
+        if config.length_buckets:
+            return reencode.encode_pool(
+                apply_fn, params, parts, pad_id=pad_id, chunk=config.length_chunk,
+                buckets=reencode.bucket_lengths((lq, lc), config.length_buckets),
+            )
+        return [encode(tokens, keys, **padded_options) for tokens, keys in parts]
 
     # 1-2. Encode the local batch; L^B against the global batch.
-    q = encode(batch["query_ids"], reencode.row_keys(key, reencode.STREAM_QUERY, rows))
-    c = encode(batch["code_ids"], reencode.row_keys(key, reencode.STREAM_CODE, rows))
+    q, c = encode_parts([(query_rows, reencode.row_keys(key, reencode.STREAM_QUERY, rows)),
+                         (code_rows, reencode.row_keys(key, reencode.STREAM_CODE, rows))])
     q_all, c_all, ids_all = gather(q), gather(c), gather(ids)
     # With mask_duplicates, same-text pairs of the global batch are not in-batch negatives either.
     pair_keep = bank_lib.duplicate_keep(ids_all, ids, hashes) if hashes else None
@@ -161,28 +177,33 @@ def loss_and_aux(
         # 4. Token rows of the retrieved DataIDs; invalid entries borrow the anchor's own (real) row so the
         # encoder never sees an all-pad row, and are masked out of the loss.
         own = jnp.broadcast_to(ids[:, None], (n, k))
-        encode_negatives = functools.partial(encode, remat=config.remat, chunk=config.reencode_chunk)
+        negative_options = dict(remat=config.remat, chunk=config.reencode_chunk)
         lookup = functools.partial(lookup_rows, table=table, host_table=host_table, axis_name=axis_name)
         if config.dedup_negatives:
             budget = max(1, math.ceil(config.reencode_fraction * n * k))
 
-            def reencode_distinct(which, hits, stream):
+            def distinct(which, hits, stream):
                 unique_ids, index, kept = reencode.dedup_neighbours(hits.ids, hits.valid, budget)
                 # Unused budget slots borrow the first anchor's own (real) row; their outputs are unused.
                 tokens = lookup(which, jnp.where(unique_ids >= 0, unique_ids, ids[0]))
-                emb = encode_negatives(tokens, reencode.row_keys(key, stream, jnp.maximum(unique_ids, 0)))
-                emb = jnp.concatenate([emb, jnp.zeros((1, d), emb.dtype)])[index]  # [n, k, d]
-                return emb, hits._replace(valid=kept), jnp.sum(hits.valid & ~kept)
+                keys = reencode.row_keys(key, stream, jnp.maximum(unique_ids, 0))
+                return (tokens, keys), index, hits._replace(valid=kept), jnp.sum(hits.valid & ~kept)
 
-            c_neg, code_hits, dropped_c = reencode_distinct("code", code_hits, reencode.STREAM_DEDUP_CODE)
-            q_neg, query_hits, dropped_q = reencode_distinct("query", query_hits, reencode.STREAM_DEDUP_QUERY)
+            c_part, c_index, code_hits, dropped_c = distinct("code", code_hits, reencode.STREAM_DEDUP_CODE)
+            q_part, q_index, query_hits, dropped_q = distinct("query", query_hits, reencode.STREAM_DEDUP_QUERY)
+            c_emb, q_emb = encode_parts([c_part, q_part], **negative_options)
+            pad_row = jnp.zeros((1, d), c_emb.dtype)
+            c_neg = jnp.concatenate([c_emb, pad_row])[c_index]  # [n, k, d]
+            q_neg = jnp.concatenate([q_emb, pad_row])[q_index]
             dropped_negatives = dropped_c + dropped_q
         else:
             code_tokens = lookup("code", jnp.where(code_hits.valid, code_hits.ids, own)).reshape(n * k, -1)
             query_tokens = lookup("query", jnp.where(query_hits.valid, query_hits.ids, own)).reshape(n * k, -1)
             neg_rows = rows[:, None] * k + jnp.arange(k, dtype=jnp.int32)[None, :]
-            c_neg = encode_negatives(code_tokens, reencode.row_keys(key, reencode.STREAM_NEG_CODE, neg_rows))
-            q_neg = encode_negatives(query_tokens, reencode.row_keys(key, reencode.STREAM_NEG_QUERY, neg_rows))
+            c_neg, q_neg = encode_parts([
+                (code_tokens, reencode.row_keys(key, reencode.STREAM_NEG_CODE, neg_rows)),
+                (query_tokens, reencode.row_keys(key, reencode.STREAM_NEG_QUERY, neg_rows)),
+            ], **negative_options)
             c_neg, q_neg = c_neg.reshape(n, k, d), q_neg.reshape(n, k, d)
             dropped_negatives = jnp.zeros((), jnp.int32)
         if not config.negative_gradient:

@@ -7,11 +7,13 @@ the chunking (docs/METHOD.md, "Dropout rng").
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cocohanere_jax import bank as bank_lib
 
@@ -20,7 +22,10 @@ Params = Any
 # apply_fn(params, input_ids [n, L], attention_mask [n, L], deterministic, dropout_key) -> [n, dim]
 ApplyFn = Callable[[Params, Array, Array, bool, Array], Array]
 
-__all__ = ["ApplyFn", "as_apply_fn", "row_keys", "encode_rows", "dedup_neighbours"]
+__all__ = [
+    "ApplyFn", "as_apply_fn", "row_keys", "encode_rows", "bucket_lengths", "row_lengths", "encode_rows_bucketed",
+    "encode_pool", "dedup_neighbours",
+]
 
 # Dropout rng streams (folded into the step key before the global row index).
 STREAM_QUERY, STREAM_CODE, STREAM_NEG_CODE, STREAM_NEG_QUERY = 0, 1, 2, 3
@@ -106,6 +111,143 @@ def encode_rows(
     )
     return out.reshape((n_chunks * chunk,) + out.shape[2:])[:r]
 
+
+
+def bucket_lengths(caps: Sequence[int], per_cap: int, multiple: int = 8) -> tuple[int, ...]:
+    """Static encode lengths for rows capped at ``caps``: ``per_cap`` evenly spaced lengths up to each cap
+    (rounded up to ``multiple``, capped at the cap), merged. ``(128, 256), 4`` -> 32 64 96 128 192 256."""
+    out = set()
+    for cap in caps:
+        for i in range(1, per_cap + 1):
+            out.add(min(cap, -(-math.ceil(cap * i / per_cap) // multiple) * multiple))
+    return tuple(sorted(out))
+
+
+def row_lengths(token_ids: Array, pad_id: int) -> Array:
+    """[R] int32: one past the last non-pad token of each row (its real length for right-padded rows)."""
+    pos = jnp.arange(1, token_ids.shape[-1] + 1, dtype=jnp.int32)
+    return jnp.max(jnp.where(token_ids != pad_id, pos, 0), axis=-1)
+
+
+def encode_rows_bucketed(
+    apply_fn: ApplyFn,
+    params: Params,
+    token_ids: Array,
+    keys: Array,
+    *,
+    pad_id: int,
+    buckets: Sequence[int],
+    chunk: int = 16,
+    deterministic: bool = False,
+    lengths: Array | None = None,
+) -> Array:
+    """`encode_rows` at (close to) each row's real length, in one compiled program.
+
+    Each row goes to the smallest static length of ``buckets`` that holds it (its own length decides,
+    not its neighbours': the result of a row does not depend on the other rows, the chunking or the
+    device count, dropout included). Rows are grouped by bucket on the device into fixed-size chunks of
+    ``chunk`` rows, each bucket's group starting on a chunk boundary, and ``jax.lax.map`` runs the chunks,
+    each through ``jax.lax.switch`` over the buckets: only the chosen length runs (unused chunks run an
+    empty branch). The gradient is a ``jax.custom_vjp``: the backward pass re-runs the chosen branch's
+    forward and its VJP per chunk (a plain autodiff of ``switch`` would keep, zero-filled, every branch's
+    residuals for every chunk), so memory is one chunk's activations, as with ``remat``.
+
+    Args:
+      token_ids: [R, L] ids padded (on the right) with ``pad_id``.
+      keys: [R, ...] one PRNG key per row.
+      buckets: static lengths; lengths above L are dropped and L is always added.
+      chunk: rows per chunk (capped at R).
+      lengths: [R] real lengths (default: `row_lengths`).
+    Returns:
+      [R, dim] embeddings, equal to `encode_rows` up to float reassociation without dropout.
+    """
+    r, width = token_ids.shape
+    lens = tuple(sorted({int(b) for b in buckets if 0 < int(b) < width} | {width}))
+    nb = len(lens)
+    c = max(1, min(int(chunk), r))
+    n_chunks = min(r, (r + nb * (c - 1)) // c)  # bound on sum over buckets of ceil(count / c)
+    if lengths is None:
+        lengths = row_lengths(token_ids, pad_id)
+    bucket = jnp.searchsorted(jnp.asarray(lens, jnp.int32), lengths.astype(jnp.int32), side="left")
+    bucket = jnp.minimum(bucket, nb - 1).astype(jnp.int32)
+    onehot = (bucket[:, None] == jnp.arange(nb, dtype=jnp.int32)[None, :]).astype(jnp.int32)
+    chunks_per_bucket = (jnp.sum(onehot, axis=0) + c - 1) // c
+    chunk_end = jnp.cumsum(chunks_per_bucket)
+    chunk_start = chunk_end - chunks_per_bucket
+    rank = jnp.take_along_axis(jnp.cumsum(onehot, axis=0), bucket[:, None], axis=1)[:, 0] - 1
+    slot = chunk_start[bucket] * c + rank  # [R], distinct, < n_chunks * c
+    src = jnp.zeros((n_chunks * c,), jnp.int32).at[slot].set(jnp.arange(r, dtype=jnp.int32))
+    # Chunk j holds bucket b for chunk_start[b] <= j < chunk_end[b]; past the last chunk: nb (empty branch).
+    chunk_bucket = jnp.searchsorted(chunk_end, jnp.arange(n_chunks, dtype=chunk_end.dtype), side="right")
+    chunk_bucket = chunk_bucket.astype(jnp.int32)
+    ids_c = token_ids[src].reshape(n_chunks, c, width)  # unused slots repeat row 0 (real, never read)
+    keys_c = keys[src].reshape((n_chunks, c) + keys.shape[1:])
+
+    def encode_many(p, ids, ks):
+        def encode_one(ids_row, key):
+            mask = (ids_row != pad_id).astype(jnp.int32)
+            return apply_fn(p, ids_row[None], mask[None], deterministic, key)[0]
+
+        return jax.vmap(encode_one)(ids, ks)
+
+    out_aval = jax.eval_shape(lambda p: encode_many(p, ids_c[0, :, : lens[0]], keys_c[0]), params)
+
+    def forward(p, ids, ks, b):
+        branches = [lambda p, ids, ks, n=n: encode_many(p, ids[:, :n], ks) for n in lens]
+        branches.append(lambda p, ids, ks: jnp.zeros(out_aval.shape, out_aval.dtype))
+        return jax.lax.switch(b, branches, p, ids, ks)
+
+    @jax.custom_vjp
+    def run(p, ids_all, keys_all, buckets_all):
+        return jax.lax.map(lambda xs: forward(p, *xs), (ids_all, keys_all, buckets_all))
+
+    def run_fwd(p, ids_all, keys_all, buckets_all):
+        return run(p, ids_all, keys_all, buckets_all), (p, ids_all, keys_all, buckets_all)
+
+    def run_bwd(res, g):
+        p, ids_all, keys_all, buckets_all = res
+
+        def body(acc, xs):
+            ids, ks, b, g_c = xs
+
+            def branch(n):
+                def f(acc):
+                    _, vjp = jax.vjp(lambda q: encode_many(q, ids[:, :n], ks), p)
+                    return jax.tree.map(jnp.add, acc, vjp(g_c.astype(out_aval.dtype))[0])
+
+                return f
+
+            acc = jax.lax.switch(b, [branch(n) for n in lens] + [lambda acc: acc], acc)
+            return acc, None
+
+        zero = jax.tree.map(jnp.zeros_like, p)
+        grads, _ = jax.lax.scan(body, zero, (ids_all, keys_all, buckets_all, g))
+        return grads, None, None, None
+
+    run.defvjp(run_fwd, run_bwd)
+    out = run(params, ids_c, keys_c, chunk_bucket)
+    return out.reshape((n_chunks * c,) + out.shape[2:])[slot]
+
+
+def encode_pool(
+    apply_fn: ApplyFn,
+    params: Params,
+    parts: Sequence[tuple[Array, Array]],
+    *,
+    pad_id: int,
+    buckets: Sequence[int],
+    chunk: int,
+    deterministic: bool = False,
+) -> list[Array]:
+    """`encode_rows_bucketed` of several (token_ids [R_i, L_i], keys [R_i]) parts in one call (one switch,
+    so one compiled encoder per bucket for all of them); narrower rows are padded to the widest."""
+    width = max(t.shape[1] for t, _ in parts)
+    ids = jnp.concatenate([jnp.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=pad_id) for t, _ in parts])
+    keys = jnp.concatenate([k.reshape((t.shape[0],) + k.shape[t.ndim - 1:]) for t, k in parts])
+    out = encode_rows_bucketed(apply_fn, params, ids, keys, pad_id=pad_id, buckets=buckets, chunk=chunk,
+                               deterministic=deterministic)
+    splits = np.cumsum([t.shape[0] for t, _ in parts])[:-1]
+    return jnp.split(out, splits)
 
 
 def dedup_neighbours(hit_ids: Array, valid: Array, budget: int) -> tuple[Array, Array, Array]:

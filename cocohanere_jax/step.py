@@ -248,7 +248,10 @@ def make_train_step(
 
     def step(state: TrainState, batch: Mapping[str, Array], table: DeviceTokenTable):
         sharding.check_global_batch(batch["data_id"].shape[0], mesh)
-        return sharded(state, {name: batch[name] for name in BATCH_KEYS}, table)
+        # With the token rows on the device the step gathers the batch's own rows by DataID: token rows
+        # in the batch are then ignored (send them with TokenTable.batch(ids, token_rows=False)).
+        keys = ("data_id",) if config.token_table == "device" else BATCH_KEYS
+        return sharded(state, {name: batch[name] for name in keys}, table)
 
     replicated = sharding.replicated_sharding(mesh)
     return jax.jit(

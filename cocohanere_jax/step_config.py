@@ -31,6 +31,11 @@ class StepConfig:
     token_table: str = "device"  # "device": TokenTable arrays; "host": HostTokenTable via pure_callback
     remat: bool = False  # jax.checkpoint each re-encoding chunk
     reencode_chunk: int = 0  # rows per re-encoding chunk; 0 = all n*k rows in one call
+    # Length-aware encoding (reencode.encode_rows_bucketed): every row is encoded at the smallest of
+    # `length_buckets` evenly spaced lengths per cap that holds it, in chunks of `length_chunk` rows (one
+    # jax.lax.switch per chunk, inside the compiled step). 0 = every row padded to its cap (the authors' way).
+    length_buckets: int = 0
+    length_chunk: int = 16
     # Re-encode each distinct retrieved DataID once per device and direction (the anchors that share a
     # neighbour share its embedding and gradient) instead of once per (anchor, rank).
     dedup_negatives: bool = False
@@ -68,6 +73,10 @@ class StepConfig:
             bad("bimodal_weight/hard_negative_weight", (0, 0), "keep at least one loss")
         if self.reencode_chunk < 0:
             bad("reencode_chunk", self.reencode_chunk, "use 0 (no chunking) or a positive row count")
+        if self.length_buckets < 0:
+            bad("length_buckets", self.length_buckets, "use 0 (padded to the cap) or a positive bucket count")
+        if self.length_chunk < 1:
+            bad("length_chunk", self.length_chunk, "use a positive row count")
         if self.warmup_steps < 0:
             bad("warmup_steps", self.warmup_steps, "use warmup_steps >= 0")
         if not 0 < self.reencode_fraction <= 1:

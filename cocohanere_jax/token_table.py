@@ -137,17 +137,24 @@ class TokenTable:
         """(query_ids[ids], code_ids[ids]) for valid DataIDs (negative ids raise: mask them first)."""
         return self.lookup("query", data_ids), self.lookup("code", data_ids)
 
-    def batch(self, data_ids) -> dict[str, np.ndarray]:
-        """The step's batch for these DataIDs (host arrays; `sharding.shard_batch` places them)."""
+    def batch(self, data_ids, token_rows: bool = True) -> dict[str, np.ndarray]:
+        """The step's batch for these DataIDs (host arrays; `sharding.shard_batch` places them).
+
+        ``token_rows=False``: DataIDs only (with ``token_table="device"`` the step gathers the rows itself).
+        """
         ids = self._check(data_ids).astype(np.int32)
+        if not token_rows:
+            return {"data_id": ids}
         query_ids, code_ids = self.rows(ids)
         return {"data_id": ids, "query_ids": query_ids, "code_ids": code_ids}
 
-    def batch_spec(self, global_batch: int, sharding: Any = None) -> dict[str, jax.ShapeDtypeStruct]:
+    def batch_spec(self, global_batch: int, sharding: Any = None,
+                   token_rows: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
         """Shapes and dtypes of a global batch (for ``jit(...).lower``), optionally with its sharding."""
         shapes = {"data_id": (global_batch,), "query_ids": (global_batch, self.query_length),
                   "code_ids": (global_batch, self.code_length)}
-        return {name: jax.ShapeDtypeStruct(shapes[name], jnp.int32, sharding=sharding) for name in BATCH_KEYS}
+        names = BATCH_KEYS if token_rows else ("data_id",)
+        return {name: jax.ShapeDtypeStruct(shapes[name], jnp.int32, sharding=sharding) for name in names}
 
     def device_view(self, token_table: str = "device") -> DeviceTokenTable:
         """The arrays the step reads on the device (host numpy; place with `sharding.replicate`).

@@ -1,0 +1,223 @@
+"""Length-aware encoding (StepConfig.length_buckets, reencode.encode_rows_bucketed) against the padded step.
+
+* without dropout: the same loss and gradients as the padded step (TinyEncoder, a tiny T5 whose rows are
+  longer than its relative max distance, a tiny RoBERTa), for all-short, all-at-cap and mixed rows, with
+  and without de-duplicated negatives;
+* with dropout: 1 device and 4 devices give the same steps and banks (a row's bucket is its own);
+* the compiled step is traced once over steps with different length mixes;
+* in device-table mode the step gathers the batch's rows by DataID (a batch of DataIDs only is enough).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cocohanere_jax import bank as bank_lib
+from cocohanere_jax import objective as objective_lib
+from cocohanere_jax import optim, reencode, sharding
+from cocohanere_jax import step as S
+from cocohanere_jax import token_table as TT
+from cocohanere_jax.models.bert import BertConfig, BertEncoder
+from cocohanere_jax.models.t5 import T5Config, T5Encoder
+from cocohanere_jax.step_config import StepConfig
+from tiny_models import TinyEncoder
+
+N, LQ, LC, VOCAB = 40, 8, 24, 50
+B, K, M = 8, 3, 13
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+PREFILL = np.array([20, 21, 22, 23, 24, 25, 26, 27, 28, 3, 5], np.int32)
+PADDED = StepConfig(k=K, bank_size=M, learning_rate=1e-2, adam_eps=1e-6, mask_duplicates=False)
+# Buckets 8, 16, 24 (three per cap, multiples of 8); chunks of 4 rows.
+AWARE = StepConfig(**{**PADDED.__dict__, "length_buckets": 3, "length_chunk": 4})
+
+
+def with_(config, **changes):
+    return StepConfig(**{**config.__dict__, **changes})
+
+
+def tables(mix: str, pad_id: int, seed: int = 0):
+    """Token rows (ids in [2, VOCAB), right-padded with pad_id) whose lengths follow ``mix``."""
+    rng = np.random.default_rng(seed)
+
+    def rows(length):
+        ids = rng.integers(2, VOCAB, size=(N, length)).astype(np.int32)
+        if mix == "short":
+            lengths = rng.integers(1, 4, size=N)
+        elif mix == "cap":
+            lengths = np.full(N, length)
+        else:
+            lengths = rng.integers(1, length + 1, size=N)
+        ids[np.arange(length)[None, :] >= lengths[:, None]] = pad_id
+        return ids
+
+    return rows(LQ), rows(LC)
+
+
+MODELS = {
+    "tiny": (lambda rate: TinyEncoder(vocab_size=VOCAB, hidden=32, dim=16, dropout_rate=rate), 0),
+    # Relative max distance 6 < 24: rows longer than it use the log-spaced far buckets.
+    "t5": (lambda rate: T5Encoder(T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+                                           relative_attention_num_buckets=8, relative_attention_max_distance=6,
+                                           dropout_rate=rate, embed_dim=8)), 0),
+    "roberta": (lambda rate: BertEncoder(BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=32,
+                                                    max_position_embeddings=40, hidden_dropout_prob=rate,
+                                                    attention_probs_dropout_prob=rate, pad_token_id=1,
+                                                    roberta_positions=True, pooling="mean")), 1),
+}
+
+
+def setup(model_name, mix, rate=0.0):
+    make, pad_id = MODELS[model_name]
+    model = make(rate)
+    qt, ct = tables(mix, pad_id)
+    ids = jnp.ones((2, 8), jnp.int32) * 2
+    params = model.init(jax.random.key(0), ids, ids != pad_id)["params"]
+    dim = jax.eval_shape(lambda: model.apply({"params": params}, ids, ids != pad_id)).shape[-1]
+    table = TT.TokenTable(qt, ct, pad_id=pad_id)
+    encode = jax.jit(lambda p, t: model.apply({"params": p}, t, t != pad_id))
+    banks = [bank_lib.push(bank_lib.init_bank(M, dim), encode(params, t[PREFILL]), jnp.asarray(PREFILL))
+             for t in (qt, ct)]
+    return model, pad_id, params, dim, table, banks
+
+
+@pytest.mark.parametrize("model_name,mix,dedup", [
+    ("tiny", "mixed", False), ("tiny", "short", False), ("tiny", "cap", False), ("tiny", "mixed", True),
+    ("t5", "mixed", False), ("t5", "cap", True), ("roberta", "mixed", False), ("roberta", "short", True),
+])
+def test_same_loss_and_gradients_without_dropout(model_name, mix, dedup):
+    model, pad_id, params, dim, table, (qbank, cbank) = setup(model_name, mix)
+    batch = table.batch(np.arange(B, dtype=np.int32))
+    view = table.device_view()
+    key = jax.random.key_data(jax.random.key(7))
+
+    @functools.partial(jax.jit, static_argnums=0, compiler_options=FAST)
+    def grad(config, p):
+        f = functools.partial(objective_lib.loss_and_aux, apply_fn=reencode.as_apply_fn(model), config=config,
+                              pad_id=pad_id)
+        return jax.value_and_grad(f, has_aux=True)(p, qbank, cbank, batch, view, key)
+
+    (l0, a0), g0 = grad(with_(PADDED, dedup_negatives=dedup), params)
+    (l1, a1), g1 = grad(with_(AWARE, dedup_negatives=dedup), params)
+    assert int(a0.valid_negatives) > 0
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    for name in ("q", "c", "c_neg", "q_neg"):
+        np.testing.assert_allclose(getattr(a1, name), getattr(a0, name), rtol=1e-5, atol=2e-6, err_msg=name)
+    scale = float(optax.tree.norm(g0))
+    assert scale > 0
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_bucketed_rows_equal_padded_rows_and_vjp():
+    """encode_rows_bucketed = encode_rows (deterministic), value and VJP, chunk sizes 1, 3 and all rows."""
+    model, pad_id, params, _, table, _ = setup("t5", "mixed")
+    apply_fn = reencode.as_apply_fn(model)
+    rows = jnp.asarray(table.code_ids[:23])
+    keys = reencode.row_keys(jax.random.key_data(jax.random.key(3)), 2, jnp.arange(23))
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(23, 8)), jnp.float32)
+
+    @functools.partial(jax.jit, static_argnums=(1,), compiler_options=FAST)
+    def vg(p, chunk):
+        def f(p):
+            if chunk is None:
+                e = reencode.encode_rows(apply_fn, p, rows, keys, pad_id=pad_id, deterministic=True)
+            else:
+                e = reencode.encode_rows_bucketed(apply_fn, p, rows, keys, pad_id=pad_id, buckets=(4, 8, 16),
+                                                  chunk=chunk, deterministic=True)
+            return jnp.sum(e * weights), e
+        return jax.value_and_grad(f, has_aux=True)(p)
+
+    (v0, e0), g0 = vg(params, None)
+    for chunk in (1, 3, 64):
+        (v1, e1), g1 = vg(params, chunk)
+        np.testing.assert_allclose(e1, e0, rtol=1e-5, atol=1e-6)
+        scale = float(optax.tree.norm(g0))
+        for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _run(model, pad_id, params, dim, table, banks, config, devices, batches, token_rows=True):
+    mesh = sharding.make_mesh(jax.devices()[:devices])
+    tx = optim.make_optimizer(config, total_steps=20)
+    traces = []
+
+    def counting_apply(p, ids, mask, deterministic, key):
+        traces.append(ids.shape)
+        return model.apply({"params": p}, ids, mask, deterministic=deterministic, rngs={"dropout": key})
+
+    step_fn = S.make_train_step(counting_apply, tx, config, mesh, pad_id=pad_id, compiler_options=FAST)
+    state = S.init_train_state(params, tx, config, dim, rng=0)
+    state = sharding.replicate(state.replace(query_bank=banks[0], code_bank=banks[1]), mesh)
+    view = sharding.replicate(table.device_view(), mesh)
+    snaps, metrics, counts = [], [], []
+    for ids in batches:
+        state, m = step_fn(state, sharding.shard_batch(table.batch(ids, token_rows=token_rows), mesh), view)
+        snaps.append(jax.device_get(state))
+        metrics.append(jax.device_get(m))
+        counts.append(len(traces))
+    return snaps, metrics, counts, step_fn._cache_size()
+
+
+BATCHES = [np.arange(s * B, (s + 1) * B, dtype=np.int32) for s in range(3)]
+
+
+@pytest.fixture(scope="module")
+def dropout_runs():
+    """Three length-aware steps with dropout on 4 devices, on a table with short, capped and mixed rows."""
+    world = setup("t5", "mixed", rate=0.1)
+    model, pad_id, params, dim, table, banks = world
+    # Batch 0 all short, batch 1 all at the caps, batch 2 mixed: different length mixes, one program.
+    qt, ct = table.query_ids.copy(), table.code_ids.copy()
+    qt[:B, 2:] = pad_id
+    ct[:B, 3:] = pad_id
+    qt[B:2 * B] = np.where(qt[B:2 * B] == pad_id, 7, qt[B:2 * B])
+    ct[B:2 * B] = np.where(ct[B:2 * B] == pad_id, 7, ct[B:2 * B])
+    table = TT.TokenTable(qt, ct, pad_id=pad_id)
+    world = (model, pad_id, params, dim, table, banks)
+    return world, _run(*world, AWARE, 4, BATCHES)
+
+
+def test_one_device_equals_four_devices_with_dropout(dropout_runs):
+    world, (snaps4, metrics4, _, _) = dropout_runs
+    snaps1, metrics1, _, _ = _run(*world, AWARE, 1, BATCHES)
+    for s in range(3):
+        for name in ("loss", "loss_b", "loss_hn", "grad_norm", "valid_negatives"):
+            np.testing.assert_allclose(metrics1[s][name], metrics4[s][name], rtol=2e-5, err_msg=name)
+    a, b = snaps1[-1], snaps4[-1]
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=2e-6)
+    for name in ("query_bank", "code_bank"):
+        np.testing.assert_array_equal(getattr(a, name).ids, getattr(b, name).ids)
+        np.testing.assert_allclose(getattr(a, name).embeddings, getattr(b, name).embeddings, rtol=1e-4, atol=2e-6)
+    # Dropout is on: the padded step (different masks at other lengths) gives another loss.
+    _, metrics_padded, _, _ = _run(*world, PADDED, 1, BATCHES[:1])
+    assert abs(float(metrics_padded[0]["loss"]) - float(metrics1[0]["loss"])) > 1e-6
+
+
+def test_traced_once_over_length_mixes(dropout_runs):
+    _, (_, _, counts, cache_size) = dropout_runs
+    assert counts[0] > 0 and counts == [counts[0]] * len(counts), counts
+    assert cache_size == 1
+
+
+def test_batch_rows_gathered_on_device(dropout_runs):
+    """Device table: a batch of DataIDs only gives the step of a full batch (rows gathered by DataID)."""
+    world, (snaps4, metrics4, _, _) = dropout_runs
+    snaps, metrics, _, _ = _run(*world, AWARE, 4, BATCHES[:2], token_rows=False)
+    for s in range(2):
+        for name, value in metrics[s].items():
+            np.testing.assert_array_equal(value, metrics4[s][name], err_msg=name)
+    for x, y in zip(jax.tree.leaves(snaps[1]), jax.tree.leaves(snaps4[1])):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_bucket_lengths():
+    assert reencode.bucket_lengths((128, 256), 4) == (32, 64, 96, 128, 192, 256)
+    assert reencode.bucket_lengths((8, 24), 3) == (8, 16, 24)
+    np.testing.assert_array_equal(reencode.row_lengths(jnp.array([[3, 4, 0, 0], [0, 0, 0, 0], [1, 0, 2, 0]]), 0),
+                                  [2, 0, 3])
