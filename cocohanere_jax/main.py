@@ -10,7 +10,6 @@ progress and evaluations; the full log, third-party INFO records included, goes 
 import importlib.util
 import os
 import re
-import signal
 import sys
 
 from absl import app, flags
@@ -25,10 +24,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 _AUTO_DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() with cluster auto-detection (SLURM, TPU pods).")
-
-
-def _raise_system_exit(signum, frame):
-    raise SystemExit(f"stopped by signal {signum}")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 60, "Multi-process runs: seconds without a heartbeat after which the coordination "
+    "service declares a process dead and the others stop (abort, non-zero status).")
 
 
 def unknown_override(argv: list[str]) -> str | None:
@@ -87,17 +85,19 @@ def main(argv):
 
     if _COORDINATOR.value or _AUTO_DISTRIBUTED.value:
         jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
+            coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+            heartbeat_timeout_seconds=_HEARTBEAT.value,
         )
     if log_path is None:
         log_path = metrics.setup_logging(_WORKDIR.value, _VERBOSE.value, jax.process_index())
     # A restarted run (preemption, crash) loads its compiled step instead of compiling it again.
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "compile_cache"))
-    from cocohanere_jax import train
+    from cocohanere_jax import preemption, train
 
-    # A scheduler's SIGTERM becomes an exception, so the in-flight asynchronous checkpoint completes.
-    signal.signal(signal.SIGTERM, _raise_system_exit)
+    # A scheduler's SIGTERM only sets a flag: the loop checkpoints the current step and exits with status 75
+    # (preemption.EXIT_PREEMPTED); a second SIGTERM exits at once with 75.
+    preemption.install()
 
     import logging
 

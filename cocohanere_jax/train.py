@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cocohanere_jax import checkpoints, datasets, evaluate, input_pipeline, metrics, model_card, optim, sharding
+from cocohanere_jax import checkpoints, datasets, evaluate, input_pipeline, metrics, model_card, optim, preemption
+from cocohanere_jax import sharding
 from cocohanere_jax import step as step_lib
 from cocohanere_jax import token_table as token_table_lib
 from cocohanere_jax.models import encoder as encoder_lib
@@ -59,6 +60,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> StepCon
     for key in ("log_every", "eval_every", "checkpoint_every"):
         if config.train[key] < 1:
             raise ValueError(f"config.train.{key}={config.train[key]} must be >= 1.")
+    if config.train.get("on_nonfinite", "stop") not in ("stop", "rollback"):
+        raise ValueError(f"config.train.on_nonfinite={config.train.on_nonfinite!r} must be 'stop' or 'rollback'.")
+    if config.train.get("max_rollbacks", 0) < 0:
+        raise ValueError(f"config.train.max_rollbacks={config.train.max_rollbacks} must be >= 0.")
     datasets.check(config)
     return step_config
 
@@ -164,28 +169,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log.info("step compiled in %.1f s%s", time.time() - t_compile,
              f"; memory: {_memory_line(memory)}" if memory is not None else "")
 
+    # Non-finite losses: one device boolean per step since the last check, fetched together at the next
+    # log / eval / checkpoint boundary (no host sync per step). on_nonfinite="rollback" restores the newest
+    # checkpoint, discards the batch whose step went non-finite and goes on, at most train.max_rollbacks times.
+    guard = _NonFiniteGuard(config, workdir, writer, restored[2] if restored else {},
+                            None if restored else iterator.state())
+
+    def roll_back(done: int):
+        """(step, state) after a rollback from `done`: the newest good checkpoint, or the initial state."""
+        back, state = guard.rollback(ckpt, state_spec, iterator, done)
+        if state is None:
+            state = sharding.init_replicated(
+                lambda params: step_lib.init_train_state(params, optimizer, step_config, enc.dim, config.train.seed),
+                enc.params, mesh=mesh)
+        return back, state
+
+    # Preemption: SIGTERM (preemption.install, in main.py) only sets a flag; the loop stops at a step boundary
+    # with a checkpoint. With several processes they agree by an allgather every `sync_every` steps.
+    sync_every = max(1, min(config.train.log_every, 10))
     try:
         progress = metrics.Progress(total_steps, start, config.train.global_batch_size)
         sums, count = None, 0
         last_codes = None  # (step, codebase embeddings) of the last validation, for the test of that step
-        nonfinite = jnp.zeros((), bool)  # device-side: any non-finite loss since the start (no host sync)
-        for done in range(start + 1, total_steps + 1):
+        done = start
+        while done < total_steps:
+            done += 1
+            guard.discard_planned(done, iterator)
             batch = sharding.shard_batch(tokens.batch(next(iterator)), mesh)
             state, step_metrics = compiled(state, batch, table)
-            nonfinite = nonfinite | ~jnp.isfinite(step_metrics["loss"])
+            guard.record(done, step_metrics["loss"])
             sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
             count += 1
 
             last = done == total_steps
+            boundary = any(done % config.train[k] == 0 for k in ("log_every", "eval_every", "checkpoint_every"))
+            if (boundary or last) and guard.nonfinite(done):  # raises in mode "stop"; else roll back
+                done, state = roll_back(done)
+                sums, count = None, 0
+                progress = metrics.Progress(total_steps, done, config.train.global_batch_size)
+                if last_codes is not None and last_codes[0] > done:
+                    last_codes = None
+                continue
             if done % config.train.log_every == 0 or last:
                 values = {k: float(v) / count for k, v in jax.device_get(sums).items()}
                 sums, count = None, 0
-                _stop_if_nonfinite(nonfinite, done, workdir)
                 values.update(progress.measure(done))
                 writer.write(done, values)
                 log.info(metrics.Progress.line(done, total_steps, values))
             if done % config.train.eval_every == 0 or last:
-                _stop_if_nonfinite(nonfinite, done, workdir)
                 params = _local(state.params)
                 codes = None
                 if shared_codebase:
@@ -199,11 +230,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     best_mrr = result["mrr"]
                     ckpt.save_best(done, state.params, {"step": done, "valid": result})
             if done % config.train.checkpoint_every == 0 or last:
-                _stop_if_nonfinite(nonfinite, done, workdir)
-                ckpt.save(done, state, {"iterator": iterator.state(), "step": done})
+                ckpt.save(done, state, guard.meta(done, iterator))
+            if not last and preemption.should_stop(done, sync_every=sync_every):
+                if guard.nonfinite(done):  # never checkpoint a non-finite state: go back first
+                    done, state = roll_back(done)
+                if ckpt.latest_step() != done:
+                    ckpt.save(done, state, guard.meta(done, iterator))
+                ckpt.wait()
+                stop = preemption.Preempted(done, workdir)
+                log.warning("%s", stop)
+                raise stop
     finally:
-        ckpt.wait()  # an exception (or a kill signal turned into one) still completes the in-flight save
+        ckpt.wait()  # an exception (or a second SIGTERM) still completes the in-flight save
 
+    summary["rollbacks"] = guard.rollbacks
+    summary["skipped_batches"] = guard.skipped
     best_params, best_meta = ckpt.restore_best_params(_local(state.params))
     summary["best_valid"] = best_meta["valid"]
     summary["best_step"] = best_meta["step"]
@@ -219,13 +260,92 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return _finish(summary, workdir, t_start, is_main)
 
 
-def _stop_if_nonfinite(flag: jax.Array, step: int, workdir: str) -> None:
-    if bool(flag):
-        raise NonFiniteLossError(
-            f"the training loss became NaN or inf at or before step {step}; stopped without saving. The last "
-            f"good checkpoint is in {workdir}/checkpoints (restarting resumes from it). Lower "
-            "config.step.learning_rate, raise config.step.temperature, or check the data."
-        )
+class _NonFiniteGuard:
+    """Watches the loss for NaN/inf without a host sync per step; stops or rolls back (config.train.on_nonfinite).
+
+    A rollback restores the newest good checkpoint and discards the batch of the first non-finite step (the
+    steps after it ran on a state that was already non-finite); the optimizer step count does not advance for
+    a discarded batch. The discarded batches and the rollback count go into every checkpoint's meta, so a
+    restart replays the same run: from a checkpoint older than a rollback it meets the same non-finite step
+    and makes the same decision.
+    """
+
+    def __init__(self, config, workdir: str, writer: metrics.MetricWriter, meta: dict, initial_iterator):
+        self.mode = config.train.get("on_nonfinite", "stop")  # configs saved before these keys: stop
+        self.max_rollbacks = int(config.train.get("max_rollbacks", 0))
+        self.workdir, self.writer = workdir, writer
+        self.initial_iterator = initial_iterator  # for a rollback before the first checkpoint
+        self.skipped: list[dict] = list(meta.get("skipped_batches", []))  # batches discarded so far
+        self.rollbacks = int(meta.get("rollbacks", 0))
+        self.plan: dict[int, int] = {}  # step -> batches to discard before drawing that step's batch
+        self.flags: list[tuple[int, jax.Array]] = []  # (step, device bool "loss finite") since the last check
+        self.first_bad = 0
+
+    def record(self, step: int, loss: jax.Array) -> None:
+        self.flags.append((step, jnp.isfinite(loss)))
+
+    def nonfinite(self, step: int) -> bool:
+        """At a boundary: False when every loss since the last check was finite; True when the caller is to
+        roll back; raises NonFiniteLossError in mode "stop" or when no rollback is left."""
+        if not self.flags:
+            return False
+        finite = jax.device_get([f for _, f in self.flags])
+        bad = [s for (s, _), ok in zip(self.flags, finite) if not bool(ok)]
+        self.flags = []
+        if not bad:
+            return False
+        self.first_bad = bad[0]
+        if self.mode == "stop" or self.rollbacks >= self.max_rollbacks:
+            extra = (f" after {self.rollbacks} rollback(s) (config.train.max_rollbacks={self.max_rollbacks}; "
+                     f"batches skipped at steps {[b['step'] for b in self.skipped]})" if self.mode == "rollback"
+                     else "; config.train.on_nonfinite=rollback skips the offending batch instead")
+            raise NonFiniteLossError(
+                f"the training loss became NaN or inf at step {bad[0]} (seen at step {step}){extra}. Stopped "
+                f"without saving: the last good checkpoint is in {self.workdir}/checkpoints (restarting resumes "
+                "from it). Lower config.step.learning_rate, raise config.step.temperature, or check the data."
+            )
+        return True
+
+    def rollback(self, ckpt: checkpoints.Checkpointer, state_spec, iterator, step: int) -> tuple[int, Any]:
+        """Restores the newest good checkpoint (state None: none yet, start over) and plans to discard the
+        first non-finite step's batch; batches discarded after that checkpoint are discarded again."""
+        bad, before = self.first_bad, self.skipped
+        restored = ckpt.restore_latest(state_spec)
+        if restored is not None:
+            back, state, meta = restored
+            iterator.restore(meta["iterator"])
+            self.skipped = list(meta.get("skipped_batches", []))
+        else:
+            back, state = 0, None
+            iterator.restore(self.initial_iterator)
+            self.skipped = []
+        self.plan = {}
+        for s in [r["step"] for r in before if r["step"] > back] + [bad]:
+            self.plan[s] = self.plan.get(s, 0) + 1
+        self.rollbacks += 1
+        self.flags = []
+        where = f"checkpoint {back}" if restored is not None else "the initial state (no checkpoint yet)"
+        log.warning("non-finite loss at step %d (seen at step %d): rollback %d of %d to %s; the batch of step %d "
+                    "will be skipped", bad, step, self.rollbacks, self.max_rollbacks, where, bad)
+        self.writer.write(step, {"nonfinite_step": bad, "rolled_back_to": back, "rollbacks": self.rollbacks},
+                          kind="rollback")
+        return back, state
+
+    def discard_planned(self, step: int, iterator) -> None:
+        """Before drawing the batch of `step`: draws and discards the batches planned for it."""
+        for _ in range(self.plan.pop(step, 0)):
+            position = iterator.state()
+            ids = next(iterator)
+            record = {"step": step, "epoch": position["epoch"], "position": position["position"],
+                      "data_ids": [int(i) for i in ids]}
+            self.skipped.append(record)
+            self.writer.write(step, {k: v for k, v in record.items() if k != "step"}, kind="skipped")
+            log.warning("skipped the batch of step %d (epoch %d, position %d; this process's DataIDs %s)", step,
+                        record["epoch"], record["position"], record["data_ids"])
+
+    def meta(self, step: int, iterator) -> dict:
+        return {"iterator": iterator.state(), "step": step, "skipped_batches": self.skipped,
+                "rollbacks": self.rollbacks}
 
 
 def _memory_line(memory) -> str:

@@ -58,6 +58,11 @@ def base() -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 128
     c.train.zero_shot_eval = True  # evaluate the loaded encoder on valid and test before training (reference)
     c.train.export_best = True  # write the best-on-valid model as a Hugging Face folder in <workdir>/export
+    # A NaN/inf loss (checked at each log / eval / checkpoint step): "stop" raises NonFiniteLossError;
+    # "rollback" restores the newest checkpoint, skips the batch of the first non-finite step (counted in
+    # summary.json "skipped_batches" and metrics.jsonl) and goes on, at most max_rollbacks times, then stops.
+    c.train.on_nonfinite = "stop"
+    c.train.max_rollbacks = 3
     return c
 
 

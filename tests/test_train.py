@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 import cocohanere_jax
-from cocohanere_jax import checkpoints, export, metrics, sharding, train
+from cocohanere_jax import checkpoints, export, metrics, preemption, sharding, train
 from configs import csn_python
 
 import tiny_setup
@@ -123,6 +124,162 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(inputs, tmp_path, m
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
     state = _saved_state(str(tmp_path), 2)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    """An uninterrupted smoke run (checkpoints every 2 steps, no validation until the end): its workdir."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    train.train_and_evaluate(smoke_config(inputs, checkpoint_every=2, eval_every=100), workdir)
+    return workdir
+
+
+def _assert_same_state(a, b, step=6):
+    leaves_a, leaves_b = jax.tree.leaves(_saved_state(a, step)), jax.tree.leaves(_saved_state(b, step))
+    assert len(leaves_a) == len(leaves_b) > 10
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise on CPU
+
+
+def test_preemption_checkpoints_the_step_and_resumes_exactly(inputs, reference, tmp_path, monkeypatch):
+    # preemption.request() is what the SIGTERM handler does; here it happens while batch 3 is prepared.
+    c = smoke_config(inputs, checkpoint_every=100, eval_every=100)
+    real_shard, calls = sharding.shard_batch, {"n": 0}
+
+    def signalled(batch, mesh):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            preemption.request()
+        return real_shard(batch, mesh)
+
+    run = str(tmp_path / "run")
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(sharding, "shard_batch", signalled)
+            with pytest.raises(preemption.Preempted) as info:
+                train.train_and_evaluate(c, run)
+    finally:
+        preemption.reset()
+    assert info.value.code == preemption.EXIT_PREEMPTED == 75 and info.value.step == 3
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3"]  # the step it stopped at, finalised
+    summary = train.train_and_evaluate(c, run)
+    assert summary["best_step"] == 6 and summary["skipped_batches"] == []
+    _assert_same_state(reference, run)
+
+
+def test_sigterm_through_main_exits_75_and_resumes_exactly(inputs, reference, tmp_path):
+    run = str(tmp_path / "run")
+    cmd = _main_cmd(inputs, run) + ["--config.train.checkpoint_every=100"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if "step 2/6" in line:
+            p.send_signal(signal.SIGTERM)
+            break
+    out, _ = p.communicate(timeout=300)
+    out = "".join(seen) + out
+    assert p.returncode == preemption.EXIT_PREEMPTED, out[-3000:]
+    line = next(l for l in out.splitlines() if "preempted (signal SIGTERM)" in l)
+    stopped = int(line.split("checkpoint of step ")[1].split()[0])
+    assert 2 <= stopped < 6 and f"{run}/checkpoints/{stopped}" in line and "exit status 75" in line
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == [str(stopped)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {run}/checkpoints/{stopped}" in done.stderr
+    _assert_same_state(reference, run)
+
+
+def _poison_data_id(monkeypatch, data_id):
+    """Makes the compiled step return a NaN loss and NaN parameters for every batch holding `data_id` (a
+    data row that produces inf, as far as the loop can tell)."""
+    real_make = train.step_lib.make_train_step
+
+    class Poisoned:
+        def __init__(self, compiled):
+            self.compiled, self.poisoned_calls = compiled, 0
+
+        def memory_analysis(self):
+            return self.compiled.memory_analysis()
+
+        def __call__(self, state, batch, table):
+            state, m = self.compiled(state, batch, table)
+            if data_id in np.asarray(batch["data_id"]):
+                self.poisoned_calls += 1
+                nan = jax.numpy.float32(np.nan)
+                m = {**m, "loss": m["loss"] * nan}
+                state = state.replace(params=jax.tree.map(lambda x: x * nan, state.params))
+            return state, m
+
+    made = []
+
+    def make(*a, **k):
+        step = real_make(*a, **k)
+
+        class Lowerable:
+            def lower(self, *la):
+                lowered = step.lower(*la)
+
+                class Compilable:
+                    def compile(self):
+                        made.append(Poisoned(lowered.compile()))
+                        return made[-1]
+
+                return Compilable()
+
+        return Lowerable()
+
+    monkeypatch.setattr(train.step_lib, "make_train_step", make)
+    return made
+
+
+def _batches(c, steps):
+    from cocohanere_jax import input_pipeline
+
+    it = input_pipeline.BatchIterator(c.data.max_train_pairs, c.train.global_batch_size, c.train.seed)
+    return [next(it) for _ in range(steps)]
+
+
+def test_nonfinite_rollback_skips_the_offending_batch(inputs, tmp_path, monkeypatch):
+    c = smoke_config(inputs, checkpoint_every=2, eval_every=100, on_nonfinite="rollback")
+    order = _batches(c, 7)
+    bad = int(order[2][0])  # a row of the batch of step 3 (64 pairs, 8 per batch: no row repeats in 7 batches)
+    made = _poison_data_id(monkeypatch, bad)
+    summary = train.train_and_evaluate(c, str(tmp_path))
+    assert made[0].poisoned_calls == 1  # step 3 went NaN once; it was replayed without that batch
+    skipped = summary["skipped_batches"]
+    assert [(s["step"], s["epoch"], s["position"]) for s in skipped] == [(3, 0, 2)]
+    assert skipped[0]["data_ids"] == [int(i) for i in order[2]] and summary["rollbacks"] == 1
+    on_disk = json.load(open(tmp_path / "summary.json"))
+    assert on_disk["skipped_batches"] == skipped and on_disk["rollbacks"] == 1
+    # The 6 steps completed, on 7 batches: the final checkpoint's iterator is past the 7th.
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4", "6"]
+    meta = json.load(open(tmp_path / "checkpoints" / "6" / "meta" / "metadata"))
+    assert meta["iterator"]["position"] == 7 and meta["skipped_batches"] == skipped and meta["rollbacks"] == 1
+    state = _saved_state(str(tmp_path), 6)
+    assert int(state["step"]) == 6
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+    records = metrics.read_metrics(str(tmp_path))
+    rollback = [r for r in records if r["kind"] == "rollback"]
+    assert [(r["step"], r["nonfinite_step"], r["rolled_back_to"]) for r in rollback] == [(4, 3, 2)]
+    assert [(r["step"], r["position"]) for r in records if r["kind"] == "skipped"] == [(3, 2)]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in records if r["kind"] == "train")
+    assert 0 < summary["test"]["mrr"] <= 1
+
+
+def test_nonfinite_rollback_gives_up_after_max_rollbacks(inputs, tmp_path, monkeypatch):
+    good = smoke_config(inputs, checkpoint_every=2, eval_every=100)
+    _run_killed_before_batch(good, str(tmp_path), monkeypatch, 3)
+    bad = smoke_config(inputs, checkpoint_every=2, eval_every=100, on_nonfinite="rollback", max_rollbacks=2)
+    bad.step.temperature = 1e-38  # every step's loss is NaN/inf: skipping batches cannot help
+    with pytest.raises(train.NonFiniteLossError, match=r"NaN or inf at step 3 .*after 2 rollback\(s\)"):
+        train.train_and_evaluate(bad, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    rollback = metrics.read_metrics(str(tmp_path), "rollback")
+    assert [r["rollbacks"] for r in rollback] == [1, 2]
+    assert [r["position"] for r in metrics.read_metrics(str(tmp_path), "skipped")] == [2, 2, 3]
 
 
 @pytest.mark.parametrize(
