@@ -4,7 +4,9 @@ Sources: "codesearchnet" (the GraphCodeBERT-filtered `<lang>/{train,valid,test,c
 CSN v2 layout, and any corpus that `python -m cocohanere_data.source_tree.build` made from a source tree), "cosqa",
 "stdlib" (the embedded default: the running interpreter's standard library, built on first use) and
 "source_tree" (your own repository, `config.data.src`: the corpus is built from it with the tree-sitter
-builder, cached in `config.data.root` or `<workdir>/corpus`, and rebuilt when the tree changes).
+builder, cached in `config.data.root` or `<workdir>/corpus`, and rebuilt when the tree changes) and "xlcost"
+(XLCoST's NL code search data, `config.data.level` program or snippet: each query of a split ranked against
+every code of that split).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import ml_collections
 
 from cocohanere_jax.evaluate import RetrievalTask
 
-SOURCES = ("codesearchnet", "cosqa", "stdlib", "source_tree")
+SOURCES = ("codesearchnet", "cosqa", "stdlib", "source_tree", "xlcost")
 
 
 @dataclasses.dataclass
@@ -32,6 +34,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     d = config.data
     if d.source not in SOURCES:
         raise ValueError(f"config.data.source={d.source!r} is not one of {SOURCES}.")
+    if d.source == "xlcost" and not (d.root and os.path.isdir(d.root)):
+        from cocohanere_data import xlcost
+
+        raise FileNotFoundError(f"config.data.root={d.root!r} is not a directory.\n{xlcost.DOWNLOAD_INSTRUCTIONS}")
     if d.source in ("codesearchnet", "cosqa"):
         if not d.root or not os.path.isdir(d.root):
             hint = (
@@ -89,6 +95,14 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
         valid = cosqa.load_cosqa_eval(d.root, "valid", strict=strict)
         test = cosqa.load_cosqa_eval(d.root, "test", strict=strict)
         where = f"CoSQA at {d.root}"
+    elif d.source == "xlcost":
+        from cocohanere_data import xlcost
+
+        level = d.get("level", "program")
+        train = xlcost.load_xlcost_pairs(d.root, d.language, "train", level, strict=strict)
+        valid = xlcost.load_xlcost_eval(d.root, d.language, "valid", level, strict=strict)
+        test = xlcost.load_xlcost_eval(d.root, d.language, "test", level, strict=strict)
+        where = f"XLCoST {level}-level {xlcost.language_folder(d.language)} at {d.root}"
     else:
         root, lang = d.root, d.language
         if d.source == "stdlib":

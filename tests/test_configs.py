@@ -37,3 +37,55 @@ def test_unknown_config_argument():
 
     with pytest.raises(ValueError, match="unknown config argument 'fast'"):
         csn_java.get_config("fast")
+
+
+def test_step_section_is_generated_from_step_config():
+    import dataclasses
+
+    from cocohanere_jax.step_config import StepConfig
+    from configs import common
+
+    c = common.base()
+    fields = {f.name: f.default for f in dataclasses.fields(StepConfig)}
+    assert set(c.step.keys()) == set(fields)  # every field reachable from the command line
+    assert StepConfig.from_config(c.step) == StepConfig()  # one source of defaults
+    c.step.false_negative_margin = 0.1  # a None default is a typed placeholder, settable on a locked config
+    assert StepConfig.from_config(c.step).false_negative_margin == 0.1
+
+
+def test_config_argument_presets_and_settings():
+    from configs import default
+
+    c = default.get_config("smoke,in_batch,k=5,train.seed=3,false_negative_margin=0.2,knn=uni")
+    assert (c.step.hard_negative_weight, c.step.k, c.train.seed, c.step.knn) == (0.0, 5, 3, "uni")
+    assert c.step.false_negative_margin == 0.2 and c.train.num_steps == 6  # smoke applied first
+    assert default.get_config("wo_bcl").step.bimodal_weight == 0.0
+    assert default.get_config("zero_shot").train.num_steps == 0
+    with pytest.raises(ValueError, match=r"config.step has no field 'kk'; its fields are \[.*'k'"):
+        default.get_config("step.kk=1")
+    with pytest.raises(ValueError, match=r"not a field of any section; known: data: \["):
+        default.get_config("kk=1")
+    with pytest.raises(ValueError, match="config.train.seed='x'"):
+        default.get_config("seed=x")
+
+
+def test_unknown_override_flag_names_its_section_fields():
+    from cocohanere_jax import main
+
+    argv = ["prog", "--config=configs/default.py:smoke", "--config.step.kk=1", "--workdir=x"]
+    message = main.unknown_override(argv)
+    assert message.startswith("--config.step.kk=1: config.step has no field 'kk'") and "'temperature'" in message
+    assert main.unknown_override(["prog", "--config=configs/default.py", "--config.step.k=1"]) is None
+    assert "is a value" in main.unknown_override(["prog", "--config=configs/default.py", "--config.step.k.x=1"])
+
+
+def test_cli_config_errors_exit_2_with_the_message(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    for args, expected in ((["--config=configs/default.py", "--config.step.kk=1"], "config.step has no field 'kk'"),
+                           (["--config=configs/default.py:kk=1"], "config key 'kk' is not a field of any section")):
+        out = subprocess.run([sys.executable, "-m", "cocohanere_jax.main", *args, f"--workdir={tmp_path}"],
+                             cwd=root, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]

@@ -71,4 +71,25 @@ def test_train_on_a_source_tree_end_to_end(tree, tmp_path):
     assert 0 < summary["test"]["mrr"] <= 1
     assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "run"), "train")][-1] == c.train.num_steps
     card = (tmp_path / "run" / "export" / "README.md").read_text()
-    assert "base_model:" in card and f"{summary['test']['mrr']:.4f}" in card and "sentence-transformers" in card
+    assert "base_model:" in card and f"{summary['test']['mrr']:.4f}" in card and "AutoModel.from_pretrained" in card
+
+
+def test_xlcost_source_trains_and_ranks_within_the_split(tmp_path):
+    """configs/xlcost_python.py on the XLCoST fixture (published layout) with a tiny model, zero-shot (the
+    fixture has too few training rows for a batch)."""
+    from configs import xlcost_python
+
+    c = xlcost_python.get_config("smoke,zero_shot")
+    c.data.root = os.path.join(os.path.dirname(__file__), "fixtures", "xlcost")
+    c.model.path = tiny_setup.tiny_bert_folder(str(tmp_path / "model"))
+    data = datasets.load(c, str(tmp_path))
+    assert data.description.startswith("XLCoST program-level Python")
+    assert len(data.test.codebase) == len(data.test.queries)  # one code per query, ranked within the split
+    import cocohanere_jax
+    from cocohanere_jax import evaluate
+
+    result = evaluate.evaluate(cocohanere_jax.load_encoder(c.model.path), data.test, batch_size=8)
+    assert 0 < result["mrr"] <= 1 and result["num_queries"] == len(data.test.queries)
+    c.data.root = str(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="XLCoST_data"):
+        datasets.check(c)

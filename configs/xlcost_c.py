@@ -1,0 +1,7 @@
+"""XLCoST NL code search, c (configs/xlcost.py has the settings and the command)."""
+
+from configs import xlcost
+
+
+def get_config(arg=None):
+    return xlcost.config("c", arg)
