@@ -10,8 +10,9 @@ error (1) and death by a signal that was not handled (137 for SIGKILL, 143 for S
     python -m cocohanere_jax.main ... ; [ $? -eq 75 ] && requeue
 
 75 is EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to retry"). A second SIGTERM while
-the checkpoint is being written exits at once with the same status (the checkpoint on disk is then the
-previous one; a half-written save is never restored).
+the checkpoint is being written exits at once with the same status (`os._exit`: the checkpoint on disk is
+then the previous one; a half-written save is never restored). Python runs handlers between bytecodes of the
+main thread: signals that arrive during one long C call (an XLA compilation, a step) are handled once, as one.
 
 With several processes every process gets its own signal, not necessarily at the same step; `should_stop`
 then takes the OR over processes (one tiny allgather every `sync_every` steps), so all of them save the same
@@ -21,6 +22,7 @@ step and stop together.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Iterable
@@ -55,10 +57,27 @@ def signal_name() -> str:
     return ",".join(signal.Signals(s).name for s in _received) or "none"
 
 
+def _exit_now(code: int) -> None:
+    """Ends the process at once (no finally blocks, no atexit): what a second SIGTERM asks for.
+
+    Not `raise SystemExit`: Python runs a signal handler between two bytecodes of the main thread, which may
+    be inside a garbage-collector callback or a `__del__` (jax's `_xla_gc_callback` was seen), where the
+    exception is printed as "Exception ignored in ..." and swallowed, and the run goes on.
+    """
+    for handler in logging.getLogger().handlers + logging.getLogger("cocohanere_jax").handlers:
+        try:
+            handler.flush()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+    os._exit(code)
+
+
 def _handler(signum, frame) -> None:
     if _flag.is_set():  # the second signal: the scheduler will not wait; stop now
-        log.warning("second %s: exiting now with status %d", signal.Signals(signum).name, EXIT_PREEMPTED)
-        raise SystemExit(EXIT_PREEMPTED)
+        log.warning("second %s: exiting now with status %d (the checkpoint on disk is the previous one)",
+                    signal.Signals(signum).name, EXIT_PREEMPTED)
+        _exit_now(EXIT_PREEMPTED)
+        return
     _received.append(signum)
     _flag.set()
     log.warning("%s received: the run stops after the current step with a checkpoint (exit status %d)",

@@ -370,7 +370,11 @@ def test_sigterm_checkpoints_current_step_and_exits_75(tmp_path):
            checkpoints.read_item(os.path.join(tmp_path, "ref", "checkpoints", str(total), "state")))
 
 
-def test_preemption_flag_in_process():
+def test_preemption_flag_in_process(monkeypatch):
+    def exit_now(code):  # the real one is os._exit, which would end pytest
+        raise SystemExit(code)
+
+    monkeypatch.setattr(preemption, "_exit_now", exit_now)
     preemption.reset()
     preemption.install()
     try:
@@ -387,6 +391,19 @@ def test_preemption_flag_in_process():
     finally:
         preemption.uninstall()
         preemption.reset()
+
+
+def test_second_sigterm_exits_at_once_with_75():
+    # os._exit, so that no finally block, atexit hook or a handler run inside a gc callback (where a
+    # SystemExit is "ignored") keeps the process alive.
+    code = ("import os, signal, time; from cocohanere_jax import preemption; preemption.install(); "
+            "os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2); print('flag', preemption.requested(), flush=True); "
+            "os.kill(os.getpid(), signal.SIGTERM); time.sleep(10); print('survived')")
+    t = time.time()
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=CHILD_ENV, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == preemption.EXIT_PREEMPTED and "flag True" in r.stdout and "survived" not in r.stdout
+    assert time.time() - t < 9 and "second SIGTERM: exiting now with status 75" in r.stderr
 
 
 # ----------------------------------------------------------------------------------------------------
