@@ -193,8 +193,10 @@ def encode_rows_bucketed(
     out_aval = jax.eval_shape(lambda p: encode_many(p, ids_c[0, :, : lens[0]], keys_c[0]), params)
 
     def forward(p, ids, ks, b):
+        # Inside shard_map the empty branch's zeros must be typed device-varying like the encoder's output.
+        vma = frozenset().union(*(_vma(x) for x in jax.tree.leaves((p, ids, ks))))
         branches = [lambda p, ids, ks, n=n: encode_many(p, ids[:, :n], ks) for n in lens]
-        branches.append(lambda p, ids, ks: jnp.zeros(out_aval.shape, out_aval.dtype))
+        branches.append(lambda p, ids, ks: _like_vma(jnp.zeros(out_aval.shape, out_aval.dtype), vma))
         return jax.lax.switch(b, branches, p, ids, ks)
 
     @jax.custom_vjp
@@ -220,13 +222,25 @@ def encode_rows_bucketed(
             acc = jax.lax.switch(b, [branch(n) for n in lens] + [lambda acc: acc], acc)
             return acc, None
 
-        zero = jax.tree.map(jnp.zeros_like, p)
+        zero = jax.tree.map(lambda x: _like_vma(jnp.zeros(x.shape, x.dtype), _vma(x)), p)
         grads, _ = jax.lax.scan(body, zero, (ids_all, keys_all, buckets_all, g))
         return grads, None, None, None
 
     run.defvjp(run_fwd, run_bwd)
     out = run(params, ids_c, keys_c, chunk_bucket)
     return out.reshape((n_chunks * c,) + out.shape[2:])[slot]
+
+
+def _vma(x) -> frozenset:
+    """The mesh axes along which ``x`` varies (inside shard_map; empty outside)."""
+    t = jax.typeof(x)
+    mat = getattr(t, "manual_axis_type", None)
+    return frozenset(getattr(mat, "varying", None) or getattr(t, "vma", None) or ())
+
+
+def _like_vma(x: Array, vma: frozenset) -> Array:
+    missing = tuple(sorted(vma - _vma(x)))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
 def encode_pool(
