@@ -6,27 +6,32 @@ CSN v2 layout, and any corpus that `python -m cocohanere_data.source_tree.build`
 "source_tree" (your own repository, `config.data.src`: the corpus is built from it with the tree-sitter
 builder, cached in `config.data.root` or `<workdir>/corpus`, and rebuilt when the tree changes) and "xlcost"
 (XLCoST's NL code search data, `config.data.level` program or snippet: each query of a split ranked against
-every code of that split).
+every code of that split). Code-to-code: "poj104" (programs grouped by problem; MAP@R) and "bigclonebench"
+(clone pairs; F1 at a threshold chosen on valid): training pairs are (anchor code, positive code) with a
+label per pair (`Datasets.train_labels`) that the step's duplicate mask reads (`cocohanere_jax.clone_tasks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import ml_collections
+import numpy as np
 
 from cocohanere_jax.evaluate import RetrievalTask
 
-SOURCES = ("codesearchnet", "cosqa", "stdlib", "source_tree", "xlcost")
+SOURCES = ("codesearchnet", "cosqa", "stdlib", "source_tree", "xlcost", "poj104", "bigclonebench")
 
 
 @dataclasses.dataclass
 class Datasets:
     train: object  # cocohanere_data.records.Pairs (data_id = row index = DataID)
-    valid: RetrievalTask
-    test: RetrievalTask
+    valid: Any  # RetrievalTask, or a clone_tasks.GroupTask / PairTask
+    test: Any
     description: str
+    train_labels: np.ndarray | None = None  # int32 [N] label per DataID (code-to-code tasks), else None
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -34,10 +39,11 @@ def check(config: ml_collections.ConfigDict) -> None:
     d = config.data
     if d.source not in SOURCES:
         raise ValueError(f"config.data.source={d.source!r} is not one of {SOURCES}.")
-    if d.source == "xlcost" and not (d.root and os.path.isdir(d.root)):
-        from cocohanere_data import xlcost
+    if d.source in ("xlcost", "poj104", "bigclonebench") and not (d.root and os.path.isdir(d.root)):
+        import importlib
 
-        raise FileNotFoundError(f"config.data.root={d.root!r} is not a directory.\n{xlcost.DOWNLOAD_INSTRUCTIONS}")
+        module = importlib.import_module(f"cocohanere_data.{d.source}")
+        raise FileNotFoundError(f"config.data.root={d.root!r} is not a directory.\n{module.DOWNLOAD_INSTRUCTIONS}")
     if d.source in ("codesearchnet", "cosqa"):
         if not d.root or not os.path.isdir(d.root):
             hint = (
@@ -89,6 +95,8 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
     from cocohanere_data import codesearchnet, cosqa, records
 
     d = config.data
+    if d.source in ("poj104", "bigclonebench"):
+        return _load_clone_task(config)
     strict = bool(d.strict)
     if d.source == "cosqa":
         train = cosqa.load_cosqa_pairs(d.root, "train", strict=strict)
@@ -123,3 +131,31 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
         test=_task(test, d.max_eval_queries),
         description=where,
     )
+
+
+def _load_clone_task(config: ml_collections.ConfigDict) -> Datasets:
+    """POJ-104 / BigCloneBench: (anchor, positive) training pairs with their labels, and the eval tasks."""
+    from cocohanere_data import records
+
+    from cocohanere_jax import clone_tasks
+
+    d = config.data
+    strict = bool(d.strict)
+    if d.source == "poj104":
+        from cocohanere_data import poj104
+
+        train, labels = poj104.load_poj104(d.root, "train", strict=strict).positive_pairs(seed=config.train.seed)
+        valid, test = (clone_tasks.GroupTask.from_codes(poj104.load_poj104(d.root, s, strict=strict))
+                       for s in ("valid", "test"))
+        where = f"POJ-104 at {d.root}"
+    else:
+        from cocohanere_data import bigclonebench
+
+        load = lambda split, n=0: bigclonebench.load_bigclonebench(d.root, split, strict=strict, max_pairs=n)  # noqa: E731
+        train, labels = load("train").positive_pairs()
+        n_eval = d.get("max_eval_pairs", 0)
+        valid, test = (clone_tasks.PairTask.from_pairs(load(s, n_eval)) for s in ("valid", "test"))
+        where = f"BigCloneBench at {d.root}"
+    if d.max_train_pairs and len(train) > d.max_train_pairs:
+        train, labels = records.Pairs(list(train)[: d.max_train_pairs], train.report), labels[: d.max_train_pairs]
+    return Datasets(train=train, valid=valid, test=test, description=where, train_labels=labels)

@@ -12,20 +12,21 @@ from typing import Any, Mapping
 
 __all__ = ["model_card", "write_model_card"]
 
-_METRICS = (("mrr", "MRR"), ("r@1", "R@1"), ("r@5", "R@5"), ("r@10", "R@10"))
+_METRICS = (("mrr", "MRR"), ("r@1", "R@1"), ("r@5", "R@5"), ("r@10", "R@10"), ("map@r", "MAP@R"),
+            ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("threshold", "threshold"))
 _ROWS = (("zero_shot_valid", "valid, before training"), ("zero_shot_test", "test, before training"),
          ("best_valid", "valid, best step"), ("test", "test, best-on-valid step"))
 
 
 def results_table(summary: Mapping[str, Any]) -> str:
-    """A Markdown table of the retrieval metrics in ``summary`` (rows that are absent are left out)."""
-    lines = ["| split | " + " | ".join(name for _, name in _METRICS) + " | queries |",
-             "|---|" + "---:|" * (len(_METRICS) + 1)]
-    for key, label in _ROWS:
-        m = summary.get(key)
-        if isinstance(m, Mapping) and "mrr" in m:
-            cells = [f"{m[k]:.4f}" if k in m else "" for k, _ in _METRICS]
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {m.get('num_queries', '')} |")
+    """A Markdown table of the metrics in ``summary`` (retrieval MRR/R@k, MAP@R or F1; absent rows left out)."""
+    rows = [(label, summary[key]) for key, label in _ROWS if isinstance(summary.get(key), Mapping)]
+    columns = [(k, name) for k, name in _METRICS if any(k in m for _, m in rows)]
+    lines = ["| split | " + " | ".join(name for _, name in columns) + " | queries |",
+             "|---|" + "---:|" * (len(columns) + 1)]
+    for label, m in rows:
+        cells = [f"{m[k]:.4f}" if k in m else "" for k, _ in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {m.get('num_queries', '')} |")
     return "\n".join(lines)
 
 

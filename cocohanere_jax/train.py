@@ -7,6 +7,7 @@ best-on-valid parameters -> summary -> export.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cocohanere_jax import checkpoints, datasets, evaluate, input_pipeline, metrics, model_card, optim, preemption
+from cocohanere_jax import checkpoints, clone_tasks, datasets, evaluate, input_pipeline, metrics, model_card, optim
+from cocohanere_jax import preemption
 from cocohanere_jax import sharding
 from cocohanere_jax import step as step_lib
 from cocohanere_jax import token_table as token_table_lib
@@ -73,7 +75,21 @@ def _local(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
-def _evaluate(enc, params, task: evaluate.TokenizedTask, config, code_embeddings=None) -> dict[str, float]:
+def _tokenize(enc, task, config):
+    """A valid/test task with its token ids: retrieval (queries vs codebase) or a code-to-code task."""
+    if hasattr(task, "tokenize"):  # clone_tasks.GroupTask / PairTask: code on both sides
+        return task.tokenize(enc, config.data.code_length)
+    return evaluate.tokenize_task(enc, task, config.data.query_length, config.data.code_length)
+
+
+def _metric(task) -> str:
+    """The result key that selects the best step: MRR for retrieval, the task's own metric otherwise."""
+    return getattr(task, "metric", "mrr")
+
+
+def _evaluate(enc, params, task, config, code_embeddings=None, **options) -> dict[str, float]:
+    if hasattr(task, "evaluate"):  # clone_tasks: MAP@R, or F1 at a threshold (options: threshold)
+        return task.evaluate(enc, params, batch_size=config.train.eval_batch_size, **options)
     return evaluate.evaluate(enc, task, params=params, batch_size=config.train.eval_batch_size,
                              code_embeddings=code_embeddings)
 
@@ -83,11 +99,14 @@ def _zero_shot(enc, tasks: dict[str, evaluate.TokenizedTask], shared_codebase: b
     """The loaded encoder on valid and test (the reference the trained model is compared with)."""
     codes = (evaluate.embed_codebase(enc, tasks["valid"], batch_size=config.train.eval_batch_size)
              if shared_codebase else None)
+    threshold = None  # BigCloneBench: test at the threshold chosen on valid
     for split, task in tasks.items():
-        result = _evaluate(enc, enc.params, task, config, codes)
+        result = _evaluate(enc, enc.params, task, config, codes,
+                           **({"threshold": threshold} if threshold is not None else {}))
+        threshold = result.get("threshold")
         summary[f"zero_shot_{split}"] = result
         writer.write(0, result, kind=f"zero_shot_{split}")
-        log.info("zero-shot %s: %s", split, evaluate.format_metrics(result))
+        log.info("zero-shot %s: %s", split, clone_tasks.format_result(result))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -110,9 +129,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config.model.path, pooling=config.model.pooling, dtype=DTYPES[config.model.dtype], remat=config.model.remat
     )
     data = datasets.load(config, workdir)
-    valid_task, test_task = (
-        evaluate.tokenize_task(enc, t, config.data.query_length, config.data.code_length) for t in (data.valid, data.test)
-    )
+    valid_task, test_task = (_tokenize(enc, t, config) for t in (data.valid, data.test))
+    metric = _metric(valid_task)
     tasks = {"valid": valid_task, "test": test_task}
     log.info("data: %s; %d train pairs, valid %d queries / %d codes, test %d queries / %d codes",
              data.description, len(data.train), len(data.valid.queries), len(data.valid.codebase),
@@ -121,15 +139,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         data.train, enc.tokenize, enc.fingerprint, config.data.query_length, config.data.code_length,
         cache_dir=config.data.cache_dir or os.path.join(workdir, "cache"), pad_id=enc.pad_id,
     )
-    iterator = input_pipeline.BatchIterator(
+    if data.train_labels is not None:  # code-to-code: the label table is what the duplicate mask compares
+        tokens = dataclasses.replace(tokens, query_hash=data.train_labels, code_hash=None)
+    evaluate_only = not config.train.num_steps and not config.train.num_epochs
+    iterator = None if evaluate_only else input_pipeline.BatchIterator(
         len(tokens), config.train.global_batch_size, config.train.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
-    total_steps = config.train.num_steps or math.ceil(config.train.num_epochs * iterator.steps_per_epoch)
+    total_steps = 0 if evaluate_only else (
+        config.train.num_steps or math.ceil(config.train.num_epochs * iterator.steps_per_epoch))
     summary: dict[str, Any] = {"data": data.description, "train_pairs": len(tokens), "total_steps": total_steps,
                                "devices": mesh.size, "processes": jax.process_count()}
     # GraphCodeBERT layout: valid and test rank against one codebase; embed it once per set of parameters.
-    shared_codebase = evaluate.same_codebase(valid_task, test_task)
+    shared_codebase = isinstance(valid_task, evaluate.TokenizedTask) and evaluate.same_codebase(valid_task, test_task)
     if total_steps == 0:
         _zero_shot(enc, tasks, shared_codebase, config, summary, writer)
         return _finish(summary, workdir, t_start, is_main)
@@ -159,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.train.zero_shot_eval:
             _zero_shot(enc, tasks, shared_codebase, config, summary, writer)
     best = ckpt.best_meta() or {}
-    best_mrr = best.get("valid", {}).get("mrr", -math.inf)
+    best_score = best.get("valid", {}).get(metric, -math.inf)
 
     # Compile before the first batch: errors and memory show up now (maxtext).
     batch_spec = tokens.batch_spec(config.train.global_batch_size, sharding.batch_sharding(mesh))
@@ -224,10 +246,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     last_codes = (done, codes)
                 result = _evaluate(enc, params, valid_task, config, codes)
                 writer.write(done, result, kind="valid")
-                log.info("valid at %d: %s%s", done, evaluate.format_metrics(result),
-                         " (best so far)" if result["mrr"] > best_mrr else "")
-                if result["mrr"] > best_mrr:
-                    best_mrr = result["mrr"]
+                log.info("valid at %d: %s%s", done, clone_tasks.format_result(result),
+                         " (best so far)" if result[metric] > best_score else "")
+                if result[metric] > best_score:
+                    best_score = result[metric]
                     ckpt.save_best(done, state.params, {"step": done, "valid": result})
             if done % config.train.checkpoint_every == 0 or last:
                 ckpt.save(done, state, guard.meta(done, iterator))
@@ -250,9 +272,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary["best_step"] = best_meta["step"]
     # When the best step is this process's last validation, its codebase embeddings serve the test.
     reuse = last_codes[1] if last_codes is not None and last_codes[0] == best_meta["step"] else None
-    summary["test"] = _evaluate(enc, best_params, test_task, config, reuse)
+    threshold = best_meta["valid"].get("threshold")  # BigCloneBench: the valid threshold, applied to test
+    summary["test"] = _evaluate(enc, best_params, test_task, config, reuse,
+                                **({"threshold": threshold} if threshold is not None else {}))
     writer.write(best_meta["step"], summary["test"], kind="test")
-    log.info("test (best-on-valid step %d): %s", best_meta["step"], evaluate.format_metrics(summary["test"]))
+    log.info("test (best-on-valid step %d): %s", best_meta["step"], clone_tasks.format_result(summary["test"]))
     if config.train.export_best and is_main:
         summary["export"] = enc.with_params(best_params).export(os.path.join(workdir, "export"))
         model_card.write_model_card(summary["export"], config.to_dict(), summary)
