@@ -61,7 +61,14 @@ class TorchReferenceStep:
         self.ptr = 0
 
     # -------------------------------------------------------------------------------------------
+    # "cap": every encode call at the cap (the authors' way); "longest": each call cut to its longest row
+    # (sentence-transformers' dynamic padding).
+    padding = "cap"
+
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.padding == "longest":
+            real = (ids != self.pad_id).any(dim=0).nonzero()
+            ids = ids[:, : int(real.max()) + 1 if real.numel() else 1]
         if self.autocast_dtype is None:
             return self._encode(ids)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):

@@ -83,7 +83,7 @@ SMOKE_PAIRS = 256  # text pairs tokenised for a smoke run
 
 
 def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None,
-              reencode_fraction: float | None = None):
+              reencode_fraction: float | None = None, length_buckets: int = 0, length_chunk: int = 16):
     """Our compiled step and a closure that runs step ``s``; returns (run, compile_seconds).
 
     ``reencode_fraction``: de-duplicate the retrieved neighbours and re-encode at most this fraction of
@@ -102,7 +102,8 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
 
     config = StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0,
                         mask_duplicates=False, dedup_negatives=reencode_fraction is not None,
-                        reencode_fraction=reencode_fraction or 1.0)
+                        reencode_fraction=reencode_fraction or 1.0, length_buckets=length_buckets,
+                        length_chunk=length_chunk)
     tx = optim.make_optimizer(config, total_steps=100_000)
     mesh = sharding.make_mesh(jax.devices()[:1])
     state = S.init_train_state(enc.params, tx, config, enc.dim, rng=0)
@@ -115,7 +116,7 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     table = sharding.replicate(tokens.device_view(), mesh)
 
     def batch(s):
-        return sharding.shard_batch(tokens.batch(work.batch_ids(s)), mesh)
+        return sharding.shard_batch(tokens.batch(work.batch_ids(s), token_rows=False), mesh)
 
     fn = S.make_train_step(enc.module, tx, config, mesh, pad_id=enc.pad_id, compiler_options=compiler_options)
     t = time.perf_counter()
@@ -136,7 +137,8 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     return run, compile_s, check
 
 
-def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int, dtype: str = "float32"):
+def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int, dtype: str = "float32",
+                   padding: str = "cap"):
     """The PyTorch reference step on the same workload (on :func:`common.torch_device`; ``dtype``
     "bfloat16" runs the encoder under ``torch.autocast``, float32 weights and optimizer); returns run()."""
     import torch
@@ -149,6 +151,7 @@ def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int, d
         dim=dim, k=k, bank_size=work.bank_size, device=common.torch_device(),
         autocast_dtype=None if dtype == "float32" else getattr(torch, dtype),
     )
+    ref.padding = padding
     prefill(ref, torch.from_numpy(work.bank_query_emb), torch.from_numpy(work.bank_code_emb),
             torch.from_numpy(work.bank_ids))
     holder = {"s": 0}
@@ -162,12 +165,30 @@ def make_reference(folder: str, work: Workload, k: int, dim: int, pad_id: int, d
     return run
 
 
+def real_token_flops(family: str, config: Any, work: Workload, batch: int, k: int) -> float:
+    """Model FLOPs of one step counted on real (non-pad) tokens: forward + backward (3x forward) of B
+    queries, B codes and (k > 0) B*k of each as negatives, each row at the table's mean per-row FLOPs
+    (the rows the step actually retrieves are a sample of the same table)."""
+    import numpy as np
+
+    def mean_row(ids):
+        lengths = np.maximum((ids != work.pad_id).sum(axis=1), 1)
+        return float(np.mean([common.encoder_flops(family, config, 1, int(n)) for n in lengths]))
+
+    per_pair = mean_row(work.query_ids) + mean_row(work.code_ids)
+    return 3.0 * per_pair * batch * (1 + k)
+
+
 def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_size: int, rounds: int,
             peak_gflops: float, reference: bool = True, compiler_options: dict | None = None,
             pairs_limit: int | None = None, reencode_fraction: float | None = None,
-            dtype: str = "float32") -> dict[str, Any]:
-    """One configuration: both implementations, interleaved; returns the result row.
+            dtype: str = "float32", length_buckets: tuple[int, ...] = (0,), length_chunk: int = 16,
+            reference_padding: tuple[str, ...] = ("cap",)) -> dict[str, Any]:
+    """One configuration: every implementation, interleaved round by round; returns the result row.
 
+    ``length_buckets``: one of our steps per value (0 = padded to the cap; n = `StepConfig.length_buckets`);
+    ``reference_padding``: one PyTorch reference per value ("cap" = the authors' way, "longest" = each
+    encode call padded to its longest row). The first of each is ``ours`` / ``reference`` (ratio columns).
     ``dtype``: compute dtype of both encoders ("bfloat16": our ``load_encoder(dtype=...)`` with float32
     parameters and optimizer, the reference under ``torch.autocast``).
     """
@@ -178,37 +199,49 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     enc = cocohanere_jax.load_encoder(folder, dtype=getattr(jnp, dtype))
     work = Workload(int(getattr(enc.config, "vocab_size")), batch, lq, lc, bank_size, enc.dim, steps=max(rounds + 2, 8),
                     pairs_limit=pairs_limit)
-    run_ours, compile_s, check = make_ours(enc, work, k, compiler_options, reencode_fraction)
-    fns = {"ours": run_ours}
+    work.pad_id = enc.pad_id
+    fns, compile_s, checks = {}, {}, {}
+    for nb in length_buckets:
+        label = "ours" if nb == 0 else f"ours_b{nb}"
+        fns[label], compile_s[label], checks[label] = make_ours(enc, work, k, compiler_options, reencode_fraction,
+                                                                nb, length_chunk)
     if reference:
-        fns["reference"] = make_reference(folder, work, k, enc.dim, enc.pad_id, dtype)
+        for padding in reference_padding:
+            label = "reference" if padding == "cap" else f"reference_{padding}"
+            fns[label] = make_reference(folder, work, k, enc.dim, enc.pad_id, dtype, padding)
     times = common.interleaved(fns, rounds=rounds, warmup=1)
-    metrics = check()
     flops = common.step_model_flops(enc.family, enc.config, batch, k, lq, lc)
-    ours = common.summary(times["ours"])
+    real_flops = real_token_flops(enc.family, enc.config, work, batch, k)
     row: dict[str, Any] = {
         "model": name, "batch": batch, "k": k, "lq": lq, "lc": lc, "bank": bank_size,
-        "compile_s": compile_s,
-        "ours_step_s": ours["median_s"], "ours_pairs_per_s": batch / ours["median_s"],
-        "model_gflops_per_step": flops / 1e9,
-        "ours_mfu": flops / ours["median_s"] / (peak_gflops * 1e9),
-        "ours_times_s": times["ours"],
-        "loss_after": metrics["loss"], "valid_negatives": metrics["valid_negatives"],
-        "reencode_fraction": reencode_fraction, "distinct_negatives": metrics.get("distinct_negatives"),
-        "dropped_negatives": metrics.get("dropped_negatives"),
-        "real_token_fraction": work.real_tokens,
-        "dtype": dtype,
-        "ours_peak_bytes": _jax_peak_bytes(),
+        "model_gflops_per_step": flops / 1e9, "real_token_gflops_per_step": real_flops / 1e9,
+        "reencode_fraction": reencode_fraction,
+        "real_token_fraction": work.real_tokens, "dtype": dtype, "ours_peak_bytes": _jax_peak_bytes(),
+        "length_chunk": length_chunk,
     }
+    for label, ts in times.items():
+        med = common.summary(ts)["median_s"]
+        row[f"{label}_step_s"] = med
+        row[f"{label}_pairs_per_s"] = batch / med
+        row[f"{label}_mfu"] = flops / med / (peak_gflops * 1e9)  # padded-token FLOPs (as before)
+        row[f"{label}_real_mfu"] = real_flops / med / (peak_gflops * 1e9)  # real-token FLOPs
+        row[f"{label}_times_s"] = ts
+        if label in compile_s:
+            row[f"{label}_compile_s"] = compile_s[label]
+            m = checks[label]()
+            row[f"{label}_loss_after"] = m["loss"]
+            row[f"{label}_valid_negatives"] = m["valid_negatives"]
+    ours_labels = [label for label in times if label.startswith("ours")]
+    ref_labels = [label for label in times if label.startswith("reference")]
+    for o in ours_labels:
+        for r in ref_labels:
+            row[f"ratio_{o}_over_{r}"] = common.paired_ratio(times[o], times[r])
+    # Backwards-compatible columns (first of each).
+    row["compile_s"] = compile_s[ours_labels[0]]
+    if "ours" in times and "reference" in times:
+        row["ratio_ours_over_reference"] = row["ratio_ours_over_reference"]
     if reference:
-        ref = common.summary(times["reference"])
-        row.update({
-            "reference_step_s": ref["median_s"], "reference_pairs_per_s": batch / ref["median_s"],
-            "reference_mfu": flops / ref["median_s"] / (peak_gflops * 1e9),
-            "ratio_ours_over_reference": common.paired_ratio(times["ours"], times["reference"]),
-            "reference_times_s": times["reference"],
-            "reference_peak_bytes": _torch_peak_bytes(),
-        })
+        row["reference_peak_bytes"] = _torch_peak_bytes()
     return row
 
 
@@ -245,6 +278,11 @@ def main(argv=None) -> dict[str, Any]:
                         help="comma-separated fractions, one row each: ours de-duplicates the neighbours and "
                              "re-encodes at most this fraction of B*k rows per direction (the reference "
                              "re-encodes all B*k)")
+    parser.add_argument("--length_buckets", default="0",
+                        help="comma-separated StepConfig.length_buckets values, one of our steps each (0 = padded)")
+    parser.add_argument("--length_chunk", type=int, default=16, help="StepConfig.length_chunk")
+    parser.add_argument("--reference_padding", default="cap",
+                        help="comma-separated PyTorch references: cap (authors') and/or longest (per call)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -266,8 +304,15 @@ def main(argv=None) -> dict[str, Any]:
             rows.append(measure(name, folder, b, k, lq, lc, bank, rounds, peak["peak_gflops"],
                                 compiler_options=SMOKE_COMPILER_OPTIONS if args.smoke else None,
                                 pairs_limit=SMOKE_PAIRS if args.smoke else None, reencode_fraction=fraction,
-                                dtype=args.dtype))
-            common.print_table(rows[-1:], COLUMNS)
+                                dtype=args.dtype,
+                                length_buckets=tuple(int(v) for v in args.length_buckets.split(",")),
+                                length_chunk=args.length_chunk,
+                                reference_padding=tuple(args.reference_padding.split(","))))
+            columns = ["model", "batch", "k", "lq", "lc"] + sorted(
+                c for c in rows[-1] if c.endswith(("_step_s", "_compile_s", "_real_mfu")) or c.startswith("ratio_"))
+            common.print_table(rows[-1:], columns)
+            common.write_json(args.out or common.default_out("train_step", args.smoke),
+                              {"benchmark": "train_step", "partial": True, "machine": machine, "results": rows})
     common.print_table(rows, COLUMNS, title="train step (median seconds; ratio = reference time / our time)")
     peak_after = common.measure_matmul_peak(256 if args.smoke else 2048, dtype=args.dtype)
     payload = {"benchmark": "train_step", "smoke": args.smoke, "machine": machine,
