@@ -71,7 +71,7 @@ class ClonePairs:
 
     def clone_groups(self) -> np.ndarray:
         """int32 [len(funcs)]: connected components of the label-1 pairs (union-find), numbered 0..G-1 in
-        order of first function. A label for `cocohanere_jax.label_mask`: functions linked by clone pairs
+        order of first function. The label table of the step's false-negative mask (`cocohanere_jax.clone_tasks`): functions linked by clone pairs
         are never each other's negatives. (Transitive closure is an assumption: BigCloneBench labels pairs.)"""
         parent = np.arange(len(self.funcs))
 

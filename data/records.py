@@ -463,7 +463,7 @@ class LabelledCodes(Sequence[LabelledCode]):
         draws one positive per anchor). Returns `(pairs, label_ids)`: `pairs[i].query` is the anchor
         code, `pairs[i].code` the positive, `pairs[i].key` = "<anchor key>|<positive key>",
         `pairs[i].origin` the label; `label_ids` int32 [len(pairs)] is the DataID -> label table the
-        label masks (`cocohanere_jax.label_mask`) read. Programs alone in their group are counted under
+        step's label mask reads (`cocohanere_jax.clone_tasks`). Programs alone in their group are counted under
         `filtered` (`singleton_label`) in `pairs.report`."""
         rng = np.random.default_rng(seed)
         ids = self.label_ids()

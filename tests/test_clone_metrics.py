@@ -3,105 +3,12 @@ and the formulas of the benchmarks' own evaluators)."""
 
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cocohanere_jax import bank as bank_lib
 from cocohanere_jax import clone_metrics as cm
-from cocohanere_jax import label_mask, losses
 
 FIX = Path(__file__).parent / "fixtures"
-
-# ------------------------------------------------------------------------------------------ masks
-
-
-def _keep_reference(cand, anchors):
-    """numpy brute force: candidate j may be a negative of anchor i iff it has a label and another one."""
-    out = np.zeros((len(anchors), len(cand)), bool)
-    for i, a in enumerate(anchors):
-        for j, c in enumerate(cand):
-            out[i, j] = c >= 0 and c != a
-    return out
-
-
-def test_label_keep_matches_numpy_brute_force():
-    rng = np.random.default_rng(0)
-    cand = rng.integers(-1, 5, size=37).astype(np.int32)
-    anchors = rng.integers(0, 5, size=11).astype(np.int32)
-    keep = np.asarray(jax.jit(label_mask.label_keep)(cand, anchors))
-    np.testing.assert_array_equal(keep, _keep_reference(cand, anchors))
-    # Per-anchor candidates ([n, k], e.g. the labels of each anchor's retrieved top-k).
-    per = rng.integers(-1, 5, size=(11, 4)).astype(np.int32)
-    keep2 = np.asarray(label_mask.label_keep(per, anchors))
-    np.testing.assert_array_equal(keep2, np.stack([_keep_reference(per[i], anchors[i:i + 1])[0] for i in range(11)]))
-
-
-def test_bank_label_keep_and_search_never_return_a_same_label_candidate():
-    rng = np.random.default_rng(1)
-    n_data, m, d = 40, 24, 8
-    table = rng.integers(0, 4, size=n_data).astype(np.int32)
-    ids = rng.permutation(n_data)[:m].astype(np.int32)
-    ids[[3, 10]] = -1  # empty slots
-    anchor_ids = rng.integers(0, n_data, size=6).astype(np.int32)
-    keep = np.asarray(label_mask.bank_label_keep(ids, anchor_ids, table))
-    cand = np.where(ids >= 0, table[np.maximum(ids, 0)], -1)
-    np.testing.assert_array_equal(keep, _keep_reference(cand, table[anchor_ids]))
-    np.testing.assert_array_equal(np.asarray(label_mask.lookup_labels(table, jnp.asarray([-1, 0, 5]))),
-                                  [-1, table[0], table[5]])
-    # Through the real bank search: no same-label neighbour comes back, whatever the scores.
-    emb = rng.normal(size=(m, d)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    b = bank_lib.init_bank(m, d).replace(embeddings=jnp.asarray(emb), ids=jnp.asarray(ids))
-    keys = jnp.asarray(emb[:6])
-    res = bank_lib.search(b, keys, 5, anchor_ids=jnp.asarray(anchor_ids), keep=jnp.asarray(keep))
-    got = np.asarray(res.ids)[np.asarray(res.valid)]
-    rows = np.nonzero(np.asarray(res.valid))[0]
-    assert got.size > 0 and np.all(table[got] != table[anchor_ids][rows])
-
-
-def _in_batch_reference(anchor_labels, cand_labels, pos):
-    out = np.zeros((len(anchor_labels), len(cand_labels)), bool)
-    for i in range(len(anchor_labels)):
-        for j in range(len(cand_labels)):
-            out[i, j] = j == pos[i] or (cand_labels[j] >= 0 and cand_labels[j] != anchor_labels[i])
-    return out
-
-
-def test_in_batch_label_keep_matches_numpy_and_keeps_the_positive():
-    rng = np.random.default_rng(2)
-    labels = rng.integers(0, 3, size=9).astype(np.int32)
-    keep = np.asarray(label_mask.in_batch_label_keep(labels))
-    np.testing.assert_array_equal(keep, _in_batch_reference(labels, labels, np.arange(9)))
-    assert keep.diagonal().all()
-    assert not any(keep[i, j] for i in range(9) for j in range(9) if i != j and labels[i] == labels[j])
-    # Data-parallel shape: 3 local anchors (device 1 of 3) against the 9 gathered candidates.
-    local = labels[3:6]
-    keep_dp = np.asarray(label_mask.in_batch_label_keep(local, labels, 3 + jnp.arange(3)))
-    np.testing.assert_array_equal(keep_dp, keep[3:6])
-    assert int(label_mask.count_same_label(jnp.asarray(keep))) == int(np.sum(~keep))
-
-
-def test_masked_in_batch_loss_ignores_same_label_candidates():
-    """With the mask, moving a same-label candidate changes nothing in the anchor's loss (it left the
-    softmax denominator); the numpy softmax over the kept columns gives the same value."""
-    rng = np.random.default_rng(3)
-    labels = np.asarray([0, 0, 1, 2, 1, 0], np.int32)
-    a = rng.normal(size=(6, 4)).astype(np.float32)
-    p = rng.normal(size=(6, 4)).astype(np.float32)
-    a /= np.linalg.norm(a, axis=1, keepdims=True)
-    p /= np.linalg.norm(p, axis=1, keepdims=True)
-    keep = label_mask.in_batch_label_keep(jnp.asarray(labels))
-    rows = np.asarray(losses.info_nce_rows(a, p, jnp.arange(6), 0.1, keep))
-    logits = a @ p.T / 0.1
-    ref = [np.log(np.sum(np.exp(logits[i][np.asarray(keep)[i]]))) - logits[i, i] for i in range(6)]
-    np.testing.assert_allclose(rows, ref, rtol=1e-5)
-    p2 = p.copy()
-    p2[1] = -p2[1]  # candidate 1 shares anchor 0's label
-    rows2 = np.asarray(losses.info_nce_rows(a, p2, jnp.arange(6), 0.1, keep))
-    np.testing.assert_allclose(rows2[[0, 5]], rows[[0, 5]], rtol=1e-6)
-
 
 # ------------------------------------------------------------------------------------------ MAP@R
 
