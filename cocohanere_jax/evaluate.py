@@ -17,6 +17,11 @@ import numpy as np
 
 RECALL_AT = (1, 5, 10)
 
+# Sharded embedding: rows per device per call, static length buckets per cap, rows per switch chunk.
+EMBED_ROWS_PER_DEVICE = 64
+EMBED_LENGTH_BUCKETS = 4
+EMBED_CHUNK = 16
+
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalTask:
@@ -126,6 +131,67 @@ class TokenizedTask:
     skipped: int = 0
 
 
+_EMBEDDERS: dict = {}
+
+
+def _sharded_embedder(encoder, mesh, width: int, length_buckets: int, chunk: int):
+    """jit(shard_map(length-aware encode)) for [D * rows, width] id blocks; cached per encoder module."""
+    from jax.sharding import PartitionSpec as P
+
+    from cocohanere_jax import reencode, sharding
+
+    key = (id(encoder.module), encoder.pad_id, mesh, width, length_buckets, chunk)
+    if key not in _EMBEDDERS:
+        apply_fn = reencode.as_apply_fn(encoder.module)
+        buckets = reencode.bucket_lengths((width,), length_buckets)
+
+        def body(params, ids):
+            keys = jnp.zeros((ids.shape[0], 2), jnp.uint32)  # no dropout: the keys are never read
+            emb = reencode.encode_rows_bucketed(apply_fn, params, ids, keys, pad_id=encoder.pad_id,
+                                                buckets=buckets, chunk=chunk, deterministic=True)
+            return jax.lax.all_gather(emb, sharding.DATA_AXIS, tiled=True)
+
+        _EMBEDDERS[key] = encoder.module, jax.jit(jax.shard_map(
+            body, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS)), out_specs=P(), check_vma=False))
+    return _EMBEDDERS[key][1]
+
+
+def embed_ids_sharded(encoder, ids: np.ndarray, mesh, params=None,
+                      rows_per_device: int = EMBED_ROWS_PER_DEVICE, length_buckets: int = EMBED_LENGTH_BUCKETS,
+                      chunk: int = EMBED_CHUNK) -> np.ndarray:
+    """float32 [n, dim]: token rows embedded over the mesh, each device its share, each row at (close to)
+    its real length (`reencode.encode_rows_bucketed`, one compiled program for every block).
+
+    Rows are sorted by length on the host and dealt round-robin to the devices (equal work per device);
+    every call embeds ``devices * rows_per_device`` rows (the last block repeats a real row). Every process
+    passes all rows and gets all embeddings.
+    """
+    from cocohanere_jax import sharding
+
+    ids = np.asarray(ids, np.int32)
+    n, width = ids.shape
+    out = np.zeros((n, encoder.dim), np.float32)
+    if n == 0:
+        return out
+    params = encoder.params if params is None else params
+    params = sharding.replicate(params, mesh)
+    devices = mesh.shape[sharding.DATA_AXIS]
+    block = devices * rows_per_device
+    fn = _sharded_embedder(encoder, mesh, width, length_buckets, chunk)
+    lengths = (ids != encoder.pad_id).sum(axis=1)
+    order = np.argsort(-lengths, kind="stable")
+    batch_sharding = sharding.batch_sharding(mesh)
+    for start in range(0, n, block):
+        rows = order[start:start + block]
+        rows = np.concatenate([rows, np.repeat(rows[:1], block - len(rows))])
+        # Round-robin: device d gets sorted rows d, d + D, ...
+        dealt = rows.reshape(rows_per_device, devices).T.reshape(-1)
+        x = ids[dealt]
+        arr = jax.make_array_from_callback(x.shape, batch_sharding, lambda index, x=x: x[index])
+        out[dealt] = np.asarray(fn(params, arr), np.float32)  # the repeats of a real row write it again
+    return out
+
+
 def tokenize_task(encoder, task: RetrievalTask, query_length: int = 128, code_length: int = 256) -> TokenizedTask:
     return TokenizedTask(
         encoder.tokenize(task.queries, query_length), encoder.tokenize(task.codebase, code_length),
@@ -141,19 +207,22 @@ def evaluate(
     code_length: int = 256,
     batch_size: int = 64,
     code_embeddings: np.ndarray | None = None,
+    mesh=None,
 ) -> dict[str, float]:
     """Embeds the queries and the whole codebase with `encoder` (optionally other params) and ranks.
 
     `code_embeddings` (from `embed_codebase` with the same encoder and params) skips embedding the codebase:
-    valid and test of the GraphCodeBERT layout rank against the same codebase.
+    valid and test of the GraphCodeBERT layout rank against the same codebase. With ``mesh`` the rows are
+    embedded sharded over it (`embed_ids_sharded`; ``batch_size`` is then the rows per device per call).
     Returns MRR, R@1/5/10, the number of queries, the codebase size and the skipped (unmatched) queries.
     """
     if isinstance(task, RetrievalTask):
         task = tokenize_task(encoder, task, query_length, code_length)
     enc = encoder if params is None else encoder.with_params(params)
-    q = enc.embed_ids(task.query_ids, batch_size=batch_size)
+    embed = _embed_fn(enc, batch_size, mesh)
+    q = embed(task.query_ids)
     if code_embeddings is None:
-        c = enc.embed_ids(task.code_ids, batch_size=batch_size)
+        c = embed(task.code_ids)
     else:
         c = np.asarray(code_embeddings, np.float32)
         if c.shape[0] != len(task.code_ids):
@@ -163,10 +232,17 @@ def evaluate(
     return result
 
 
-def embed_codebase(encoder, task: TokenizedTask, params=None, batch_size: int = 64) -> np.ndarray:
-    """float32 [n_codes, dim]: the codebase of `task` embedded (to pass to `evaluate` for several tasks)."""
+def _embed_fn(enc, batch_size: int, mesh):
+    if mesh is None:
+        return lambda ids: enc.embed_ids(ids, batch_size=batch_size)
+    return lambda ids: embed_ids_sharded(enc, ids, mesh, rows_per_device=batch_size)
+
+
+def embed_codebase(encoder, task: TokenizedTask, params=None, batch_size: int = 64, mesh=None) -> np.ndarray:
+    """float32 [n_codes, dim]: the codebase of `task` embedded (to pass to `evaluate` for several tasks);
+    with ``mesh``, sharded over it (`embed_ids_sharded`)."""
     enc = encoder if params is None else encoder.with_params(params)
-    return enc.embed_ids(task.code_ids, batch_size=batch_size)
+    return _embed_fn(enc, batch_size, mesh)(task.code_ids)
 
 
 def same_codebase(a: TokenizedTask, b: TokenizedTask) -> bool:

@@ -1,5 +1,6 @@
 """Ranking metrics on a hand-computed example; blocked ranking equals the plain full-matrix ranking."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -74,3 +75,41 @@ def test_shared_codebase_embedding_gives_the_same_metrics():
     assert enc.code_calls == 3 and reused == separate
     with pytest.raises(ValueError, match="rows"):
         evaluate.evaluate(enc, valid, code_embeddings=shared[:5])
+
+
+def _tiny_t5_encoder():
+    from cocohanere_jax.models.encoder import Encoder, build_module
+    from cocohanere_jax.models.t5 import T5Config
+
+    cfg = T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=6, dropout_rate=0.1,
+                   embed_dim=8)
+    module = build_module("t5", cfg)
+    ids = np.ones((2, 8), np.int32)
+    params = module.init(jax.random.key(0), ids, ids)["params"]
+    return Encoder("t5", cfg, module, params)
+
+
+def test_sharded_evaluation_equals_single_device():
+    """embed_ids_sharded (length-aware, sharded over 1 or 4 devices) = Encoder.embed_ids; same metrics."""
+    from cocohanere_jax import sharding
+
+    rng = np.random.default_rng(2)
+
+    def rows(n, width):
+        x = rng.integers(1, 50, size=(n, width)).astype(np.int32)
+        x[np.arange(width)[None, :] >= rng.integers(1, width + 1, size=n)[:, None]] = 0
+        return x
+
+    task = evaluate.TokenizedTask(rows(37, 8), rows(53, 24), rng.integers(0, 53, size=37))
+    enc = _tiny_t5_encoder()
+    single = evaluate.evaluate(enc, task, batch_size=16)
+    reference = enc.embed_ids(task.code_ids, batch_size=16)
+    for devices in (1, 4):
+        mesh = sharding.make_mesh(jax.devices()[:devices])
+        np.testing.assert_allclose(evaluate.embed_ids_sharded(enc, task.code_ids, mesh, rows_per_device=4),
+                                   reference, rtol=1e-5, atol=1e-6)
+        sharded = evaluate.evaluate(enc, task, batch_size=4, mesh=mesh)
+        assert sharded == single
+        np.testing.assert_allclose(evaluate.embed_codebase(enc, task, batch_size=4, mesh=mesh), reference,
+                                   rtol=1e-5, atol=1e-6)

@@ -134,12 +134,18 @@ class Encoder:
             raise AssertionError(f"tokenizer returned shape {ids.shape}, expected {(len(texts), max_length)}")
         return ids
 
-    def embed_ids(self, ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def embed_ids(self, ids: np.ndarray, batch_size: int = 64, mesh: Any = None) -> np.ndarray:
         """Embeds token rows (already tokenised) -> float32 [n, dim], with length buckets.
 
         Rows are sorted by length, each batch is cut to the smallest bucket that holds its longest row and
         padded to `batch_size` rows, so the jitted model compiles once per bucket, not once per batch.
+        With ``mesh``: sharded over its devices, the train step's length-aware path
+        (`evaluate.embed_ids_sharded`, one compiled program; ``batch_size`` rows per device per call).
         """
+        if mesh is not None:
+            from cocohanere_jax.evaluate import embed_ids_sharded
+
+            return embed_ids_sharded(self, ids, mesh, rows_per_device=batch_size)
         ids = np.asarray(ids, np.int32)
         n, max_length = ids.shape
         out = np.zeros((n, self.dim), np.float32)
@@ -166,6 +172,7 @@ class Encoder:
         kind: str = "query",
         batch_size: int = 64,
         max_length: int | None = None,
+        mesh: Any = None,
     ) -> np.ndarray:
         """Embeds texts -> float32 numpy [n, dim] of unit-norm rows.
 
@@ -174,11 +181,12 @@ class Encoder:
           kind: "query" or "code"; selects the default max_length (128 / 256 tokens, as in the paper).
           batch_size: rows per device call.
           max_length: truncation length in tokens.
+          mesh: embed sharded over this mesh (`embed_ids`).
         """
         if kind not in DEFAULT_MAX_LENGTH:
             raise ValueError(f"kind must be 'query' or 'code', got {kind!r}")
         max_length = max_length or DEFAULT_MAX_LENGTH[kind]
-        return self.embed_ids(self.tokenize(list(texts), max_length), batch_size=batch_size)
+        return self.embed_ids(self.tokenize(list(texts), max_length), batch_size=batch_size, mesh=mesh)
 
     # ------------------------------------------------------------------------------------------------
     def export(self, out_dir: str, params: Any = None) -> str:
