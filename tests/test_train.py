@@ -269,6 +269,35 @@ def test_nonfinite_rollback_skips_the_offending_batch(inputs, tmp_path, monkeypa
     assert 0 < summary["test"]["mrr"] <= 1
 
 
+def test_preemption_in_a_nonfinite_state_rolls_back_first_and_the_restart_decides_the_same(inputs, tmp_path,
+                                                                                            monkeypatch):
+    c = smoke_config(inputs, checkpoint_every=2, eval_every=100, on_nonfinite="rollback")
+    order = _batches(c, 3)
+    made = _poison_data_id(monkeypatch, int(order[2][0]))
+    real_shard, calls = sharding.shard_batch, {"n": 0}
+
+    def signalled(batch, mesh):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            preemption.request()
+        return real_shard(batch, mesh)
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(sharding, "shard_batch", signalled)
+            with pytest.raises(preemption.Preempted) as info:
+                train.train_and_evaluate(c, str(tmp_path))
+    finally:
+        preemption.reset()
+    # Step 3 went NaN: the preemption checkpoint is not of it; the run went back to step 2 and stopped there.
+    assert info.value.step == 2 and sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    summary = train.train_and_evaluate(c, str(tmp_path))
+    assert made[1].poisoned_calls == 1 and summary["rollbacks"] == 1
+    assert [(s["step"], s["position"]) for s in summary["skipped_batches"]] == [(3, 2)]
+    state = _saved_state(str(tmp_path), 6)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
 def test_nonfinite_rollback_gives_up_after_max_rollbacks(inputs, tmp_path, monkeypatch):
     good = smoke_config(inputs, checkpoint_every=2, eval_every=100)
     _run_killed_before_batch(good, str(tmp_path), monkeypatch, 3)
