@@ -7,13 +7,13 @@ progress and evaluations; the full log, third-party INFO records included, goes 
 (`--verbose` shows it on the console too).
 """
 
-import importlib.util
 import os
-import re
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from cocohanere_jax import config_check
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, exports.", required=True)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:argument]).", lock_config=True)
@@ -29,37 +29,11 @@ _HEARTBEAT = flags.DEFINE_integer(
     "service declares a process dead and the others stop (abort, non-zero status).")
 
 
-def unknown_override(argv: list[str]) -> str | None:
-    """The message for the first ``--config.a.b=v`` of ``argv`` that names no field of the config, else None."""
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if spec is None:
-        return None
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_cocohanere_config", path)
-    if module_spec is None or not os.path.isfile(path):
-        return f"--config={spec}: no config file {path!r}"
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
-    for a in argv:
-        match = re.fullmatch(r"--config\.([\w.]+)(=.*)?", a)
-        if not match:
-            continue
-        node, where = config, "config"
-        for part in match.group(1).split("."):
-            if not hasattr(node, "keys") or part not in node:
-                known = sorted(node.keys()) if hasattr(node, "keys") else []
-                return (f"{a}: {where} has no field {part!r}; its fields are {known}"
-                        if known else f"{a}: {where} is a value, not a section")
-            node, where = node[part], f"{where}.{part}"
-    return None
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError):  # ml_collections' answer to an unknown override: "'kk'"
-        message = unknown_override(argv)
+        message = config_check.unknown_override(argv)
         if message is None:
             raise
         print(f"FATAL config error: {message}", file=sys.stderr)

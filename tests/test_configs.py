@@ -70,7 +70,7 @@ def test_config_argument_presets_and_settings():
 
 
 def test_unknown_override_flag_names_its_section_fields():
-    from cocohanere_jax import main
+    from cocohanere_jax import config_check as main
 
     argv = ["prog", "--config=configs/default.py:smoke", "--config.step.kk=1", "--workdir=x"]
     message = main.unknown_override(argv)
