@@ -83,7 +83,7 @@ SMOKE_PAIRS = 256  # text pairs tokenised for a smoke run
 
 
 def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None,
-              reencode_fraction: float | None = None, length_buckets: int = 0, length_chunk: int = 16):
+              reencode_fraction: float | None = None, length_buckets: int = 0, length_chunk: int = 8):
     """Our compiled step and a closure that runs step ``s``; returns (run, compile_seconds).
 
     ``reencode_fraction``: de-duplicate the retrieved neighbours and re-encode at most this fraction of
@@ -182,7 +182,7 @@ def real_token_flops(family: str, config: Any, work: Workload, batch: int, k: in
 def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_size: int, rounds: int,
             peak_gflops: float, reference: bool = True, compiler_options: dict | None = None,
             pairs_limit: int | None = None, reencode_fraction: float | None = None,
-            dtype: str = "float32", length_buckets: tuple[int, ...] = (0,), length_chunk: int = 16,
+            dtype: str = "float32", length_buckets: tuple[int, ...] = (0,), length_chunk: int = 8,
             reference_padding: tuple[str, ...] = ("cap",)) -> dict[str, Any]:
     """One configuration: every implementation, interleaved round by round; returns the result row.
 
@@ -218,6 +218,7 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
         "reencode_fraction": reencode_fraction,
         "real_token_fraction": work.real_tokens, "dtype": dtype, "ours_peak_bytes": _jax_peak_bytes(),
         "length_chunk": length_chunk,
+        "process_max_rss_gb": _max_rss_gb(),
     }
     for label, ts in times.items():
         med = common.summary(ts)["median_s"]
@@ -243,6 +244,13 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     if reference:
         row["reference_peak_bytes"] = _torch_peak_bytes()
     return row
+
+
+def _max_rss_gb() -> float:
+    """Peak resident memory of this process so far (every implementation of the run together), GB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _jax_peak_bytes() -> int | None:
@@ -280,7 +288,7 @@ def main(argv=None) -> dict[str, Any]:
                              "re-encodes all B*k)")
     parser.add_argument("--length_buckets", default="0",
                         help="comma-separated StepConfig.length_buckets values, one of our steps each (0 = padded)")
-    parser.add_argument("--length_chunk", type=int, default=16, help="StepConfig.length_chunk")
+    parser.add_argument("--length_chunk", type=int, default=8, help="StepConfig.length_chunk")
     parser.add_argument("--reference_padding", default="cap",
                         help="comma-separated PyTorch references: cap (authors') and/or longest (per call)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))

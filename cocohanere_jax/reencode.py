@@ -143,14 +143,16 @@ def encode_rows_bucketed(
 ) -> Array:
     """`encode_rows` at (close to) each row's real length, in one compiled program.
 
-    Each row goes to the smallest static length of ``buckets`` that holds it (its own length decides,
-    not its neighbours': the result of a row does not depend on the other rows, the chunking or the
-    device count, dropout included). Rows are grouped by bucket on the device into fixed-size chunks of
-    ``chunk`` rows, each bucket's group starting on a chunk boundary, and ``jax.lax.map`` runs the chunks,
-    each through ``jax.lax.switch`` over the buckets: only the chosen length runs (unused chunks run an
-    empty branch). The gradient is a ``jax.custom_vjp``: the backward pass re-runs the chosen branch's
-    forward and its VJP per chunk (a plain autodiff of ``switch`` would keep, zero-filled, every branch's
-    residuals for every chunk), so memory is one chunk's activations, as with ``remat``.
+    Rows are sorted by length on the device and cut into fixed-size chunks of ``chunk`` rows; each chunk
+    runs (``jax.lax.map``) through ``jax.lax.switch`` over the static lengths of ``buckets``, at the
+    smallest that holds its longest row: only that branch runs. A row's result does not depend on its
+    neighbours as long as the encoder's real-token outputs do not depend on the padded length: true
+    without dropout, and with dropout for this package's models (`layers.Dropout` draws each element's
+    mask from its position, not from the padded shape); an encoder whose dropout masks depend on the
+    shape (``flax.linen.Dropout``) gives results that depend on the chunking when dropout is on.
+    The gradient is a ``jax.custom_vjp``: the backward pass re-runs the chosen branch's forward and its
+    VJP per chunk (a plain autodiff of ``switch`` would keep, zero-filled, every branch's residuals for
+    every chunk), so memory is one chunk's activations, as with ``remat``.
 
     Args:
       token_ids: [R, L] ids padded (on the right) with ``pad_id``.
@@ -165,22 +167,18 @@ def encode_rows_bucketed(
     lens = tuple(sorted({int(b) for b in buckets if 0 < int(b) < width} | {width}))
     nb = len(lens)
     c = max(1, min(int(chunk), r))
-    n_chunks = min(r, (r + nb * (c - 1)) // c)  # bound on sum over buckets of ceil(count / c)
+    n_chunks = -(-r // c)
+    pad = n_chunks * c - r
     if lengths is None:
         lengths = row_lengths(token_ids, pad_id)
-    bucket = jnp.searchsorted(jnp.asarray(lens, jnp.int32), lengths.astype(jnp.int32), side="left")
-    bucket = jnp.minimum(bucket, nb - 1).astype(jnp.int32)
-    onehot = (bucket[:, None] == jnp.arange(nb, dtype=jnp.int32)[None, :]).astype(jnp.int32)
-    chunks_per_bucket = (jnp.sum(onehot, axis=0) + c - 1) // c
-    chunk_end = jnp.cumsum(chunks_per_bucket)
-    chunk_start = chunk_end - chunks_per_bucket
-    rank = jnp.take_along_axis(jnp.cumsum(onehot, axis=0), bucket[:, None], axis=1)[:, 0] - 1
-    slot = chunk_start[bucket] * c + rank  # [R], distinct, < n_chunks * c
-    src = jnp.zeros((n_chunks * c,), jnp.int32).at[slot].set(jnp.arange(r, dtype=jnp.int32))
-    # Chunk j holds bucket b for chunk_start[b] <= j < chunk_end[b]; past the last chunk: nb (empty branch).
-    chunk_bucket = jnp.searchsorted(chunk_end, jnp.arange(n_chunks, dtype=chunk_end.dtype), side="right")
+    lengths = lengths.astype(jnp.int32)
+    order = jnp.argsort(lengths, stable=True)  # shortest first
+    # The last chunk's spare slots (the first `pad` sorted slots) repeat the shortest row; never read.
+    src = jnp.concatenate([jnp.broadcast_to(order[:1], (pad,)), order]).astype(jnp.int32)
+    chunk_max = lengths[src].reshape(n_chunks, c)[:, -1]
+    chunk_bucket = jnp.minimum(jnp.searchsorted(jnp.asarray(lens, jnp.int32), chunk_max, side="left"), nb - 1)
     chunk_bucket = chunk_bucket.astype(jnp.int32)
-    ids_c = token_ids[src].reshape(n_chunks, c, width)  # unused slots repeat row 0 (real, never read)
+    ids_c = token_ids[src].reshape(n_chunks, c, width)
     keys_c = keys[src].reshape((n_chunks, c) + keys.shape[1:])
 
     def encode_many(p, ids, ks):
@@ -193,10 +191,7 @@ def encode_rows_bucketed(
     out_aval = jax.eval_shape(lambda p: encode_many(p, ids_c[0, :, : lens[0]], keys_c[0]), params)
 
     def forward(p, ids, ks, b):
-        # Inside shard_map the empty branch's zeros must be typed device-varying like the encoder's output.
-        vma = frozenset().union(*(_vma(x) for x in jax.tree.leaves((p, ids, ks))))
         branches = [lambda p, ids, ks, n=n: encode_many(p, ids[:, :n], ks) for n in lens]
-        branches.append(lambda p, ids, ks: _like_vma(jnp.zeros(out_aval.shape, out_aval.dtype), vma))
         return jax.lax.switch(b, branches, p, ids, ks)
 
     @jax.custom_vjp
@@ -219,7 +214,7 @@ def encode_rows_bucketed(
 
                 return f
 
-            acc = jax.lax.switch(b, [branch(n) for n in lens] + [lambda acc: acc], acc)
+            acc = jax.lax.switch(b, [branch(n) for n in lens], acc)
             return acc, None
 
         zero = jax.tree.map(lambda x: _like_vma(jnp.zeros(x.shape, x.dtype), _vma(x)), p)
@@ -228,7 +223,8 @@ def encode_rows_bucketed(
 
     run.defvjp(run_fwd, run_bwd)
     out = run(params, ids_c, keys_c, chunk_bucket)
-    return out.reshape((n_chunks * c,) + out.shape[2:])[slot]
+    out = out.reshape((n_chunks * c,) + out.shape[2:])[pad:]
+    return jnp.zeros_like(out).at[order].set(out)
 
 
 def _vma(x) -> frozenset:

@@ -34,8 +34,9 @@ class StepConfig:
     # Length-aware encoding (reencode.encode_rows_bucketed): every row is encoded at the smallest of
     # `length_buckets` evenly spaced lengths per cap that holds it, in chunks of `length_chunk` rows (one
     # jax.lax.switch per chunk, inside the compiled step). 0 = every row padded to its cap (the authors' way).
-    length_buckets: int = 0
-    length_chunk: int = 16
+    # Chosen by measurement (benchmarks/RESULTS.md, "Length-aware step").
+    length_buckets: int = 4
+    length_chunk: int = 8
     # Re-encode each distinct retrieved DataID once per device and direction (the anchors that share a
     # neighbour share its embedding and gradient) instead of once per (anchor, rank).
     dedup_negatives: bool = False

@@ -3,7 +3,8 @@
 * without dropout: the same loss and gradients as the padded step (TinyEncoder, a tiny T5 whose rows are
   longer than its relative max distance, a tiny RoBERTa), for all-short, all-at-cap and mixed rows, with
   and without de-duplicated negatives;
-* with dropout: 1 device and 4 devices give the same steps and banks (a row's bucket is its own);
+* with dropout (T5, masks drawn by position): 1 device and 4 devices give the same steps and banks, and
+  the padded step gives the same steps too;
 * the compiled step is traced once over steps with different length mixes;
 * in device-table mode the step gathers the batch's rows by DataID (a batch of DataIDs only is enough).
 """
@@ -90,7 +91,8 @@ def setup(model_name, mix, rate=0.0):
     ("t5", "mixed", False), ("t5", "cap", True), ("roberta", "mixed", False), ("roberta", "short", True),
 ])
 def test_same_loss_and_gradients_without_dropout(model_name, mix, dedup):
-    model, pad_id, params, dim, table, (qbank, cbank) = setup(model_name, mix)
+    model, pad_id, params, dim, table, banks = setup(model_name, mix)
+    qbank, cbank = jax.tree.map(jnp.asarray, banks)
     batch = table.batch(np.arange(B, dtype=np.int32))
     view = jax.tree.map(jnp.asarray, table.device_view())
     key = jax.random.key_data(jax.random.key(7))
@@ -114,7 +116,7 @@ def test_same_loss_and_gradients_without_dropout(model_name, mix, dedup):
 
 
 def test_bucketed_rows_equal_padded_rows_and_vjp():
-    """encode_rows_bucketed = encode_rows (deterministic), value and VJP, chunk sizes 1, 3 and all rows."""
+    """encode_rows_bucketed = encode_rows (deterministic), value and VJP, chunk sizes 3 and all rows."""
     model, pad_id, params, _, table, _ = setup("tiny", "mixed")
     apply_fn = reencode.as_apply_fn(model)
     rows = jnp.asarray(table.code_ids[:23])
@@ -195,9 +197,11 @@ def test_one_device_equals_four_devices_with_dropout(dropout_runs):
     for name in ("query_bank", "code_bank"):
         np.testing.assert_array_equal(getattr(a, name).ids, getattr(b, name).ids)
         np.testing.assert_allclose(getattr(a, name).embeddings, getattr(b, name).embeddings, rtol=1e-4, atol=2e-6)
-    # Dropout is on: the padded step (different masks at other lengths) gives another loss.
-    _, metrics_padded, _, _ = _run(*world, PADDED, 1, BATCHES[:1])
-    assert abs(float(metrics_padded[0]["loss"]) - float(metrics1[0]["loss"])) > 1e-6
+    # Our layers draw dropout masks by position, not padded shape: the padded step is the same step.
+    _, metrics_padded, _, _ = _run(*world, PADDED, 1, BATCHES[:2])
+    for s in range(2):
+        for name in ("loss", "loss_b", "loss_hn", "grad_norm"):
+            np.testing.assert_allclose(metrics_padded[s][name], metrics1[s][name], rtol=2e-5, err_msg=name)
 
 
 def test_traced_once_over_length_mixes(dropout_runs):

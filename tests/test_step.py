@@ -33,7 +33,10 @@ PREFILL = np.array([20, 21, 22, 23, 24, 25, 26, 27, 28, 3, 5], np.int32)  # 3 an
 BATCHES = [np.arange(s * B, (s + 1) * B, dtype=np.int32) for s in range(5)]
 STEPS = 5
 # lr large enough that parameters move well beyond float noise; eps above the noise of near-zero grads.
-CONFIG = StepConfig(k=K, bank_size=M, learning_rate=1e-2, adam_eps=1e-6, mask_duplicates=False)
+# The padded path (length_buckets=0): the independent reference encodes every row at its cap, and
+# TinyEncoder's flax dropout masks depend on the padded shape (tests/test_length_buckets.py covers the
+# length-aware path against this one).
+CONFIG = StepConfig(k=K, bank_size=M, learning_rate=1e-2, adam_eps=1e-6, mask_duplicates=False, length_buckets=0)
 
 
 # Jitted for checks outside traced code (one compile instead of one per op).
