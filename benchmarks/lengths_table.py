@@ -1,0 +1,47 @@
+"""Markdown table of a `train_step --length_buckets ... --reference_padding ...` result file (issue 16).
+
+    python -m benchmarks.lengths_table benchmarks/results/train_step_lengths_*.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from benchmarks import common
+
+LABELS = [("ours_b4", "ours length-aware (4)"), ("ours", "ours padded"), ("reference", "reference (cap)"),
+          ("reference_longest", "reference (longest)")]
+
+
+def table(path: str) -> str:
+    payload = json.load(open(path))
+    lines = []
+    for row in payload["results"]:
+        m = payload["machine"]
+        lines.append(f"MiniLM, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}; "
+                     f"real tokens {row['real_token_fraction']['query']:.0%} of a query row, "
+                     f"{row['real_token_fraction']['code']:.0%} of a code row; load average "
+                     f"{m.get('load_average_start')} at the start; peak RSS {row['process_max_rss_gb']:.1f} GB "
+                     f"(`{path}`):")
+        lines.append("")
+        lines.append("| step | median s (3 rounds) | rounds s | real-token MFU | compile s | vs reference (cap) "
+                     "| vs reference (longest) | speed vs ours padded |")
+        lines.append("|---|---:|---|---:|---:|---:|---:|---:|")
+        for key, name in LABELS:
+            if f"{key}_step_s" not in row:
+                continue
+            ratio = lambda r: row.get(f"ratio_{key}_over_{r}")  # noqa: E731
+            fmt = lambda v: "" if v is None else f"{v:.2f}x"  # noqa: E731
+            compile_s = row.get(f"{key}_compile_s")
+            lines.append(
+                f"| {name} | {row[f'{key}_step_s']:.2f} | {', '.join(f'{t:.1f}' for t in row[f'{key}_times_s'])} "
+                f"| {row[f'{key}_real_mfu']:.1%} | {'' if compile_s is None else f'{compile_s:.0f}'} "
+                f"| {fmt(ratio('reference'))} | {fmt(ratio('reference_longest'))} "
+                f"| {fmt(common.paired_ratio(row[f'{key}_times_s'], row['ours_times_s']) if key != 'ours' else None)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("\n".join(table(p) for p in sys.argv[1:]))
