@@ -237,10 +237,16 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     for o in ours_labels:
         for r in ref_labels:
             row[f"ratio_{o}_over_{r}"] = common.paired_ratio(times[o], times[r])
-    # Backwards-compatible columns (first of each).
-    row["compile_s"] = compile_s[ours_labels[0]]
-    if "ours" in times and "reference" in times:
-        row["ratio_ours_over_reference"] = row["ratio_ours_over_reference"]
+    # The columns of earlier result files (report.py, growth.py): our first step.
+    first = ours_labels[0]
+    m = checks[first]()
+    row.update(compile_s=compile_s[first], loss_after=m["loss"], valid_negatives=m["valid_negatives"],
+               distinct_negatives=m.get("distinct_negatives"), dropped_negatives=m.get("dropped_negatives"))
+    if first != "ours":
+        for name in ("step_s", "pairs_per_s", "mfu", "times_s"):
+            row[f"ours_{name}"] = row[f"{first}_{name}"]
+        if "reference" in times:
+            row["ratio_ours_over_reference"] = row[f"ratio_{first}_over_reference"]
     if reference:
         row["reference_peak_bytes"] = _torch_peak_bytes()
     return row
