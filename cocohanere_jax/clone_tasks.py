@@ -27,9 +27,9 @@ from cocohanere_jax import clone_metrics
 __all__ = ["GroupTask", "PairTask", "format_result"]
 
 
-def _embed(encoder, params, ids: np.ndarray, batch_size: int) -> np.ndarray:
+def _embed(encoder, params, ids: np.ndarray, batch_size: int, mesh=None) -> np.ndarray:
     enc = encoder if params is None else encoder.with_params(params)
-    return enc.embed_ids(ids, batch_size=batch_size)
+    return enc.embed_ids(ids, batch_size=batch_size, mesh=mesh)
 
 
 @dataclasses.dataclass
@@ -57,8 +57,8 @@ class GroupTask:
     def tokenize(self, encoder, length: int) -> "GroupTask":
         return dataclasses.replace(self, code_ids=encoder.tokenize(self.codes, length))
 
-    def evaluate(self, encoder, params=None, batch_size: int = 64, **_: Any) -> dict[str, float]:
-        emb = _embed(encoder, params, self.code_ids, batch_size)
+    def evaluate(self, encoder, params=None, batch_size: int = 64, mesh=None, **_: Any) -> dict[str, float]:
+        emb = _embed(encoder, params, self.code_ids, batch_size, mesh)
         result = clone_metrics.map_at_r(emb, self.labels)
         return {"map@r": result["map_at_r"], "num_queries": result["num_queries"], "singletons": result["singletons"]}
 
@@ -90,10 +90,10 @@ class PairTask:
     def tokenize(self, encoder, length: int) -> "PairTask":
         return dataclasses.replace(self, code_ids=encoder.tokenize(self.funcs, length))
 
-    def evaluate(self, encoder, params=None, batch_size: int = 64, threshold: float | None = None,
+    def evaluate(self, encoder, params=None, batch_size: int = 64, threshold: float | None = None, mesh=None,
                  **_: Any) -> dict[str, float]:
         """F1 at ``threshold``, or (valid) at the best threshold for these pairs, which is returned."""
-        emb = _embed(encoder, params, self.code_ids, batch_size)
+        emb = _embed(encoder, params, self.code_ids, batch_size, mesh)
         scores = clone_metrics.pair_scores(emb, self.left, self.right)
         if threshold is None:
             threshold, _ = clone_metrics.choose_threshold(scores, self.labels)

@@ -87,21 +87,22 @@ def _metric(task) -> str:
     return getattr(task, "metric", "mrr")
 
 
-def _evaluate(enc, params, task, config, code_embeddings=None, **options) -> dict[str, float]:
+def _evaluate(enc, params, task, config, code_embeddings=None, mesh=None, **options) -> dict[str, float]:
+    """One evaluation, embedded over ``mesh`` (each device its share; eval_batch_size rows per device)."""
     if hasattr(task, "evaluate"):  # clone_tasks: MAP@R, or F1 at a threshold (options: threshold)
-        return task.evaluate(enc, params, batch_size=config.train.eval_batch_size, **options)
+        return task.evaluate(enc, params, batch_size=config.train.eval_batch_size, mesh=mesh, **options)
     return evaluate.evaluate(enc, task, params=params, batch_size=config.train.eval_batch_size,
-                             code_embeddings=code_embeddings)
+                             code_embeddings=code_embeddings, mesh=mesh)
 
 
 def _zero_shot(enc, tasks: dict[str, evaluate.TokenizedTask], shared_codebase: bool, config,
-               summary: dict[str, Any], writer: metrics.MetricWriter) -> None:
+               summary: dict[str, Any], writer: metrics.MetricWriter, mesh) -> None:
     """The loaded encoder on valid and test (the reference the trained model is compared with)."""
-    codes = (evaluate.embed_codebase(enc, tasks["valid"], batch_size=config.train.eval_batch_size)
+    codes = (evaluate.embed_codebase(enc, tasks["valid"], batch_size=config.train.eval_batch_size, mesh=mesh)
              if shared_codebase else None)
     threshold = None  # BigCloneBench: test at the threshold chosen on valid
     for split, task in tasks.items():
-        result = _evaluate(enc, enc.params, task, config, codes,
+        result = _evaluate(enc, enc.params, task, config, codes, mesh,
                            **({"threshold": threshold} if threshold is not None else {}))
         threshold = result.get("threshold")
         summary[f"zero_shot_{split}"] = result
@@ -153,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # GraphCodeBERT layout: valid and test rank against one codebase; embed it once per set of parameters.
     shared_codebase = isinstance(valid_task, evaluate.TokenizedTask) and evaluate.same_codebase(valid_task, test_task)
     if total_steps == 0:
-        _zero_shot(enc, tasks, shared_codebase, config, summary, writer)
+        _zero_shot(enc, tasks, shared_codebase, config, summary, writer, mesh)
         return _finish(summary, workdir, t_start, is_main)
 
     # The train state: shapes first (nothing allocated), then restored into them or born on the devices.
@@ -179,12 +180,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             lambda params: step_lib.init_train_state(params, optimizer, step_config, enc.dim, config.train.seed),
             enc.params, mesh=mesh)
         if config.train.zero_shot_eval:
-            _zero_shot(enc, tasks, shared_codebase, config, summary, writer)
+            _zero_shot(enc, tasks, shared_codebase, config, summary, writer, mesh)
     best = ckpt.best_meta() or {}
     best_score = best.get("valid", {}).get(metric, -math.inf)
 
     # Compile before the first batch: errors and memory show up now (maxtext).
-    batch_spec = tokens.batch_spec(config.train.global_batch_size, sharding.batch_sharding(mesh))
+    # With the device table the host sends DataIDs only; the step gathers the rows where they live.
+    send_rows = step_config.token_table == "host"
+    batch_spec = tokens.batch_spec(config.train.global_batch_size, sharding.batch_sharding(mesh), token_rows=send_rows)
     t_compile = time.time()
     compiled = train_step.lower(state_spec, batch_spec, table).compile()
     memory = compiled.memory_analysis()
@@ -217,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         while done < total_steps:
             done += 1
             guard.discard_planned(done, iterator)
-            batch = sharding.shard_batch(tokens.batch(next(iterator)), mesh)
+            batch = sharding.shard_batch(tokens.batch(next(iterator), token_rows=send_rows), mesh)
             state, step_metrics = compiled(state, batch, table)
             guard.record(done, step_metrics["loss"])
             sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
@@ -242,9 +245,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 params = _local(state.params)
                 codes = None
                 if shared_codebase:
-                    codes = evaluate.embed_codebase(enc, valid_task, params, config.train.eval_batch_size)
+                    codes = evaluate.embed_codebase(enc, valid_task, params, config.train.eval_batch_size, mesh=mesh)
                     last_codes = (done, codes)
-                result = _evaluate(enc, params, valid_task, config, codes)
+                result = _evaluate(enc, params, valid_task, config, codes, mesh)
                 writer.write(done, result, kind="valid")
                 log.info("valid at %d: %s%s", done, clone_tasks.format_result(result),
                          " (best so far)" if result[metric] > best_score else "")
@@ -273,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # When the best step is this process's last validation, its codebase embeddings serve the test.
     reuse = last_codes[1] if last_codes is not None and last_codes[0] == best_meta["step"] else None
     threshold = best_meta["valid"].get("threshold")  # BigCloneBench: the valid threshold, applied to test
-    summary["test"] = _evaluate(enc, best_params, test_task, config, reuse,
+    summary["test"] = _evaluate(enc, best_params, test_task, config, reuse, mesh,
                                 **({"threshold": threshold} if threshold is not None else {}))
     writer.write(best_meta["step"], summary["test"], kind="test")
     log.info("test (best-on-valid step %d): %s", best_meta["step"], clone_tasks.format_result(summary["test"]))
