@@ -118,6 +118,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     t_start = time.time()
     mesh = sharding.make_mesh()
+    # Evaluation embeds over the mesh with one process; with several, each process still evaluates on its
+    # own devices (its parameters are a local copy, which cannot be placed on other processes' devices).
+    eval_mesh = mesh if jax.process_count() == 1 else None
     step_config = check_config(config, mesh.size)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -154,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # GraphCodeBERT layout: valid and test rank against one codebase; embed it once per set of parameters.
     shared_codebase = isinstance(valid_task, evaluate.TokenizedTask) and evaluate.same_codebase(valid_task, test_task)
     if total_steps == 0:
-        _zero_shot(enc, tasks, shared_codebase, config, summary, writer, mesh)
+        _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh)
         return _finish(summary, workdir, t_start, is_main)
 
     # The train state: shapes first (nothing allocated), then restored into them or born on the devices.
@@ -180,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             lambda params: step_lib.init_train_state(params, optimizer, step_config, enc.dim, config.train.seed),
             enc.params, mesh=mesh)
         if config.train.zero_shot_eval:
-            _zero_shot(enc, tasks, shared_codebase, config, summary, writer, mesh)
+            _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh)
     best = ckpt.best_meta() or {}
     best_score = best.get("valid", {}).get(metric, -math.inf)
 
@@ -245,9 +248,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 params = _local(state.params)
                 codes = None
                 if shared_codebase:
-                    codes = evaluate.embed_codebase(enc, valid_task, params, config.train.eval_batch_size, mesh=mesh)
+                    codes = evaluate.embed_codebase(enc, valid_task, params, config.train.eval_batch_size, mesh=eval_mesh)
                     last_codes = (done, codes)
-                result = _evaluate(enc, params, valid_task, config, codes, mesh)
+                result = _evaluate(enc, params, valid_task, config, codes, eval_mesh)
                 writer.write(done, result, kind="valid")
                 log.info("valid at %d: %s%s", done, clone_tasks.format_result(result),
                          " (best so far)" if result[metric] > best_score else "")
@@ -276,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # When the best step is this process's last validation, its codebase embeddings serve the test.
     reuse = last_codes[1] if last_codes is not None and last_codes[0] == best_meta["step"] else None
     threshold = best_meta["valid"].get("threshold")  # BigCloneBench: the valid threshold, applied to test
-    summary["test"] = _evaluate(enc, best_params, test_task, config, reuse, mesh,
+    summary["test"] = _evaluate(enc, best_params, test_task, config, reuse, eval_mesh,
                                 **({"threshold": threshold} if threshold is not None else {}))
     writer.write(best_meta["step"], summary["test"], kind="test")
     log.info("test (best-on-valid step %d): %s", best_meta["step"], clone_tasks.format_result(summary["test"]))
