@@ -14,7 +14,8 @@ import cocohanere_jax
 from benchmarks import common
 from cocohanere_jax import reencode
 from transformers import AutoTokenizer
-enc = cocohanere_jax.load_encoder(common.model_folder("minilm", "/tmp/cocohanere_bench_models"))
+import os, tempfile
+enc = cocohanere_jax.load_encoder(common.model_folder("minilm", os.path.join(tempfile.gettempdir(), "cocohanere_bench_models")))
 tok = AutoTokenizer.from_pretrained(common.minilm_folder())
 pairs = common.stdlib_pairs()[:2000]
 rng = np.random.default_rng(0)
