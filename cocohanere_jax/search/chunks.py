@@ -27,7 +27,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from cocohanere_data.source_tree.build import _read_source
+from cocohanere_data.source_tree.build import PRUNED_DIRS, _read_source
 from cocohanere_data.source_tree.extract import extract_functions
 from cocohanere_data.source_tree.languages import LANGUAGES, parser_for, spec_for
 
@@ -35,7 +35,6 @@ MAX_FILE_BYTES = 2_000_000
 CLASS_LINES = 60
 FILE_LINES = 80
 MAX_CHUNK_CHARS = 20_000   # stored text; the model sees far less (max_length tokens)
-_PRUNED = frozenset({"node_modules", "vendor", "site-packages", "__pycache__", "bower_components"})
 
 EXTENSIONS: dict[str, str] = {ext: lang for lang in LANGUAGES for ext in spec_for(lang).extensions}
 
@@ -121,7 +120,7 @@ def list_source_files(root: str | os.PathLike, skipped: SkipCounter, use_git: bo
         keep = []
         for d in sorted(dirnames):
             full = Path(dirpath, d)
-            if d.startswith(".") or d in _PRUNED:
+            if d.startswith(".") or d in PRUNED_DIRS:
                 continue
             if full.is_symlink():
                 skipped.add("symlink", (rel_dir / d).as_posix())

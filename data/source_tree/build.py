@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 FUNCTION_FILTERS = ("no_doc", "empty_doc", "parse_error", "no_body", "test_in_name",
                     "constructor_or_standard_method", "short_code", "short_summary", "duplicate")
-_PRUNED_DIRS = frozenset({"node_modules", "vendor", "site-packages", "__pycache__", "bower_components"})
+PRUNED_DIRS = frozenset({"node_modules", "vendor", "site-packages", "__pycache__", "bower_components"})
 _TEST_DIR = re.compile(r"^(tests?|testdata|__tests__|.+_tests?|tests?_.+)$", re.IGNORECASE)
 _SPEC_DIR = re.compile(r"^specs?$", re.IGNORECASE)  # RSpec suites: test directories in Ruby only
 _SNIFF = 8192
@@ -121,7 +121,7 @@ def walk_source_files(src: Path, lang: str, files: _Counter) -> list[tuple[str, 
             rel = (rel_dir / d).as_posix()
             if d.startswith("."):
                 continue  # .git, .venv, .tox: never source of the project itself
-            if d in _PRUNED_DIRS:
+            if d in PRUNED_DIRS:
                 files.add("pruned_dir:excluded", rel + "/")
             elif d in spec.generated_dirs:
                 files.add("pruned_dir:generated", rel + "/")
