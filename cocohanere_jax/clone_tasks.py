@@ -104,4 +104,5 @@ class PairTask:
 def format_result(result: dict[str, float]) -> str:
     """One log line for any task's result (retrieval MRR/R@k, MAP@R, or F1 with its threshold)."""
     keys = ("mrr", "r@1", "r@5", "r@10", "map@r", "precision", "recall", "f1", "threshold")
+    keys += tuple(k for k in result if k.endswith("/mrr"))  # per language (cocohanere_jax.multilingual)
     return " ".join(f"{k}={result[k]:.4f}" for k in keys if k in result)

@@ -20,6 +20,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from cocohanere_jax import multilingual
 from cocohanere_jax.evaluate import RetrievalTask
 
 SOURCES = ("codesearchnet", "cosqa", "stdlib", "source_tree", "xlcost", "poj104", "bigclonebench")
@@ -63,14 +64,22 @@ def check(config: ml_collections.ConfigDict) -> None:
                 f"config.data.src={src!r} is not a directory. Set --config.data.src to the source tree to train on "
                 "(configs/repo.py), e.g. a git checkout of your repository."
             )
+    if d.get("eval_candidates", "codebase") not in ("codebase", "targets"):
+        raise ValueError(f"config.data.eval_candidates={d.eval_candidates!r}: use \"codebase\" (every query against "
+                         "the whole codebase) or \"targets\" (against the queries' own target codes only).")
     for key in ("query_length", "code_length"):
         if d[key] < 2:
             raise ValueError(f"config.data.{key}={d[key]} must be at least 2 tokens.")
 
 
-def _task(split, max_queries: int) -> RetrievalTask:
+def _task(split, max_queries: int, candidates: str = "codebase") -> RetrievalTask:
+    """The split's first ``max_queries`` queries (0 = all) ranked against the whole codebase, or with
+    ``candidates="targets"`` against their own target codes only (`evaluate.targets_only`)."""
+    from cocohanere_jax import evaluate
+
     n = max_queries or len(split.query_texts)
-    return RetrievalTask.from_keys(split.query_texts[:n], split.query_keys[:n], split.code_texts, split.code_keys)
+    task = RetrievalTask.from_keys(split.query_texts[:n], split.query_keys[:n], split.code_texts, split.code_keys)
+    return evaluate.targets_only(task) if candidates == "targets" else task
 
 
 def _build_tree_corpus(d: ml_collections.ConfigDict, workdir: str):
@@ -111,6 +120,8 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
         valid = xlcost.load_xlcost_eval(d.root, d.language, "valid", level, strict=strict)
         test = xlcost.load_xlcost_eval(d.root, d.language, "test", level, strict=strict)
         where = f"XLCoST {level}-level {xlcost.language_folder(d.language)} at {d.root}"
+    elif d.source == "codesearchnet" and len(multilingual.languages(d.language)) > 1:
+        return _load_languages(d, strict)
     else:
         root, lang = d.root, d.language
         if d.source == "stdlib":
@@ -125,11 +136,36 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
         where = f"{d.source} {lang} at {root}"
     if d.max_train_pairs and len(train) > d.max_train_pairs:
         train = records.Pairs(list(train)[: d.max_train_pairs], train.report)
+    candidates = d.get("eval_candidates", "codebase")
     return Datasets(
         train=train,
-        valid=_task(valid, d.max_eval_queries),
-        test=_task(test, d.max_eval_queries),
+        valid=_task(valid, d.max_eval_queries, candidates),
+        test=_task(test, d.max_eval_queries, candidates),
         description=where,
+    )
+
+
+def _load_languages(d: ml_collections.ConfigDict, strict: bool) -> Datasets:
+    """Several languages of one corpus root: concatenated training pairs, per-language evaluation
+    (`cocohanere_jax.multilingual`). ``max_train_pairs`` and ``max_eval_queries`` apply per language."""
+    from cocohanere_data import codesearchnet, records
+
+    names = multilingual.languages(d.language)
+    parts, valid, test = [], {}, {}
+    for lang in names:
+        pairs = codesearchnet.load_pairs(d.root, lang, "train", strict=strict)
+        if d.max_train_pairs and len(pairs) > d.max_train_pairs:
+            pairs = records.Pairs(list(pairs)[: d.max_train_pairs], pairs.report)
+        parts.append(pairs)
+        for split, tasks in (("valid", valid), ("test", test)):
+            tasks[lang] = _task(codesearchnet.load_eval_split(d.root, lang, split, strict=strict), d.max_eval_queries,
+                                d.get("eval_candidates", "codebase"))
+    sizes = ", ".join(f"{lang} {len(p)}" for lang, p in zip(names, parts))
+    return Datasets(
+        train=multilingual.concat_pairs(parts),
+        valid=multilingual.LanguageTasks(valid),
+        test=multilingual.LanguageTasks(test),
+        description=f"{d.source} {','.join(names)} at {d.root} (train pairs: {sizes}; mixed batches)",
     )
 
 

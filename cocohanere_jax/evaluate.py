@@ -52,6 +52,17 @@ class RetrievalTask:
         )
 
 
+def targets_only(task: RetrievalTask) -> RetrievalTask:
+    """The task ranked against its queries' own target codes only (the CodeSearchNet-challenge setting:
+    N queries against their N codes; fewer when queries share a target), not the whole codebase."""
+    order = list(dict.fromkeys(int(t) for t in task.targets))
+    index = {t: i for i, t in enumerate(order)}
+    return RetrievalTask(
+        queries=list(task.queries), targets=np.asarray([index[int(t)] for t in task.targets], np.int64),
+        codebase=[task.codebase[t] for t in order], skipped=task.skipped,
+    )
+
+
 @jax.jit
 def _count_above(
     q: jax.Array, target_score: jax.Array, target: jax.Array, codes: jax.Array, code_index: jax.Array, valid: jax.Array

@@ -46,6 +46,8 @@ class Aux(struct.PyTreeNode):
     query_hits: bank_lib.SearchResult  # [n, k] queries retrieved for the codes (query bank)
     c_neg: Array  # [n, k, d] re-encoded hard negative codes
     q_neg: Array  # [n, k, d] re-encoded hard negative queries
+    code_refresh: Array  # [n, k] bool: c_neg holds a fresh embedding (the step writes it back to the bank)
+    query_refresh: Array  # [n, k] bool: q_neg likewise
     loss_b_sum: Array  # sum over local rows of L^B rows
     loss_hn_sum: Array  # sum over local rows of L^HN rows
     in_batch_correct: Array  # local queries whose top code in the global batch is their own
@@ -53,6 +55,7 @@ class Aux(struct.PyTreeNode):
     negative_score_sum: Array  # sum of cos over valid hard negatives (both directions)
     valid_negatives: Array  # number of valid hard negatives (both directions)
     dropped_negatives: Array  # valid hard negatives left out by the re-encode budget (both directions)
+    hard_negative_step: Array  # [] bool: this step used L^HN (False on the schedule's in-batch steps)
 
 
 def _search_bank(
@@ -83,6 +86,158 @@ def _search_bank(
     return bank_lib.search(bank, keys, config.k, anchor_ids=anchor_ids, keep=keep, scores=scores)
 
 
+class _HardNegativeInputs(struct.PyTreeNode):
+    """What the hard-negative part reads of the batch part (an operand of the schedule's lax.cond)."""
+
+    q: Array  # [n, d] with gradient
+    c: Array
+    qs: Array  # [n, d] stop-gradient
+    cs: Array
+    ids: Array  # [n] local DataIDs
+    ids_all: Array  # [n_global] DataIDs of the global batch
+    rows: Array  # [n] global row of each local example
+    positive_scores: Array  # [n]
+    hashes: list
+    key: Array
+
+
+class _HardNegatives(struct.PyTreeNode):
+    """The hard-negative part's results (all zeros / invalid on an in-batch step of the schedule)."""
+
+    code_hits: bank_lib.SearchResult
+    query_hits: bank_lib.SearchResult
+    c_neg: Array  # [n, k, d]
+    q_neg: Array
+    code_refresh: Array  # [n, k] bool
+    query_refresh: Array
+    loss_rows: Array  # [n] L^HN per row
+    negative_score_sum: Array
+    valid_negatives: Array
+    dropped_negatives: Array
+    active: Array  # [] bool
+
+
+def _no_hard_negatives(n: int, k: int, d: int, dtype) -> _HardNegatives:
+    empty = bank_lib.SearchResult(
+        slots=jnp.full((n, k), -1, jnp.int32), ids=jnp.full((n, k), -1, jnp.int32),
+        scores=jnp.full((n, k), -jnp.inf, dtype), valid=jnp.zeros((n, k), bool),
+    )
+    none = jnp.zeros((n, k), bool)
+    return _HardNegatives(
+        code_hits=empty, query_hits=empty, c_neg=jnp.zeros((n, k, d), dtype), q_neg=jnp.zeros((n, k, d), dtype),
+        code_refresh=none, query_refresh=none, loss_rows=jnp.zeros((n,), dtype),
+        negative_score_sum=jnp.zeros((), dtype), valid_negatives=jnp.zeros((), jnp.int32),
+        dropped_negatives=jnp.zeros((), jnp.int32), active=jnp.zeros((), bool),
+    )
+
+
+def _hard_negatives(
+    params: Params,
+    x: _HardNegativeInputs,
+    *,
+    query_bank: bank_lib.Bank,
+    code_bank: bank_lib.Bank,
+    table: DeviceTokenTable,
+    host_table: TokenTable | None,
+    axis_name: str | None,
+    encode_parts,
+    config: StepConfig,
+) -> _HardNegatives:
+    """Steps 3-5: search both banks, re-encode (all k, the top m, or none of) the neighbours, L^HN."""
+    n, d = x.q.shape
+    k = config.k
+    ids, key = x.ids, x.key
+    # 3. Search both banks (they do not yet contain this batch).
+    bi = config.knn == "bi"
+    search = functools.partial(_search_bank, positive_scores=x.positive_scores, anchor_ids=ids,
+                               batch_ids=x.ids_all, hashes=x.hashes, config=config)
+    code_hits = search(code_bank, x.qs if bi else x.cs, x.qs)  # hard negative codes of the queries
+    query_hits = search(query_bank, x.cs if bi else x.qs, x.cs)  # hard negative queries of the codes
+
+    # 4. Token rows of the retrieved DataIDs; invalid entries borrow the anchor's own (real) row so the
+    # encoder never sees an all-pad row, and are masked out of the loss.
+    own = jnp.broadcast_to(ids[:, None], (n, k))
+    negative_options = dict(remat=config.remat, chunk=config.reencode_chunk)
+    lookup = functools.partial(lookup_rows, table=table, host_table=host_table, axis_name=axis_name)
+    all_fresh = jnp.ones((n, k), bool)
+    code_refresh = query_refresh = all_fresh
+    if config.dedup_negatives:
+        budget = max(1, math.ceil(config.reencode_fraction * n * k))
+
+        def distinct(which, hits, stream):
+            unique_ids, index, kept = reencode.dedup_neighbours(hits.ids, hits.valid, budget)
+            # Unused budget slots borrow the first anchor's own (real) row; their outputs are unused.
+            tokens = lookup(which, jnp.where(unique_ids >= 0, unique_ids, ids[0]))
+            keys = reencode.row_keys(key, stream, jnp.maximum(unique_ids, 0))
+            return (tokens, keys), index, hits._replace(valid=kept), jnp.sum(hits.valid & ~kept)
+
+        c_part, c_index, code_hits, dropped_c = distinct("code", code_hits, reencode.STREAM_DEDUP_CODE)
+        q_part, q_index, query_hits, dropped_q = distinct("query", query_hits, reencode.STREAM_DEDUP_QUERY)
+        c_emb, q_emb = encode_parts([c_part, q_part], **negative_options)
+        pad_row = jnp.zeros((1, d), c_emb.dtype)
+        c_neg = jnp.concatenate([c_emb, pad_row])[c_index]  # [n, k, d]
+        q_neg = jnp.concatenate([q_emb, pad_row])[q_index]
+        dropped_negatives = dropped_c + dropped_q
+    else:
+        # Rank r of row i keeps the dropout key of (i * k + r) whichever way it is encoded, so top-m with
+        # m = k is the paper's step, and top-0 with fresh others is forward-only re-encoding.
+        neg_rows = x.rows[:, None] * k + jnp.arange(k, dtype=jnp.int32)[None, :]
+
+        def encode_ranks(lo, hi, part_params):
+            """[n, hi - lo, d] code and query negatives of ranks lo..hi-1, re-encoded."""
+            code_tokens = lookup("code", jnp.where(code_hits.valid, code_hits.ids, own)[:, lo:hi])
+            query_tokens = lookup("query", jnp.where(query_hits.valid, query_hits.ids, own)[:, lo:hi])
+            rows = neg_rows[:, lo:hi].reshape(-1)
+            c_emb, q_emb = encode_parts([
+                (code_tokens.reshape(n * (hi - lo), -1), reencode.row_keys(key, reencode.STREAM_NEG_CODE, rows)),
+                (query_tokens.reshape(n * (hi - lo), -1), reencode.row_keys(key, reencode.STREAM_NEG_QUERY, rows)),
+            ], params=part_params, **negative_options)
+            return c_emb.reshape(n, hi - lo, d), q_emb.reshape(n, hi - lo, d)
+
+        m = config.top_m
+        frozen = jax.lax.stop_gradient(params)
+        parts_c, parts_q = [], []
+        if m:
+            c_top, q_top = encode_ranks(0, m, params if config.negative_gradient else frozen)
+            parts_c.append(c_top)
+            parts_q.append(q_top)
+        if m < k:
+            if config.other_negatives == "fresh":  # forward-only: no VJP is traced for these rows
+                c_rest, q_rest = encode_ranks(m, k, frozen)
+            else:  # the bank's stored embeddings (written when the neighbour was last pushed or refreshed)
+                def stored(bank, hits):
+                    return bank.embeddings[jnp.maximum(hits.slots[:, m:], 0)].astype(x.q.dtype)
+
+                c_rest, q_rest = stored(code_bank, code_hits), stored(query_bank, query_hits)
+                stale = jnp.arange(k)[None, :] >= m
+                code_refresh = query_refresh = all_fresh & ~stale  # nothing new to write back for them
+            parts_c.append(jax.lax.stop_gradient(c_rest))
+            parts_q.append(jax.lax.stop_gradient(q_rest))
+        c_neg = jnp.concatenate(parts_c, axis=1) if len(parts_c) > 1 else parts_c[0]
+        q_neg = jnp.concatenate(parts_q, axis=1) if len(parts_q) > 1 else parts_q[0]
+        dropped_negatives = jnp.zeros((), jnp.int32)
+    if not config.negative_gradient:
+        c_neg, q_neg = jax.lax.stop_gradient(c_neg), jax.lax.stop_gradient(q_neg)
+
+    # 5. L^HN, missing negatives masked.
+    loss_rows = 0.5 * (
+        losses.hard_negative_rows(x.q, x.c, c_neg, config.temperature, code_hits.valid)
+        + losses.hard_negative_rows(x.c, x.q, q_neg, config.temperature, query_hits.valid)
+    )
+    neg_scores = jnp.concatenate([
+        jnp.einsum("nd,nkd->nk", x.qs, jax.lax.stop_gradient(c_neg)),
+        jnp.einsum("nd,nkd->nk", x.cs, jax.lax.stop_gradient(q_neg)),
+    ], axis=1)
+    neg_valid = jnp.concatenate([code_hits.valid, query_hits.valid], axis=1)
+    return _HardNegatives(
+        code_hits=code_hits, query_hits=query_hits, c_neg=c_neg, q_neg=q_neg,
+        code_refresh=code_refresh & code_hits.valid, query_refresh=query_refresh & query_hits.valid,
+        loss_rows=loss_rows, negative_score_sum=jnp.sum(jnp.where(neg_valid, neg_scores, 0.0)),
+        valid_negatives=jnp.sum(neg_valid), dropped_negatives=dropped_negatives, active=jnp.ones((), bool),
+    )
+
+
+
 def loss_and_aux(
     params: Params,
     query_bank: bank_lib.Bank,
@@ -96,6 +251,7 @@ def loss_and_aux(
     pad_id: int,
     host_table: TokenTable | None = None,
     axis_name: str | None = None,
+    step: Array | int = 0,
 ) -> tuple[Array, Aux]:
     """This device's share of the CoCoHaNeRe loss, and the by-products the bank updates need.
 
@@ -115,6 +271,7 @@ def loss_and_aux(
       pad_id: the encoder's pad id.
       host_table: the host table when ``config.token_table == "host"``.
       axis_name: mesh axis of the data-parallel ``shard_map``, or None.
+      step: the step counter (read only by the hard-negative schedule).
 
     Returns:
       ``(loss_share, aux)``.
@@ -129,7 +286,6 @@ def loss_and_aux(
         n_global = n * jax.lax.axis_size(axis_name)
         gather = lambda x: jax.lax.all_gather(x, axis_name, tiled=True)  # noqa: E731
     rows = offset + jnp.arange(n, dtype=jnp.int32)  # global row index of each local example
-    encode = functools.partial(reencode.encode_rows, apply_fn, params, pad_id=pad_id)
     hashes = _hashes(table, config)
     # The batch's own token rows: gathered here by DataID from the device table when it holds them (the
     # host then sends DataIDs only), else the rows the host sent.
@@ -139,14 +295,15 @@ def loss_and_aux(
         query_rows, code_rows = batch["query_ids"], batch["code_ids"]
     lq, lc = query_rows.shape[1], code_rows.shape[1]
 
-    def encode_parts(parts, **padded_options):
+    def encode_parts(parts, params=params, **padded_options):
         """Embeddings of [(token_ids, keys), ...]: length-aware in one pooled call, or padded one by one."""
         if config.length_buckets:
             return reencode.encode_pool(
                 apply_fn, params, parts, pad_id=pad_id, chunk=config.length_chunk,
                 buckets=reencode.bucket_lengths((lq, lc), config.length_buckets),
             )
-        return [encode(tokens, keys, **padded_options) for tokens, keys in parts]
+        return [reencode.encode_rows(apply_fn, params, tokens, keys, pad_id=pad_id, **padded_options)
+                for tokens, keys in parts]
 
     # 1-2. Encode the local batch; L^B against the global batch.
     q, c = encode_parts([(query_rows, reencode.row_keys(key, reencode.STREAM_QUERY, rows)),
@@ -166,86 +323,45 @@ def loss_and_aux(
 
     d = q.shape[-1]
     k = config.k
-    if config.uses_hard_negatives:
-        # 3. Search both banks (they do not yet contain this batch).
-        bi = config.knn == "bi"
-        search = functools.partial(_search_bank, positive_scores=positive_scores, anchor_ids=ids,
-                                   batch_ids=ids_all, hashes=hashes, config=config)
-        code_hits = search(code_bank, qs if bi else cs, qs)  # hard negative codes of the queries
-        query_hits = search(query_bank, cs if bi else qs, cs)  # hard negative queries of the codes
+    hn_inputs = _HardNegativeInputs(
+        q=q, c=c, qs=qs, cs=cs, ids=ids, ids_all=ids_all, rows=rows, positive_scores=positive_scores,
+        hashes=hashes, key=key)
+    hn_fn = functools.partial(_hard_negatives, query_bank=query_bank, code_bank=code_bank, table=table,
+                              host_table=host_table, axis_name=axis_name, encode_parts=encode_parts,
+                              config=config)
+    if not config.uses_hard_negatives:
+        hn = _no_hard_negatives(n, k, d, q.dtype)
+    elif config.scheduled:
+        # One program: the in-batch branch skips the search and the re-encoding (lax.cond runs one branch).
+        shapes = jax.eval_shape(hn_fn, params, hn_inputs)
 
-        # 4. Token rows of the retrieved DataIDs; invalid entries borrow the anchor's own (real) row so the
-        # encoder never sees an all-pad row, and are masked out of the loss.
-        own = jnp.broadcast_to(ids[:, None], (n, k))
-        negative_options = dict(remat=config.remat, chunk=config.reencode_chunk)
-        lookup = functools.partial(lookup_rows, table=table, host_table=host_table, axis_name=axis_name)
-        if config.dedup_negatives:
-            budget = max(1, math.ceil(config.reencode_fraction * n * k))
+        def like(x, s):  # the true branch's dtype and, inside shard_map, its device-varying axes
+            x = x.astype(s.dtype)
+            varying = tuple(sorted(s.manual_axis_type.varying)) if s.manual_axis_type else ()
+            return jax.lax.pcast(x, varying, to="varying") if varying else x
 
-            def distinct(which, hits, stream):
-                unique_ids, index, kept = reencode.dedup_neighbours(hits.ids, hits.valid, budget)
-                # Unused budget slots borrow the first anchor's own (real) row; their outputs are unused.
-                tokens = lookup(which, jnp.where(unique_ids >= 0, unique_ids, ids[0]))
-                keys = reencode.row_keys(key, stream, jnp.maximum(unique_ids, 0))
-                return (tokens, keys), index, hits._replace(valid=kept), jnp.sum(hits.valid & ~kept)
+        def skip(params, inputs):
+            return jax.tree.map(like, _no_hard_negatives(n, k, d, q.dtype), shapes)
 
-            c_part, c_index, code_hits, dropped_c = distinct("code", code_hits, reencode.STREAM_DEDUP_CODE)
-            q_part, q_index, query_hits, dropped_q = distinct("query", query_hits, reencode.STREAM_DEDUP_QUERY)
-            c_emb, q_emb = encode_parts([c_part, q_part], **negative_options)
-            pad_row = jnp.zeros((1, d), c_emb.dtype)
-            c_neg = jnp.concatenate([c_emb, pad_row])[c_index]  # [n, k, d]
-            q_neg = jnp.concatenate([q_emb, pad_row])[q_index]
-            dropped_negatives = dropped_c + dropped_q
-        else:
-            code_tokens = lookup("code", jnp.where(code_hits.valid, code_hits.ids, own)).reshape(n * k, -1)
-            query_tokens = lookup("query", jnp.where(query_hits.valid, query_hits.ids, own)).reshape(n * k, -1)
-            neg_rows = rows[:, None] * k + jnp.arange(k, dtype=jnp.int32)[None, :]
-            c_neg, q_neg = encode_parts([
-                (code_tokens, reencode.row_keys(key, reencode.STREAM_NEG_CODE, neg_rows)),
-                (query_tokens, reencode.row_keys(key, reencode.STREAM_NEG_QUERY, neg_rows)),
-            ], **negative_options)
-            c_neg, q_neg = c_neg.reshape(n, k, d), q_neg.reshape(n, k, d)
-            dropped_negatives = jnp.zeros((), jnp.int32)
-        if not config.negative_gradient:
-            c_neg, q_neg = jax.lax.stop_gradient(c_neg), jax.lax.stop_gradient(q_neg)
-
-        # 5. L^HN, missing negatives masked.
-        loss_hn_rows = 0.5 * (
-            losses.hard_negative_rows(q, c, c_neg, config.temperature, code_hits.valid)
-            + losses.hard_negative_rows(c, q, q_neg, config.temperature, query_hits.valid)
-        )
-        neg_scores = jnp.concatenate([
-            jnp.einsum("nd,nkd->nk", qs, jax.lax.stop_gradient(c_neg)),
-            jnp.einsum("nd,nkd->nk", cs, jax.lax.stop_gradient(q_neg)),
-        ], axis=1)
-        neg_valid = jnp.concatenate([code_hits.valid, query_hits.valid], axis=1)
-        negative_score_sum = jnp.sum(jnp.where(neg_valid, neg_scores, 0.0))
-        valid_negatives = jnp.sum(neg_valid)
+        hn = jax.lax.cond(config.hard_negative_active(step), hn_fn, skip, params, hn_inputs)
     else:
-        empty = bank_lib.SearchResult(
-            slots=jnp.full((n, k), -1, jnp.int32), ids=jnp.full((n, k), -1, jnp.int32),
-            scores=jnp.full((n, k), -jnp.inf, q.dtype), valid=jnp.zeros((n, k), bool),
-        )
-        code_hits = query_hits = empty
-        c_neg = q_neg = jnp.zeros((n, k, d), q.dtype)
-        loss_hn_rows = jnp.zeros((n,), q.dtype)
-        negative_score_sum = jnp.zeros((), q.dtype)
-        valid_negatives = jnp.zeros((), jnp.int32)
-        dropped_negatives = jnp.zeros((), jnp.int32)
+        hn = hn_fn(params, hn_inputs)
 
     loss_share = (
-        config.bimodal_weight * jnp.sum(loss_b_rows) + config.hard_negative_weight * jnp.sum(loss_hn_rows)
+        config.bimodal_weight * jnp.sum(loss_b_rows) + config.hard_negative_weight * jnp.sum(hn.loss_rows)
     ) / n_global
     aux = Aux(
-        q=qs, c=cs, code_hits=code_hits, query_hits=query_hits,
-        c_neg=jax.lax.stop_gradient(c_neg), q_neg=jax.lax.stop_gradient(q_neg),
+        q=qs, c=cs, code_hits=hn.code_hits, query_hits=hn.query_hits,
+        c_neg=jax.lax.stop_gradient(hn.c_neg), q_neg=jax.lax.stop_gradient(hn.q_neg),
+        code_refresh=hn.code_refresh, query_refresh=hn.query_refresh,
         loss_b_sum=jax.lax.stop_gradient(jnp.sum(loss_b_rows)),
-        loss_hn_sum=jax.lax.stop_gradient(jnp.sum(loss_hn_rows)),
+        loss_hn_sum=jax.lax.stop_gradient(jnp.sum(hn.loss_rows)),
         in_batch_correct=in_batch_correct,
         positive_score_sum=jnp.sum(positive_scores),
-        negative_score_sum=negative_score_sum,
-        valid_negatives=valid_negatives,
-        dropped_negatives=dropped_negatives,
+        negative_score_sum=hn.negative_score_sum,
+        valid_negatives=hn.valid_negatives,
+        dropped_negatives=hn.dropped_negatives,
+        hard_negative_step=hn.active,
     )
     return loss_share, aux
 

@@ -99,6 +99,7 @@ def _after(x: Array, slots: Array) -> Array:
     return jnp.where(jnp.min(slots) < bank_lib.EMPTY, jnp.zeros_like(x), x)
 
 
+
 def train_step_body(
     state: TrainState,
     batch: Mapping[str, Array],
@@ -128,7 +129,9 @@ def train_step_body(
       (1 = no neighbour shared by two anchors; 0 without negatives): the share of the re-encoding that a
       de-duplication of shared neighbours would keep;
     * ``dropped_negatives``: valid hard negatives per anchor and direction left out by the re-encode
-      budget (``dedup_negatives`` with ``reencode_fraction < 1``; 0 otherwise).
+      budget (``dedup_negatives`` with ``reencode_fraction < 1``; 0 otherwise);
+    * ``hard_negative_step``: 1 if this step used L^HN, 0 on an in-batch step of the schedule or of the
+      in-batch baseline.
     """
     if axis_name is None:
         gather = psum = lambda x: x  # noqa: E731
@@ -141,7 +144,7 @@ def train_step_body(
     key = jax.random.fold_in(state.rng, state.step)
     loss_fn = functools.partial(
         objective.loss_and_aux, apply_fn=apply_fn, config=config, pad_id=pad_id, host_table=host_table,
-        axis_name=axis_name,
+        axis_name=axis_name, step=state.step,
     )
     # 6. Per-device gradients of this device's share, summed over devices: the gradient of the global
     # mean loss, identical on every device (docs/METHOD.md, "Gradient averaging"). Casting the replicated
@@ -160,6 +163,7 @@ def train_step_body(
     pushed_q, pushed_c = gather(aux.q), gather(aux.c)
     if config.uses_hard_negatives:
         code_slots, query_slots = gather(aux.code_hits.slots), gather(aux.query_hits.slots)
+        c_neg_all, q_neg_all = gather(aux.c_neg), gather(aux.q_neg)
         # The in-place writes below must follow the searches that read the old banks (step 3), and nothing
         # in the data flow says so: the pushed rows do not depend on the search. XLA then keeps the old
         # banks alive by copying each of them twice per step (4 x M x d floats: a MiniLM step at M = 1M
@@ -167,15 +171,19 @@ def train_step_body(
         # orders the writes after the reads, and the scatters run in place on the donated buffers.
         pushed_q = _after(pushed_q, query_slots)
         pushed_c = _after(pushed_c, code_slots)
+        if config.top_m < config.k and config.other_negatives == "bank":
+            # The stale negatives were read from the banks too: order the writes after those reads as well.
+            pushed_q, pushed_c, _ = jax.lax.optimization_barrier((pushed_q, pushed_c, (q_neg_all, c_neg_all)))
     query_bank = bank_lib.push(state.query_bank, pushed_q, ids_all)
     code_bank = bank_lib.push(state.code_bank, pushed_c, ids_all)
-    # 8. Refresh the retrieved slots with their re-encoded embeddings from every device.
+    # 8. Refresh the retrieved slots with their re-encoded embeddings from every device (only those that
+    # were re-encoded: a stale bank negative has nothing new to write; none on a schedule's in-batch step).
     if config.uses_hard_negatives:
         code_bank = bank_lib.update(
-            code_bank, code_slots, gather(aux.code_hits.ids), gather(aux.c_neg), gather(aux.code_hits.valid),
+            code_bank, code_slots, gather(aux.code_hits.ids), c_neg_all, gather(aux.code_refresh),
         )
         query_bank = bank_lib.update(
-            query_bank, query_slots, gather(aux.query_hits.ids), gather(aux.q_neg), gather(aux.query_hits.valid),
+            query_bank, query_slots, gather(aux.query_hits.ids), q_neg_all, gather(aux.query_refresh),
         )
 
     valid_negatives = psum(aux.valid_negatives)
@@ -197,6 +205,7 @@ def train_step_body(
         "hard_negative_score": psum(aux.negative_score_sum) / jnp.maximum(valid_negatives, 1),
         "distinct_negatives": distinct / jnp.maximum(valid_negatives, 1),
         "dropped_negatives": psum(aux.dropped_negatives) / (2 * n_global),  # per anchor and direction
+        "hard_negative_step": aux.hard_negative_step,  # 1 when this step used L^HN (schedule), else 0
         "query_bank_fill": bank_lib.num_valid(query_bank) / query_bank.size,
         "code_bank_fill": bank_lib.num_valid(code_bank) / code_bank.size,
     }

@@ -44,6 +44,18 @@ class StepConfig:
     # rest (farthest ranks first) are masked out of L^HN and counted in the `dropped_negatives` metric.
     # 1.0 never drops; set it from the `distinct_negatives` metric of a run to save re-encoding.
     reencode_fraction: float = 1.0
+    # Cost-aware hard negatives (docs/METHOD.md section 9). "Top-m re-encoding": of each anchor's k
+    # neighbours only the `reencode_top` nearest are re-encoded with gradient (None = all k, the paper); the
+    # others are `other_negatives`: "bank" = the embeddings their bank slots hold (no encoder work, no
+    # gradient; reencode_top=0 makes every negative a bank embedding) or "fresh" = re-encoded forward-only
+    # (no gradient through them; about a third of the encoder work of a re-encoding with gradient).
+    reencode_top: int | None = None
+    other_negatives: str = "bank"
+    # Schedule: L^HN (bank search and re-encoding) only on steps s >= hard_negative_start with
+    # (s - hard_negative_start) % hard_negative_every == 0; the other steps are in-batch steps of the same
+    # compiled program (jax.lax.cond; the banks are still filled every step).
+    hard_negative_start: int = 0
+    hard_negative_every: int = 1
     learning_rate: float = 3e-5
     adam_b1: float = 0.9
     adam_b2: float = 0.999
@@ -84,6 +96,18 @@ class StepConfig:
             bad("reencode_fraction", self.reencode_fraction, "use a fraction in (0, 1]")
         if self.reencode_fraction < 1 and not self.dedup_negatives:
             bad("reencode_fraction", self.reencode_fraction, "it needs dedup_negatives=True")
+        if self.reencode_top is not None:
+            if not 0 <= self.reencode_top <= self.k:
+                bad("reencode_top", self.reencode_top, f"use None (all k) or 0 <= reencode_top <= k (= {self.k})")
+            if self.dedup_negatives:
+                bad("reencode_top", self.reencode_top, "top-m re-encoding does not combine with "
+                    "dedup_negatives=True; set one of them")
+        if self.other_negatives not in ("bank", "fresh"):
+            bad("other_negatives", self.other_negatives, 'use "bank" or "fresh"')
+        if self.hard_negative_start < 0:
+            bad("hard_negative_start", self.hard_negative_start, "use a step >= 0")
+        if self.hard_negative_every < 1:
+            bad("hard_negative_every", self.hard_negative_every, "use 1 (every step) or a larger period")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "StepConfig":
@@ -102,6 +126,20 @@ class StepConfig:
         """Whether the step searches the banks and re-encodes (False for the in-batch baseline)."""
         return self.hard_negative_weight > 0
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether some steps skip L^HN (hard_negative_start / hard_negative_every)."""
+        return self.uses_hard_negatives and (self.hard_negative_start > 0 or self.hard_negative_every > 1)
+
+    @property
+    def top_m(self) -> int:
+        """Neighbours per anchor re-encoded with gradient (k unless reencode_top is set)."""
+        return self.k if self.reencode_top is None else self.reencode_top
+
+    def hard_negative_active(self, step):
+        """Whether step ``step`` (a traced int32 or an int) uses L^HN under the schedule."""
+        offset = step - self.hard_negative_start
+        return (offset >= 0) & (offset % self.hard_negative_every == 0)
 
 
 _TYPES = {"float": float, "int": int, "str": str, "bool": bool}

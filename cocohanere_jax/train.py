@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cocohanere_jax import checkpoints, clone_tasks, datasets, evaluate, input_pipeline, metrics, model_card, optim
+from cocohanere_jax import multilingual
 from cocohanere_jax import preemption
 from cocohanere_jax import sharding
 from cocohanere_jax import step as step_lib
@@ -77,6 +78,8 @@ def _local(tree: Any) -> Any:
 
 def _tokenize(enc, task, config):
     """A valid/test task with its token ids: retrieval (queries vs codebase) or a code-to-code task."""
+    if isinstance(task, multilingual.LanguageTasks):  # one retrieval task per language
+        return task.tokenize(enc, config.data.query_length, config.data.code_length)
     if hasattr(task, "tokenize"):  # clone_tasks.GroupTask / PairTask: code on both sides
         return task.tokenize(enc, config.data.code_length)
     return evaluate.tokenize_task(enc, task, config.data.query_length, config.data.code_length)

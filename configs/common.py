@@ -8,8 +8,9 @@ argument (big_vision style) is a comma-separated list of presets and `key=value`
 
 A key is `section.field` or, where only one section has it, the bare field (`k` = `step.k`); values are
 Python literals (`0.1`, `True`, `None`, `"bi"` or bare `bi`; no commas inside values). Presets: `smoke` (alias
-`runlocal`), `zero_shot` (evaluate only) and the paper's ablation variants `full`, `in_batch` (alias `wo_hncl`),
-`wo_bcl`, `uni_knn`. An unknown key or
+`runlocal`), `zero_shot` (evaluate only), the paper's ablation variants `full`, `in_batch` (alias `wo_hncl`),
+`wo_bcl`, `uni_knn`, and the cost-aware variants `forward_only`, `bank_negatives`, `top1` (docs/METHOD.md
+section 9). An unknown key or
 preset is an error naming it and listing what is known. `--config.section.field=value` flags apply after.
 """
 
@@ -38,7 +39,10 @@ def base() -> ml_collections.ConfigDict:
     c.data.cache_dir = ""  # tokenised-array cache; "" = <workdir>/cache
     c.data.strict = False  # True: the first bad input row raises (file:line) instead of being skipped+counted
     c.data.max_train_pairs = 0  # 0 = all; else the first N (smoke tests, quick experiments)
-    c.data.max_eval_queries = 0  # 0 = all queries; the codebase is always ranked whole
+    c.data.max_eval_queries = 0  # 0 = all queries (of each language)
+    # Candidates of each query: "codebase" (the whole codebase: GraphCodeBERT's protocol) or "targets" (the
+    # evaluated queries' own codes only: N queries against their N codes, CodeSearchNet-challenge style).
+    c.data.eval_candidates = "codebase"
 
     # The CoCoHaNeRe step: every field of cocohanere_jax.step_config.StepConfig with its default, the one
     # source of the step's defaults (each field is documented there). The paper's settings are those
@@ -122,6 +126,12 @@ PRESETS = {
     "wo_hncl": _variant(bimodal_weight=1.0, hard_negative_weight=0.0),
     "wo_bcl": _variant(bimodal_weight=0.0, hard_negative_weight=1.0, knn="bi"),
     "uni_knn": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="uni"),
+    # Cost-aware hard negatives (docs/METHOD.md section 9); schedules are key=value settings on top, e.g.
+    # full,hard_negative_start=150 (in-batch steps first) or full,hard_negative_every=2.
+    "forward_only": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="bi", negative_gradient=False),
+    "bank_negatives": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="bi", reencode_top=0,
+                               other_negatives="bank"),
+    "top1": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="bi", reencode_top=1, other_negatives="bank"),
 }
 
 

