@@ -10,8 +10,9 @@ all languages of the registry corpus at once, compared at the same training seco
    ratios come from one machine state. Record the load: the harness writes ``os.getloadavg()`` beside it.
 2. **Budgets**: the in-batch baseline runs ``--steps`` steps (large budget) and ``--small_steps`` (small
    budget, several seeds). Every other variant gets the same *training seconds*:
-   ``steps_v = round(steps_in_batch * t_in_batch / t_v)`` with ``t`` the calibrated seconds per step (the
-   scheduled variant pays ``t_in_batch`` for its in-batch steps and ``t_full`` for the others). Step counts,
+   ``steps_v = round(steps_in_batch * t_in_batch / t_v)`` with ``t`` the calibrated seconds per step, never
+   below ``t_in_batch`` (the scheduled variant pays ``t_in_batch`` for its in-batch steps and ``t_full``
+   for the others). Step counts,
    not wall-clock timers, so a run slowed by another job still trains exactly its budget. The paper's
    comparison (equal steps) is the ``full_equal_steps`` run.
 3. **Validation** at the same training seconds for every variant (``--eval_points`` evaluations), test of
@@ -126,6 +127,9 @@ def calibrate(out: str, s: Settings) -> dict:
 
 def plan(s: Settings, step_s: dict[str, float]) -> list[dict]:
     """Every run with its step count and evaluation period (the same training seconds per variant)."""
+    # No variant is cheaper than the in-batch work it contains: a calibrated time below in-batch's is
+    # timing noise and is raised to it (so the noise never buys a variant extra steps).
+    step_s = {v: max(t, step_s["in_batch"]) for v, t in step_s.items()}
     runs = []
     for budget, n_ib, seeds, variants in (("large", s.steps, s.seeds, s.variants),
                                           ("small", s.small_steps, s.small_seeds, s.small_variants)):
@@ -246,6 +250,10 @@ def settings_from_flags() -> Settings:
 
 def main(argv):
     del argv
+    import signal
+
+    # SIGTERM stops the child run too (it checkpoints), and is waited for (ablation.run_training).
+    signal.signal(signal.SIGTERM, ablation._raise_system_exit)
     s = settings_from_flags()
     if FLAGS.report:
         from experiments import budget_report
