@@ -192,6 +192,15 @@ def duplicate_keep(bank_ids: Array, anchor_ids: Array, hashes: Sequence[Array]) 
     return keep
 
 
+def group_keep(bank_ids: Array, anchor_ids: Array, groups: Array) -> Array:
+    """[n, M] bool: True where a bank entry is in the anchor's group (``groups``: [N] int32 by DataID).
+
+    Used to draw hard negatives from the anchor's own language only: evaluation ranks each language
+    against its own codebase, so a negative in another language is never a confusion the metric sees.
+    """
+    return groups[anchor_ids][:, None] == groups[jnp.maximum(bank_ids, 0)][None, :]
+
+
 def margin_keep(scores: Array, positive_scores: Array, margin: float) -> Array:
     """[n, M] bool false-negative guard: False where a candidate scores above the positive by a margin.
 

@@ -33,6 +33,7 @@ class Datasets:
     test: Any
     description: str
     train_labels: np.ndarray | None = None  # int32 [N] label per DataID (code-to-code tasks), else None
+    train_groups: np.ndarray | None = None  # int32 [N] language index per DataID (several languages), else None
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -161,7 +162,9 @@ def _load_languages(d: ml_collections.ConfigDict, strict: bool) -> Datasets:
             tasks[lang] = _task(codesearchnet.load_eval_split(d.root, lang, split, strict=strict), d.max_eval_queries,
                                 d.get("eval_candidates", "codebase"))
     sizes = ", ".join(f"{lang} {len(p)}" for lang, p in zip(names, parts))
+    groups = np.concatenate([np.full(len(p), i, np.int32) for i, p in enumerate(parts)])
     return Datasets(
+        train_groups=groups,
         train=multilingual.concat_pairs(parts),
         valid=multilingual.LanguageTasks(valid),
         test=multilingual.LanguageTasks(test),

@@ -67,6 +67,7 @@ def _search_bank(
     batch_ids: Array,
     hashes: list[Array],
     config: StepConfig,
+    groups: Array | None = None,
 ) -> bank_lib.SearchResult:
     """Top-k of one bank with all configured masks.
 
@@ -80,6 +81,8 @@ def _search_bank(
         keep = keep & bank_lib.in_batch_keep(bank.ids, batch_ids)[None, :]
     if hashes:
         keep = keep & bank_lib.duplicate_keep(bank.ids, anchor_ids, hashes)
+    if config.negatives_in_group:
+        keep = keep & bank_lib.group_keep(bank.ids, anchor_ids, groups)
     if config.false_negative_margin is not None:
         fn_scores = scores if config.knn == "bi" else fn_anchors @ bank.embeddings.T
         keep = keep & bank_lib.margin_keep(fn_scores, positive_scores, config.false_negative_margin)
@@ -149,8 +152,12 @@ def _hard_negatives(
     ids, key = x.ids, x.key
     # 3. Search both banks (they do not yet contain this batch).
     bi = config.knn == "bi"
+    if config.negatives_in_group and table.groups is None:
+        raise ValueError("objective.py: step.negatives_in_group=True needs the token table's groups ([N] int32 "
+                         "group of each DataID); train on several languages (config.data.language=python,java "
+                         "or all) or set negatives_in_group=False.")
     search = functools.partial(_search_bank, positive_scores=x.positive_scores, anchor_ids=ids,
-                               batch_ids=x.ids_all, hashes=x.hashes, config=config)
+                               batch_ids=x.ids_all, hashes=x.hashes, config=config, groups=table.groups)
     code_hits = search(code_bank, x.qs if bi else x.cs, x.qs)  # hard negative codes of the queries
     query_hits = search(query_bank, x.cs if bi else x.qs, x.cs)  # hard negative queries of the codes
 

@@ -26,6 +26,9 @@ class StepConfig:
     hard_negative_weight: float = 1.0  # weight of L^HN; 0 = "w/o HNCL" (in-batch baseline, no search)
     mask_in_batch: bool = True  # never retrieve DataIDs of the current global batch
     mask_duplicates: bool = True  # mask same-text pairs (CodeSearchNet has many); needs the table's text hashes
+    # Hard negatives only from the anchor's group (the table's `groups`: the language of each DataID when
+    # several languages train together, cocohanere_jax/multilingual.py); in-batch negatives are unchanged.
+    negatives_in_group: bool = False
     false_negative_margin: float | None = None  # drop candidates with score > pos + margin*|pos|; None = off
     negative_gradient: bool = True  # False: stop-gradient on re-encoded negatives (ablation)
     token_table: str = "device"  # "device": TokenTable arrays; "host": HostTokenTable via pure_callback

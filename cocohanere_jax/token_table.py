@@ -70,6 +70,7 @@ class DeviceTokenTable(struct.PyTreeNode):
     code_hash: Array | None = None  # [N] int32
     query_lengths: Array | None = None  # [N] int32
     code_lengths: Array | None = None  # [N] int32
+    groups: Array | None = None  # [N] int32 group of each DataID (its language); step.negatives_in_group
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -86,11 +87,12 @@ class TokenTable:
     code_hash: np.ndarray | None = None  # int32 [N], hash of the whitespace-normalised code
     fingerprint: str = ""  # the tokenizer's (cache key of the token arrays)
     pad_id: int = 0
+    groups: np.ndarray | None = None  # int32 [N]: group of each DataID (e.g. its language), for step.negatives_in_group
     query_lengths: np.ndarray = dataclasses.field(init=False, repr=False)  # int32 [N], real tokens
     code_lengths: np.ndarray = dataclasses.field(init=False, repr=False)  # int32 [N]
 
     def __post_init__(self):
-        for name in ("query_ids", "code_ids", "query_hash", "code_hash"):
+        for name in ("query_ids", "code_ids", "query_hash", "code_hash", "groups"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -102,7 +104,7 @@ class TokenTable:
         if self.query_ids.ndim != 2 or self.code_ids.ndim != 2:
             raise ValueError(f"TokenTable: query_ids and code_ids must be [N, L], got shapes "
                              f"{self.query_ids.shape} and {self.code_ids.shape}")
-        for name in ("code_ids", "query_hash", "code_hash"):
+        for name in ("code_ids", "query_hash", "code_hash", "groups"):
             value = getattr(self, name)
             if value is not None and value.shape[0] != n:
                 raise ValueError(f"TokenTable.{name} has {value.shape[0]} rows, query_ids {n}: one row per DataID")
@@ -167,7 +169,7 @@ class TokenTable:
         return DeviceTokenTable(
             query_ids=self.query_ids if on_device else None, code_ids=self.code_ids if on_device else None,
             query_hash=self.query_hash, code_hash=self.code_hash,
-            query_lengths=self.query_lengths, code_lengths=self.code_lengths,
+            query_lengths=self.query_lengths, code_lengths=self.code_lengths, groups=self.groups,
         )
 
 

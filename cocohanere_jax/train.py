@@ -148,6 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     if data.train_labels is not None:  # code-to-code: the label table is what the duplicate mask compares
         tokens = dataclasses.replace(tokens, query_hash=data.train_labels, code_hash=None)
+    if data.train_groups is not None:  # several languages: the language of each DataID (step.negatives_in_group)
+        tokens = dataclasses.replace(tokens, groups=data.train_groups)
     evaluate_only = not config.train.num_steps and not config.train.num_epochs
     iterator = None if evaluate_only else input_pipeline.BatchIterator(
         len(tokens), config.train.global_batch_size, config.train.seed,

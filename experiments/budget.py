@@ -52,10 +52,13 @@ VARIANTS = {
     "top1": ("top1", "", "nearest neighbour re-encoded with gradient, the others their bank embeddings"),
     "bank_negatives": ("bank_negatives", "", "bank embeddings as negatives (no re-encoding)"),
     "bank_k8": ("bank_negatives", "step.k=8", "bank embeddings as negatives, k = 8"),
+    "bank_w025": ("bank_negatives", "step.hard_negative_weight=0.25", "bank embeddings as negatives, L^HN weight 0.25"),
+    "full_in_lang": ("full", "step.negatives_in_group=True", "the paper's step, hard negatives from the anchor's language"),
     "late_full": ("full", "", "in-batch for the first half of the in-batch budget's steps, then the paper's step"),
     "full_equal_steps": ("full", "", "the paper's step, as many steps as in-batch (equal steps, not seconds)"),
 }
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
+COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full"}  # variants whose step is another's program up to a constant
 
 
 def calibration_spec(variant: str) -> str:
@@ -82,14 +85,17 @@ class Settings:
     eval_points: int = 3
     eval_queries: int = 500
     calibration_steps: int = 6
-    variants: tuple[str, ...] = ("in_batch", "bank_negatives", "full", "bank_k8", "top1", "forward_only",
-                                 "late_full", "full_equal_steps")
-    small_variants: tuple[str, ...] = ("in_batch", "bank_negatives", "full")
+    variants: tuple[str, ...] = ("in_batch", "bank_negatives", "full", "top1", "forward_only", "late_full",
+                                 "full_equal_steps")
+    small_variants: tuple[str, ...] = ("in_batch", "full")
+    # One seed each, after the rest ("<budget>/<variant>"): same-language negatives; and is the loss weight
+    # why stop-gradient negatives lose (docs/RESULTS.md)?
+    later_variants: tuple[str, ...] = ("large/full_in_lang", "small/bank_w025")
 
 
 def _json_settings(s: Settings) -> dict:
     d = dataclasses.asdict(s)
-    for key in ("seeds", "small_seeds", "variants", "small_variants"):
+    for key in ("seeds", "small_seeds", "variants", "small_variants", "later_variants"):
         d[key] = list(d[key])
     return d
 
@@ -131,8 +137,11 @@ def plan(s: Settings, step_s: dict[str, float]) -> list[dict]:
     # timing noise and is raised to it (so the noise never buys a variant extra steps).
     step_s = {v: max(t, step_s["in_batch"]) for v, t in step_s.items()}
     runs = []
-    for budget, n_ib, seeds, variants in (("large", s.steps, s.seeds, s.variants),
-                                          ("small", s.small_steps, s.small_seeds, s.small_variants)):
+    groups = [("large", s.steps, s.seeds, s.variants), ("small", s.small_steps, s.small_seeds, s.small_variants)]
+    for item in s.later_variants:
+        budget, _, variant = item.partition("/")
+        groups.append((budget, s.steps if budget == "large" else s.small_steps, (0,), (variant,)))
+    for budget, n_ib, seeds, variants in groups:
         seconds = n_ib * step_s["in_batch"]
         for variant in variants:
             extra = VARIANTS[variant][1]
@@ -143,12 +152,12 @@ def plan(s: Settings, step_s: dict[str, float]) -> list[dict]:
                 steps = start + round((seconds - start * step_s["in_batch"]) / step_s["full"])
                 extra = f"step.hard_negative_start={start}"
             else:
-                steps = max(1, round(seconds / step_s[variant]))
+                steps = max(1, round(seconds / step_s[COST_AS.get(variant, variant)]))
             # The same number of validations, at the same training seconds (roughly) for every variant.
             eval_every = max(1, math.ceil(steps / s.eval_points))
             cost = (steps * step_s["full"] if variant == "full_equal_steps" else
                     (n_ib // 2) * step_s["in_batch"] + (steps - n_ib // 2) * step_s["full"]
-                    if variant == "late_full" else steps * step_s[variant])
+                    if variant == "late_full" else steps * step_s[COST_AS.get(variant, variant)])
             for seed in seeds:
                 runs.append({"budget": budget, "variant": variant, "seed": seed, "steps": steps,
                              "eval_every": eval_every, "extra": extra, "training_seconds": round(cost, 1),
@@ -230,6 +239,7 @@ def define_flags():
     flags.DEFINE_list("small_seeds", [str(x) for x in defaults.small_seeds], "seeds at the small budget")
     flags.DEFINE_list("variants", list(defaults.variants), f"variants at the large budget, of {sorted(VARIANTS)}")
     flags.DEFINE_list("small_variants", list(defaults.small_variants), "variants at the small budget")
+    flags.DEFINE_list("later_variants", list(defaults.later_variants), "<budget>/<variant> runs of seed 0, run last")
     flags.DEFINE_integer("batch", defaults.batch, "global batch")
     flags.DEFINE_integer("k", defaults.k, "hard negatives per anchor and direction")
     flags.DEFINE_integer("bank_size", defaults.bank_size, "bank slots")
@@ -239,12 +249,13 @@ def define_flags():
 
 
 def settings_from_flags() -> Settings:
-    for name in (*FLAGS.variants, *FLAGS.small_variants):
+    for name in (*FLAGS.variants, *FLAGS.small_variants, *(v.partition("/")[2] for v in FLAGS.later_variants)):
         if name not in VARIANTS:
             raise SystemExit(f"--variants: unknown variant {name!r}; known: {sorted(VARIANTS)}")
     return Settings(corpus=FLAGS.corpus, steps=FLAGS.steps, small_steps=FLAGS.small_steps,
                     seeds=tuple(int(x) for x in FLAGS.seeds), small_seeds=tuple(int(x) for x in FLAGS.small_seeds),
                     variants=tuple(FLAGS.variants), small_variants=tuple(FLAGS.small_variants),
+                    later_variants=tuple(FLAGS.later_variants),
                     batch=FLAGS.batch, k=FLAGS.k, bank_size=FLAGS.bank_size, eval_queries=FLAGS.eval_queries)
 
 

@@ -63,7 +63,9 @@ def seconds_at(run: dict, step: int, step_s: dict[str, float], in_batch_steps: i
     if v == "late_full":
         start = in_batch_steps // 2
         return min(step, start) * step_s["in_batch"] + max(0, step - start) * step_s["full"]
-    return step * step_s["full" if v == "full_equal_steps" else v]
+    from experiments.budget import COST_AS
+
+    return step * step_s["full" if v == "full_equal_steps" else COST_AS.get(v, v)]
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

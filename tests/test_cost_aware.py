@@ -129,3 +129,31 @@ def test_cost_aware_config_validation():
     assert StepConfig(k=4, bank_size=8).hard_negative_active(0)
     schedule = StepConfig(k=4, bank_size=8, hard_negative_start=3, hard_negative_every=2)
     assert [bool(schedule.hard_negative_active(s)) for s in range(7)] == [False] * 3 + [True, False, True, False]
+
+
+def test_negatives_in_group_come_from_the_anchors_group_only(world):
+    """step.negatives_in_group: every valid neighbour (both banks) has the anchor's group; without a group
+    table it is a clear error."""
+    import dataclasses
+
+    from cocohanere_jax import token_table as TT
+
+    groups = (np.arange(len(world.qt)) % 2).astype(np.int32)  # two "languages", interleaved DataIDs
+    table = TT.TokenTable(world.qt, world.ct, pad_id=PAD_ID, groups=groups).device_view()
+    st = world.state0
+    config = variant(negatives_in_group=True)
+    (_, aux) = objective(config, grad=False)(world.params, st.query_bank, st.code_bank, world.batch(0), table,
+                                             jax.random.key_data(jax.random.key(7)))
+    (_, free) = objective(CONFIG, grad=False)(world.params, st.query_bank, st.code_bank, world.batch(0), table,
+                                              jax.random.key_data(jax.random.key(7)))
+    anchors = np.asarray(world.batch(0)["data_id"])
+    crossed = 0
+    for hits, unmasked in ((aux.code_hits, free.code_hits), (aux.query_hits, free.query_hits)):
+        ids, valid = np.asarray(hits.ids), np.asarray(hits.valid)
+        assert valid.any()
+        assert np.all(groups[ids[valid]] == np.broadcast_to(groups[anchors][:, None], ids.shape)[valid])
+        u_ids, u_valid = np.asarray(unmasked.ids), np.asarray(unmasked.valid)
+        crossed += int(np.sum(groups[u_ids[u_valid]] != np.broadcast_to(groups[anchors][:, None], u_ids.shape)[u_valid]))
+    assert crossed > 0  # without the switch some neighbours are from the other group: the mask did something
+    with pytest.raises(ValueError, match="negatives_in_group"):
+        call(objective(dataclasses.replace(config, k=K)), world, world.params)
