@@ -311,3 +311,36 @@ def test_report_skips_plots_without_matplotlib(tmp_path, monkeypatch):
     path = str(tmp_path / "RESULTS.md")
     report.write_results(report.render(data, plots, note, path, []), path)
     assert "(no plot: matplotlib is not installed" in open(path).read()
+
+
+def test_budget_plan_gives_every_variant_the_same_training_seconds():
+    """experiments/budget.py: step counts from calibrated step times (never below in-batch's), the schedule's
+    solved step count, and config arguments that load as the variants they name."""
+    from configs import registry
+
+    from cocohanere_jax.step_config import StepConfig
+    from experiments import budget
+
+    s = budget.Settings(steps=300, small_steps=100, seeds=(0,), small_seeds=(0, 1))
+    step_s = {"in_batch": 1.0, "full": 3.0, "forward_only": 1.5, "top1": 2.0, "bank_negatives": 0.9, "bank_k8": 1.1}
+    runs = {(r["budget"], r["variant"], r["seed"]): r for r in budget.plan(s, step_s)}
+    assert runs[("large", "in_batch", 0)]["steps"] == 300 and runs[("large", "full", 0)]["steps"] == 100
+    assert runs[("large", "bank_negatives", 0)]["steps"] == 300  # 0.9 s is noise below in-batch's 1.0 s
+    assert runs[("large", "top1", 0)]["steps"] == 150 and runs[("large", "forward_only", 0)]["steps"] == 200
+    late = runs[("large", "late_full", 0)]
+    assert late["steps"] == 150 + 50 and late["extra"] == "step.hard_negative_start=150"
+    assert late["training_seconds"] == pytest.approx(300)
+    assert runs[("large", "full_equal_steps", 0)]["steps"] == 300
+    assert runs[("large", "full_in_lang", 0)]["steps"] == 100  # costs what full costs
+    assert {(b, v) for b, v, seed in runs if seed == 1} == {("small", "in_batch"), ("small", "full")}
+    for r in runs.values():
+        assert r["variant"] in ("full_equal_steps",) or r["training_seconds"] == pytest.approx(
+            300 if r["budget"] == "large" else 100, rel=0.02), r
+        c = registry.get_config(budget.run_argument(s, r, "/tmp/cache"))
+        step = StepConfig.from_config(c.step)
+        assert c.train.num_steps == r["steps"] and c.data.language == "all"
+        assert step.uses_hard_negatives == (r["variant"] != "in_batch")
+    c = registry.get_config(budget.run_argument(s, runs[("large", "full_in_lang", 0)], ""))
+    assert c.step.negatives_in_group and c.step.k == s.k
+    c = registry.get_config(budget.run_argument(s, runs[("small", "bank_w025", 0)], ""))
+    assert c.step.reencode_top == 0 and c.step.hard_negative_weight == 0.25
