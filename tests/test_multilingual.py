@@ -1,6 +1,7 @@
 """Several languages in one job (cocohanere_jax/multilingual.py): mixed training table, per-language
 evaluation, and the "targets" candidate setting; one end-to-end run with a cost-aware variant."""
 
+import json
 import os
 
 import numpy as np
@@ -77,15 +78,21 @@ def test_language_tasks_metrics_are_per_language_and_their_mean(tmp_path):
 
 
 def test_all_languages_train_end_to_end_with_bank_negatives_on_a_schedule(tmp_path):
-    """configs/registry.py:bank_negatives,language=all with an in-batch first step: trains, validates and
-    tests per language; the cost-aware switches reach the step from the config argument."""
-    c = _config("all", "smoke,bank_negatives,hard_negative_start=1", max_eval_queries=16)
+    """configs/registry.py:bank_negatives,language=all with an in-batch first step and same-language
+    negatives: trains, validates and tests per language; the switches reach the step from the config
+    argument (negatives_in_group would fail to compile without the languages in the token table)."""
+    c = _config("all", "smoke,bank_negatives,hard_negative_start=1,negatives_in_group=True", max_eval_queries=16)
     step = StepConfig.from_config(c.step)
     assert (step.reencode_top, step.other_negatives, step.hard_negative_start) == (0, "bank", 1)
+    assert step.negatives_in_group  # the languages reach the step as the token table's groups
     c.model.path = tiny_setup.tiny_bert_folder(str(tmp_path / "model"))
     c.train.zero_shot_eval = False
     c.train.num_steps, c.train.eval_every, c.train.checkpoint_every = 3, 3, 3
     summary = train.train_and_evaluate(c, str(tmp_path / "run"))
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    train_steps = [r for r in records if r["kind"] == "train"]
+    # Logged values are means over the log interval: steps 0-1 (in-batch, then hard negatives), then step 2.
+    assert [(r["step"], r["hard_negative_step"]) for r in train_steps] == [(2, 0.5), (3, 1.0)]
     for lang in multilingual.ALL_LANGUAGES:
         assert 0 < summary["test"][f"{lang}/mrr"] <= 1
     assert summary["test"]["mrr"] == pytest.approx(
