@@ -56,6 +56,7 @@ VARIANTS = {
     "full_in_lang": ("full", "step.negatives_in_group=True", "the paper's step, hard negatives from the anchor's language"),
     "late_full": ("full", "", "in-batch for the first half of the in-batch budget's steps, then the paper's step"),
     "full_equal_steps": ("full", "", "the paper's step, as many steps as in-batch (equal steps, not seconds)"),
+    "in_batch_long": ("in_batch", "", "in-batch given full_equal_steps' training seconds (where is the crossing?)"),
 }
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
 COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full"}  # variants whose step is another's program up to a constant
@@ -90,7 +91,7 @@ class Settings:
     small_variants: tuple[str, ...] = ("in_batch", "full")
     # One seed each, after the rest ("<budget>/<variant>"): same-language negatives; and is the loss weight
     # why stop-gradient negatives lose (docs/RESULTS.md)?
-    later_variants: tuple[str, ...] = ("large/full_in_lang", "small/bank_w025")
+    later_variants: tuple[str, ...] = ("large/in_batch_long", "small/bank_w025", "large/full_in_lang")
 
 
 def _json_settings(s: Settings) -> dict:
@@ -147,6 +148,8 @@ def plan(s: Settings, step_s: dict[str, float]) -> list[dict]:
             extra = VARIANTS[variant][1]
             if variant == "full_equal_steps":
                 steps = n_ib
+            elif variant == "in_batch_long":
+                steps = round(n_ib * step_s["full"] / step_s["in_batch"])
             elif variant == "late_full":
                 start = n_ib // 2
                 steps = start + round((seconds - start * step_s["in_batch"]) / step_s["full"])
@@ -156,6 +159,7 @@ def plan(s: Settings, step_s: dict[str, float]) -> list[dict]:
             # The same number of validations, at the same training seconds (roughly) for every variant.
             eval_every = max(1, math.ceil(steps / s.eval_points))
             cost = (steps * step_s["full"] if variant == "full_equal_steps" else
+                    steps * step_s["in_batch"] if variant == "in_batch_long" else
                     (n_ib // 2) * step_s["in_batch"] + (steps - n_ib // 2) * step_s["full"]
                     if variant == "late_full" else steps * step_s[COST_AS.get(variant, variant)])
             for seed in seeds:

@@ -70,7 +70,7 @@ def seconds_at(run: dict, step: int, step_s: dict[str, float], in_batch_steps: i
         return min(step, start) * step_s["in_batch"] + max(0, step - start) * step_s["full"]
     from experiments.budget import COST_AS
 
-    return step * step_s["full" if v == "full_equal_steps" else COST_AS.get(v, v)]
+    return step * step_s["full" if v == "full_equal_steps" else "in_batch" if v == "in_batch_long" else COST_AS.get(v, v)]
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -110,7 +110,7 @@ def render(data: dict) -> str:
                  " | ".join(LANGS) + " | grad norm | cos(q, c+) | cos(q, c-) | L^B |"
         lines.append(header)
         lines.append("|" + "---|" * 2 + "---:|" * (4 + len(LANGS) + 4))
-        base = [r["test"]["mrr"] for r in chosen if r["variant"] == "in_batch" and r["done"]]
+        base = [r["test"]["mrr"] for r in chosen if r["variant"] == "in_batch" and r["done"]]  # equal-seconds base
         base_mean = float(np.mean(base)) if base else None
         variants = list(dict.fromkeys(r["variant"] for r in chosen))
         zero = next((r["zero_shot"] for r in chosen if r.get("zero_shot")), None)

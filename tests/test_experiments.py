@@ -331,10 +331,12 @@ def test_budget_plan_gives_every_variant_the_same_training_seconds():
     assert late["steps"] == 150 + 50 and late["extra"] == "step.hard_negative_start=150"
     assert late["training_seconds"] == pytest.approx(300)
     assert runs[("large", "full_equal_steps", 0)]["steps"] == 300
+    long = runs[("large", "in_batch_long", 0)]  # in-batch given full_equal_steps' seconds
+    assert long["steps"] == 900 and long["training_seconds"] == runs[("large", "full_equal_steps", 0)]["training_seconds"]
     assert runs[("large", "full_in_lang", 0)]["steps"] == 100  # costs what full costs
     assert {(b, v) for b, v, seed in runs if seed == 1} == {("small", "in_batch"), ("small", "full")}
     for r in runs.values():
-        assert r["variant"] in ("full_equal_steps",) or r["training_seconds"] == pytest.approx(
+        assert r["variant"] in ("full_equal_steps", "in_batch_long") or r["training_seconds"] == pytest.approx(
             300 if r["budget"] == "large" else 100, rel=0.02), r
         c = registry.get_config(budget.run_argument(s, r, "/tmp/cache"))
         step = StepConfig.from_config(c.step)
