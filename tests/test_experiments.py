@@ -341,7 +341,7 @@ def test_budget_plan_gives_every_variant_the_same_training_seconds():
         c = registry.get_config(budget.run_argument(s, r, "/tmp/cache"))
         step = StepConfig.from_config(c.step)
         assert c.train.num_steps == r["steps"] and c.data.language == "all"
-        assert step.uses_hard_negatives == (r["variant"] != "in_batch")
+        assert step.uses_hard_negatives == (r["variant"] not in ("in_batch", "in_batch_long"))
     c = registry.get_config(budget.run_argument(s, runs[("large", "full_in_lang", 0)], ""))
     assert c.step.negatives_in_group and c.step.k == s.k
     c = registry.get_config(budget.run_argument(s, runs[("small", "bank_w025", 0)], ""))
