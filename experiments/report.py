@@ -1,6 +1,6 @@
 """Aggregates the runs of `experiments/ablation.py` into docs/RESULTS.md and PNG plots.
 
-    python -m experiments.report --out=/tmp/ablation [--results=docs/RESULTS.md --plots=docs/results]
+    python -m experiments.report --out=$HOME/ablation [--results=docs/RESULTS.md --plots=docs/results]
 
 Works on any subset of finished runs: a missing cell says why (not run, waiting, partial, failed). Only the
 part of RESULTS.md between the GENERATED markers is rewritten; text outside them (the reading of the
