@@ -278,15 +278,14 @@ def part_quality(out: Path, package: str, enc) -> dict:
     t0 = time.perf_counter()
     idx, rep = Index.build([dst], d, encoder=enc, progress=True)
     build_s = time.perf_counter() - t0
-    idx._load()
     import sqlite3
 
     con = sqlite3.connect(d / "index.sqlite")
     where = {(p, n): cid for cid, p, n in con.execute("SELECT id, path, name FROM chunks WHERE kind='function'")}
-    pos = {int(c): i for i, c in enumerate(idx._ids)}
+    pos = {int(c): i for i, c in enumerate(idx.ids())}
     pairs = [(summ, pos[where[(p, n)]]) for p, n, summ in truth if (p, n) in where]
     qv = enc.encode([q for q, _ in pairs], kind="query", batch_size=32)
-    dense_scores = qv @ idx._emb.T
+    dense_scores = qv @ idx.embeddings().T
     bm = idx.bm25()
     ranks = {"dense (MiniLM zero-shot)": [], "bm25": [], "hybrid (RRF, top 100 each)": []}
     for (q, target), ds in zip(pairs, dense_scores):

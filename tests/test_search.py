@@ -96,6 +96,13 @@ def test_index_real_tree_minilm(tmp_path, minilm):
     assert idx.search("snake case", path="*.rb", mode="hybrid")[0].name == "Thor.Util.snake_case"
     assert idx.search("snake case", mode="bm25")[0].name == "Thor.Util.snake_case"
     assert os.path.isfile(hits[0].path)
+    # scoring from the memory-mapped float16 matrix in blocks (the CLI's way) = the resident float32 way
+    mapped = Index(tmp_path / "idx", encoder=minilm, resident=False)
+    mapped.SCORE_BLOCK = 7  # several blocks and a ragged last one
+    q = "binary search for the smallest index"
+    np.testing.assert_allclose(mapped.dense_scores(q), idx.dense_scores(q), rtol=1e-5, atol=1e-6)
+    assert mapped.embeddings().dtype == np.float32 and mapped.ids().tolist() == idx.ids().tolist()
+    assert [(h.name, h.score) for h in mapped.search(q, k=5)] == [(h.name, h.score) for h in idx.search(q, k=5)]
 
     # the CLI prints grep-like lines and JSON lines; same model, so no mismatch
     out = subprocess.run([sys.executable, "-m", "cocohanere_jax.search", "query", "convert a string to snake case",

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if not args.text.strip():
                 raise SearchError('empty query: give some words describing the code, e.g. "read a json file".')
-            index = Index(args.index)
+            index = Index(args.index, resident=False)  # one query: score from the memory map
             if args.mode != "bm25":
                 _jax_cache(args.index)
                 index._encoder = load_model(args.model) if args.model else None

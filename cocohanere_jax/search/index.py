@@ -266,10 +266,15 @@ class Index:
     """An index directory. `Index.build(...)` / `index.update()` write it, `index.search(...)` reads it.
 
     Args (constructor): directory of an existing index; `encoder` (optional) a loaded model to query
-    with, else the index's own model is loaded on the first query.
+    with, else the index's own model is loaded on the first query; `resident`: keep the matrix in memory
+    as float32 (one matrix-vector product per query: what a long-lived server wants), or (False) score
+    each query straight from the memory-mapped float16 file in blocks (no conversion of the whole
+    matrix at start-up: what a one-query CLI process wants; same scores).
     """
 
-    def __init__(self, directory: str | os.PathLike, encoder: Any = None):
+    SCORE_BLOCK = 16384  # rows converted to float32 at a time when not resident
+
+    def __init__(self, directory: str | os.PathLike, encoder: Any = None, resident: bool = True):
         self.dir = Path(directory)
         self.db = self.dir / DB_NAME
         if not self.db.exists():
@@ -279,6 +284,7 @@ class Index:
             raise SearchError(f"--index {self.dir}: not an index ({DB_NAME} missing); build one with "
                               f"`python -m cocohanere_jax.search index SRC --index {self.dir}`.")
         self._encoder = encoder
+        self._resident = resident
         self._enc_fp: str | None = None
         self._loaded_gen: int | None = None
         self._bm25 = None
@@ -345,12 +351,13 @@ class Index:
             if gen == self._loaded_gen:
                 return
             try:
-                emb = np.load(self.dir / f"emb-{gen}.npy")
+                emb = np.load(self.dir / f"emb-{gen}.npy", mmap_mode="r")
                 ids = np.load(self.dir / f"ids-{gen}.npy")
             except FileNotFoundError:
                 time.sleep(0.05)  # a newer update committed and removed it meanwhile: read again
                 continue
-            self._emb = emb.astype(np.float32)
+            # Resident: one float32 copy (the map is dropped). Else the float16 map itself.
+            self._emb = np.asarray(emb, np.float32) if self._resident else emb
             self._ids = ids
             self._meta = meta
             self._loaded_gen = gen
@@ -395,7 +402,24 @@ class Index:
         return np.asarray(enc.encode([query], kind="query", batch_size=1), np.float32)[0]
 
     def dense_scores(self, query: str) -> np.ndarray:
-        return self._emb @ self.embed_query(query)
+        """Cosine of the query with every row of the current generation (rows of `ids()`)."""
+        self._load()
+        q = self.embed_query(query)
+        if self._emb.dtype == np.float32:
+            return self._emb @ q
+        out = np.empty(len(self._emb), np.float32)
+        for i in range(0, len(out), self.SCORE_BLOCK):
+            out[i:i + self.SCORE_BLOCK] = np.asarray(self._emb[i:i + self.SCORE_BLOCK], np.float32) @ q
+        return out
+
+    def embeddings(self) -> np.ndarray:
+        """The current generation's unit rows as float32 [n, dim] (row i = chunk id `ids()[i]`)."""
+        self._load()
+        return np.asarray(self._emb, np.float32)
+
+    def ids(self) -> np.ndarray:
+        self._load()
+        return self._ids
 
     def bm25(self):
         if self._bm25 is None:
