@@ -14,6 +14,9 @@ Parts (results in OUT/results.json, one key per part, and printed):
   p50/p95 over HTTP on localhost, and a cold `query` CLI process end to end.
 * ann: faiss HNSW against exact search on the same matrix: recall@10 and per-query time (queries are
   noisy copies of indexed rows: synthetic, labelled so).
+* real_build, real_latency, real_ann: the same three on OUT/real, an index of the same tree built with
+  the REAL MiniLM (about an hour on 2 cores for 155k chunks; resumable: rerun the part after a kill),
+  the ANN queries being the MiniLM embeddings of docstring summaries drawn from the tree.
 * quality: a real package in none of this project's training sets (default: click), its code indexed
   with every docstring removed, queried with the docstring summaries: MRR and R@1/R@10 of zero-shot
   MiniLM, BM25 and hybrid (RRF).
@@ -72,28 +75,42 @@ def _load(path):
     return np.load(path)
 
 
-def part_build(out: Path, sources: list[str], enc, fp) -> dict:
+def part_build(out: Path, sources: list[str], enc, fp, real: bool = False) -> dict:
+    """The index of `sources` (OUT/big with synthetic embeddings, or OUT/real with the real MiniLM),
+    then the incremental re-index after touching one file, in-process and as a cold CLI run.
+
+    The real build is resumable: killed, a rerun of the part continues from the index's partial/
+    embeddings (the index's own crash safety) instead of starting over.
+    """
     from cocohanere_jax.search import update_index
 
-    d = out / "big"
-    if d.exists():
+    d = out / ("real" if real else "big")
+    build_enc = enc if real else SyntheticEncoder(fp, enc.dim)
+    if d.exists() and not real:
         shutil.rmtree(d)
     t0 = time.perf_counter()
-    rep = update_index(d, sources, encoder=SyntheticEncoder(fp, enc.dim), model=MINILM, progress=True)
+    rep = update_index(d, sources, encoder=build_enc, model=MINILM, progress=True)
     wall = time.perf_counter() - t0
     res = {"sources": sources, "chunks": rep.chunks, "files": rep.files, "skipped": rep.skipped["counts"],
            "seconds": {k: round(v, 2) for k, v in rep.seconds.items()}, "jobs": os.cpu_count(),
-           "extract_chunks_per_s": round(rep.chunks / rep.seconds["extract"], 1),
-           "build_wall_s_synthetic_embeddings": round(wall, 2)}
+           "extract_chunks_per_s": round(rep.chunks / max(rep.seconds["extract"], 1e-9), 1),
+           "embeddings": "real MiniLM" if real else "synthetic", "embedded_this_run": rep.embedded,
+           "reused_this_run": rep.reused}
+    if real:
+        res["build_wall_s_real_embeddings"] = round(wall, 2)
+        res["embed_chunks_per_s"] = round(rep.embedded / max(rep.seconds["embed"], 1e-9), 1)
+        res["build_chunks_per_s"] = round(rep.chunks / wall, 1)
+    else:
+        res["build_wall_s_synthetic_embeddings"] = round(wall, 2)
     # touch one file: append a function to a stdlib module copy? No: to a file of the tree itself is not
     # ours to edit, so the index is re-pointed at a scratch copy of one small module added as a source.
-    scratch = out / "scratch"
+    scratch = out / ("scratch_real" if real else "scratch")
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir()
     shutil.copy(LIB / "fnmatch.py", scratch / "fnmatch.py")
     srcs = sources + [str(scratch)]
-    update_index(d, srcs, encoder=SyntheticEncoder(fp, enc.dim), model=MINILM, progress=False)
+    update_index(d, srcs, encoder=build_enc, model=MINILM, progress=False)
     with open(scratch / "fnmatch.py", "a") as f:
         f.write("\n\ndef count_matches(names, pat):\n    \"\"\"Count the names matching pat.\"\"\"\n"
                 "    return len(filter(names, pat))\n")
@@ -130,10 +147,10 @@ def part_embed(out: Path, enc, n: int) -> dict:
             "tree_chunks": total, "implied_full_build_minutes": round(total / rate / 60, 1)}
 
 
-def part_latency(out: Path, enc, runs: int) -> dict:
+def part_latency(out: Path, enc, runs: int, real: bool = False) -> dict:
     from cocohanere_jax.search.serve import make_server
 
-    d = out / "big"
+    d = out / ("real" if real else "big")
     httpd = make_server(str(d), port=0, encoder=enc)
     port = httpd.server_address[1]
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -164,25 +181,63 @@ def part_latency(out: Path, enc, runs: int) -> dict:
         cli.append(time.perf_counter() - t0)
         assert p.returncode == 0, p.stderr
     q = np.percentile
-    return {"chunks": chunks, "embeddings": "synthetic code rows, real MiniLM query", "runs": runs,
+    return {"chunks": chunks, "runs": runs,
+            "embeddings": "real MiniLM" if real else "synthetic code rows, real MiniLM query",
             "serve_http_ms": {"p50": round(float(q(lat, 50)), 1), "p95": round(float(q(lat, 95)), 1)},
             "serve_in_server_ms": {"p50": round(float(q(server_ms, 50)), 1), "p95": round(float(q(server_ms, 95)), 1)},
             "cli_cold_s": {"median": round(statistics.median(cli), 2), "max": round(max(cli), 2), "runs": 5},
             "cli_command": " ".join(cmd[1:])}
 
 
-def part_ann(out: Path, nq: int) -> dict:
+def docstring_queries(index_dir: Path, n: int, seed: int = 0) -> list[str]:
+    """Natural-language queries from the index itself: the docstring summaries (>= 3 words) of `n`
+    random documented Python functions of the tree."""
+    import sqlite3
+    import textwrap
+
+    from cocohanere_data.source_tree import docs
+
+    con = sqlite3.connect(index_dir / "index.sqlite")
+    rows = con.execute("SELECT text FROM chunks WHERE kind='function' AND language='python'").fetchall()
+    con.close()
+    order = np.random.default_rng(seed).permutation(len(rows))
+    out = []
+    for i in order:
+        try:
+            tree = ast.parse(textwrap.dedent(rows[i][0]))
+        except SyntaxError:
+            continue
+        fn = tree.body[0] if tree.body else None
+        doc = ast.get_docstring(fn) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+        summ = docs.summary(doc) if doc else ""
+        if docs.word_count(summ) >= 3:
+            out.append(summ)
+            if len(out) == n:
+                break
+    return out
+
+
+def part_ann(out: Path, nq: int, enc=None, real: bool = False) -> dict:
+    """faiss HNSW against exact search. Synthetic: the OUT/big matrix (random rows), queries noisy copies
+    of rows. Real: the OUT/real matrix (real MiniLM code embeddings), queries the real MiniLM embeddings
+    of docstring summaries drawn from the tree (natural-language queries, as users type them)."""
     from cocohanere_jax.search.index import build_ann, _import_faiss
 
     faiss = _import_faiss()
     import glob
 
-    gen = max(int(Path(p).stem.split("-")[1]) for p in glob.glob(str(out / "big" / "emb-*.npy")))
-    emb = np.load(out / "big" / f"emb-{gen}.npy").astype(np.float32)
+    d = out / ("real" if real else "big")
+    gen = max(int(Path(p).stem.split("-")[1]) for p in glob.glob(str(d / "emb-*.npy")))
+    emb = np.load(d / f"emb-{gen}.npy").astype(np.float32)
     rng = np.random.default_rng(0)
-    rows = rng.choice(len(emb), nq, replace=False)
-    qs = emb[rows] + 0.08 * rng.standard_normal((nq, emb.shape[1])).astype(np.float32)
-    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    if real:
+        texts = docstring_queries(d, nq)
+        qs = np.asarray(enc.encode(texts, kind="query", batch_size=32), np.float32)
+        nq = len(qs)
+    else:
+        rows = rng.choice(len(emb), nq, replace=False)
+        qs = emb[rows] + 0.08 * rng.standard_normal((nq, emb.shape[1])).astype(np.float32)
+        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
     t0 = time.perf_counter()
     exact = []
     for q in qs:
@@ -191,10 +246,11 @@ def part_ann(out: Path, nq: int) -> dict:
         exact.append(set(top.tolist()))
     exact_ms = 1000 * (time.perf_counter() - t0) / nq
     res = {"chunks": len(emb), "dim": emb.shape[1], "queries": nq,
-           "vectors": "synthetic (random unit rows; queries = noisy copies of rows)",
+           "vectors": ("real MiniLM code embeddings; queries = real MiniLM embeddings of docstring summaries"
+                       if real else "synthetic (random unit rows; queries = noisy copies of rows)"),
            "exact_numpy_ms_per_query": round(exact_ms, 2), "hnsw": []}
     t0 = time.perf_counter()
-    path = out / "ann-bench.faiss"
+    path = out / f"ann-bench-{d.name}.faiss"
     build_ann(emb, path)
     res["hnsw_build_s"] = round(time.perf_counter() - t0, 1)
     index = faiss.read_index(str(path))
@@ -333,14 +389,14 @@ def main(argv=None) -> int:
                           "date": time.strftime("%Y-%m-%d"), "load_avg_at_start": os.getloadavg()}
     for part in args.parts.split(","):
         t0 = time.perf_counter()
-        if part == "build":
-            r = part_build(out, args.src, enc, fp)
+        if part in ("build", "real_build"):
+            r = part_build(out, args.src, enc, fp, real=part == "real_build")
         elif part == "embed":
             r = part_embed(out, enc, args.embed_sample)
-        elif part == "latency":
-            r = part_latency(out, enc, args.latency_runs)
-        elif part == "ann":
-            r = part_ann(out, args.ann_queries)
+        elif part in ("latency", "real_latency"):
+            r = part_latency(out, enc, args.latency_runs, real=part == "real_latency")
+        elif part in ("ann", "real_ann"):
+            r = part_ann(out, args.ann_queries, enc, real=part == "real_ann")
         elif part == "quality":
             r = part_quality(out, args.package, enc)
         else:
