@@ -10,8 +10,18 @@ import sys
 
 from benchmarks import common
 
-LABELS = [("ours_b4", "ours length-aware (4)"), ("ours", "ours padded"), ("reference", "reference (cap)"),
-          ("reference_longest", "reference (longest)")]
+REFERENCES = [("reference", "reference (cap)"), ("reference_longest", "reference (longest)")]
+
+
+def labels(row: dict) -> list[tuple[str, str]]:
+    """(key, name) of every step in a result row: ours length-aware (scanned or not), ours padded, the references."""
+    ours = sorted((k[:-len("_step_s")] for k in row if k.startswith("ours_b") and k.endswith("_step_s")),
+                  key=lambda k: (k.endswith("_scan"), k))
+    out = []
+    for key in ours:
+        nb = key[len("ours_b"):].removesuffix("_scan")
+        out.append((key, f"ours length-aware ({nb}{', layers scanned' if key.endswith('_scan') else ''})"))
+    return out + [("ours", "ours padded")] + REFERENCES
 
 
 def table(path: str) -> str:
@@ -19,16 +29,17 @@ def table(path: str) -> str:
     lines = []
     for row in payload["results"]:
         m = payload["machine"]
-        lines.append(f"MiniLM, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}; "
+        model = {"minilm": "MiniLM", "codet5p-110m": "CodeT5+ 110M shape"}.get(row["model"], row["model"])
+        lines.append(f"{model}, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}; "
                      f"real tokens {row['real_token_fraction']['query']:.0%} of a query row, "
                      f"{row['real_token_fraction']['code']:.0%} of a code row; load average "
                      f"{m.get('load_average_start')} at the start; peak RSS {row['process_max_rss_gb']:.1f} GB "
                      f"(`{path}`):")
         lines.append("")
-        lines.append("| step | median s (3 rounds) | rounds s | real-token MFU | compile s | vs reference (cap) "
+        lines.append(f"| step | median s ({len(row['ours_times_s'])} rounds) | rounds s | real-token MFU | compile s | vs reference (cap) "
                      "| vs reference (longest) | speed vs ours padded |")
         lines.append("|---|---:|---|---:|---:|---:|---:|---:|")
-        for key, name in LABELS:
+        for key, name in labels(row):
             if f"{key}_step_s" not in row:
                 continue
             ratio = lambda r: row.get(f"ratio_{key}_over_{r}")  # noqa: E731

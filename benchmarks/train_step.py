@@ -82,6 +82,15 @@ SMOKE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable
 SMOKE_PAIRS = 256  # text pairs tokenised for a smoke run
 
 
+def parse_variant(spec: int | str) -> tuple[int, bool]:
+    """``4`` / ``"4"`` -> (4, False); ``"4+scan"`` -> (4, True)."""
+    text = str(spec)
+    nb, _, option = text.partition("+")
+    if option not in ("", "scan") or not nb.isdigit():
+        raise SystemExit(f"--length_buckets: {text!r} is not N or N+scan (N = StepConfig.length_buckets, 0 = padded)")
+    return int(nb), option == "scan"
+
+
 def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None,
               reencode_fraction: float | None = None, length_buckets: int = 0, length_chunk: int = 8):
     """Our compiled step and a closure that runs step ``s``; returns (run, compile_seconds).
@@ -182,11 +191,12 @@ def real_token_flops(family: str, config: Any, work: Workload, batch: int, k: in
 def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_size: int, rounds: int,
             peak_gflops: float, reference: bool = True, compiler_options: dict | None = None,
             pairs_limit: int | None = None, reencode_fraction: float | None = None,
-            dtype: str = "float32", length_buckets: tuple[int, ...] = (0,), length_chunk: int = 8,
+            dtype: str = "float32", length_buckets: tuple[int | str, ...] = (0,), length_chunk: int = 8,
             reference_padding: tuple[str, ...] = ("cap",)) -> dict[str, Any]:
     """One configuration: every implementation, interleaved round by round; returns the result row.
 
-    ``length_buckets``: one of our steps per value (0 = padded to the cap; n = `StepConfig.length_buckets`);
+    ``length_buckets``: one of our steps per value (0 = padded to the cap; n = `StepConfig.length_buckets`;
+    "n+scan" = the same with the encoder's layers scanned, `model.scan_layers`);
     ``reference_padding``: one PyTorch reference per value ("cap" = the authors' way, "longest" = each
     encode call padded to its longest row). The first of each is ``ours`` / ``reference`` (ratio columns).
     ``dtype``: compute dtype of both encoders ("bfloat16": our ``load_encoder(dtype=...)`` with float32
@@ -201,10 +211,14 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
                     pairs_limit=pairs_limit)
     work.pad_id = enc.pad_id
     fns, compile_s, checks = {}, {}, {}
-    for nb in length_buckets:
-        label = "ours" if nb == 0 else f"ours_b{nb}"
-        fns[label], compile_s[label], checks[label] = make_ours(enc, work, k, compiler_options, reencode_fraction,
-                                                                nb, length_chunk)
+    scanned = None
+    for spec in length_buckets:
+        nb, scan = parse_variant(spec)
+        label = ("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "")
+        if scan and scanned is None:
+            scanned = cocohanere_jax.load_encoder(folder, dtype=getattr(jnp, dtype), scan_layers=True)
+        fns[label], compile_s[label], checks[label] = make_ours(scanned if scan else enc, work, k, compiler_options,
+                                                                reencode_fraction, nb, length_chunk)
     if reference:
         for padding in reference_padding:
             label = "reference" if padding == "cap" else f"reference_{padding}"
@@ -293,7 +307,8 @@ def main(argv=None) -> dict[str, Any]:
                              "re-encodes at most this fraction of B*k rows per direction (the reference "
                              "re-encodes all B*k)")
     parser.add_argument("--length_buckets", default="0",
-                        help="comma-separated StepConfig.length_buckets values, one of our steps each (0 = padded)")
+                        help="comma-separated StepConfig.length_buckets values, one of our steps each (0 = padded; "
+                             "N+scan = with the encoder's layers scanned, model.scan_layers)")
     parser.add_argument("--length_chunk", type=int, default=8, help="StepConfig.length_chunk")
     parser.add_argument("--reference_padding", default="cap",
                         help="comma-separated PyTorch references: cap (authors') and/or longest (per call)")
@@ -319,7 +334,7 @@ def main(argv=None) -> dict[str, Any]:
                                 compiler_options=SMOKE_COMPILER_OPTIONS if args.smoke else None,
                                 pairs_limit=SMOKE_PAIRS if args.smoke else None, reencode_fraction=fraction,
                                 dtype=args.dtype,
-                                length_buckets=tuple(int(v) for v in args.length_buckets.split(",")),
+                                length_buckets=tuple(args.length_buckets.split(",")),
                                 length_chunk=args.length_chunk,
                                 reference_padding=tuple(args.reference_padding.split(","))))
             columns = ["model", "batch", "k", "lq", "lc"] + sorted(

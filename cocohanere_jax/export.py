@@ -17,6 +17,7 @@ import os
 from absl import app, flags
 
 from cocohanere_jax import checkpoints, model_card
+from cocohanere_jax.models import hf
 from cocohanere_jax.models.encoder import load_encoder
 
 _MODEL = flags.DEFINE_string("model", None, "Source model folder (Hugging Face layout).")
@@ -36,6 +37,7 @@ def export_run(workdir: str, step: str, out: str) -> str:
     model = run_config["model"]
     enc = load_encoder(model["path"], pooling=model.get("pooling"))
     params, chosen = checkpoints.params_at(workdir, step)
+    params = hf.canonical_params(params, enc.family)  # a run with model.scan_layers stacks its layers
     enc.with_params(params).export(out)
     checkpoints.save_params(os.path.join(out, "params_orbax"), params)
     summary_path = os.path.join(workdir, "summary.json")

@@ -133,7 +133,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f.write(config.to_json(indent=2))
 
     enc = encoder_lib.load_encoder(
-        config.model.path, pooling=config.model.pooling, dtype=DTYPES[config.model.dtype], remat=config.model.remat
+        config.model.path, pooling=config.model.pooling, dtype=DTYPES[config.model.dtype], remat=config.model.remat,
+        scan_layers=config.model.get("scan_layers", False),
     )
     data = datasets.load(config, workdir)
     valid_task, test_task = (_tokenize(enc, t, config) for t in (data.valid, data.test))

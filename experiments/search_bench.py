@@ -18,8 +18,8 @@ Parts (results in OUT/results.json, one key per part, and printed):
   the REAL MiniLM (about an hour on 2 cores for 155k chunks; resumable: rerun the part after a kill),
   the ANN queries being the MiniLM embeddings of docstring summaries drawn from the tree.
 * quality: a real package in none of this project's training sets (default: click), its code indexed
-  with every docstring removed, queried with the docstring summaries: MRR and R@1/R@10 of zero-shot
-  MiniLM, BM25 and hybrid (RRF).
+  with every docstring removed, queried with the docstring summaries: MRR and R@1/R@10 of each
+  --quality-models model (default zero-shot MiniLM; add a fine-tuned export), BM25 and hybrid (RRF).
 """
 
 from __future__ import annotations
@@ -315,8 +315,12 @@ def strip_docstrings(src: Path, dst: Path) -> list[tuple[str, str, str]]:
     return out
 
 
-def part_quality(out: Path, package: str, enc) -> dict:
+def part_quality(out: Path, package: str, models: list[tuple[str, object]]) -> dict:
+    """`package`'s code indexed with every docstring removed, queried with the docstring summaries, ranked
+    against every chunk: dense with each of `models` ((label, encoder) pairs), BM25, and hybrid (RRF) of
+    BM25 with each dense ranking."""
     import importlib.util
+    import sqlite3
 
     from cocohanere_jax.evaluate import metrics_from_ranks
     from cocohanere_jax.search import Index
@@ -328,31 +332,40 @@ def part_quality(out: Path, package: str, enc) -> dict:
     if dst.exists():
         shutil.rmtree(dst)
     truth = strip_docstrings(src, dst)
-    d = out / f"quality_{package}_idx"
-    if d.exists():
-        shutil.rmtree(d)
-    t0 = time.perf_counter()
-    idx, rep = Index.build([dst], d, encoder=enc, progress=True)
-    build_s = time.perf_counter() - t0
-    import sqlite3
-
-    con = sqlite3.connect(d / "index.sqlite")
-    where = {(p, n): cid for cid, p, n in con.execute("SELECT id, path, name FROM chunks WHERE kind='function'")}
-    pos = {int(c): i for i, c in enumerate(idx.ids())}
-    pairs = [(summ, pos[where[(p, n)]]) for p, n, summ in truth if (p, n) in where]
-    qv = enc.encode([q for q, _ in pairs], kind="query", batch_size=32)
-    dense_scores = qv @ idx.embeddings().T
-    bm = idx.bm25()
-    ranks = {"dense (MiniLM zero-shot)": [], "bm25": [], "hybrid (RRF, top 100 each)": []}
-    for (q, target), ds in zip(pairs, dense_scores):
-        ranks["dense (MiniLM zero-shot)"].append(1 + int(np.sum(ds > ds[target])))
-        bs = bm.scores(q)
-        ranks["bm25"].append(1 + int(np.sum(bs > bs[target])) + int(np.sum(bs == bs[target])) // 2)
-        fused = [r for r, _ in rrf([_topk(ds, 100, None), _topk(bs, 100, None, positive_only=True)])]
-        ranks["hybrid (RRF, top 100 each)"].append(fused.index(target) + 1 if target in fused else 10 ** 9)
-    res = {"package": package, "version": _version(package), "chunks": rep.chunks, "queries": len(pairs),
-           "index_build_s": round(build_s, 1), "embed_s": round(rep.seconds["embed"], 1),
-           "chunks_per_s_real_minilm": round(rep.embedded / max(rep.seconds["embed"], 1e-9), 1), "metrics": {}}
+    res = {"package": package, "version": _version(package), "models": {}, "metrics": {}}
+    ranks: dict[str, list[int]] = {}
+    bm_done = False
+    for i, (label, enc) in enumerate(models):
+        d = out / f"quality_{package}_idx_{i}"
+        if d.exists():
+            shutil.rmtree(d)
+        t0 = time.perf_counter()
+        idx, rep = Index.build([dst], d, encoder=enc, progress=True)
+        build_s = time.perf_counter() - t0
+        con = sqlite3.connect(d / "index.sqlite")
+        where = {(p, n): cid for cid, p, n in con.execute("SELECT id, path, name FROM chunks WHERE kind='function'")}
+        con.close()
+        pos = {int(c): j for j, c in enumerate(idx.ids())}
+        pairs = [(summ, pos[where[(p, n)]]) for p, n, summ in truth if (p, n) in where]
+        qv = enc.encode([q for q, _ in pairs], kind="query", batch_size=32)
+        dense_scores = qv @ idx.embeddings().T
+        bm = idx.bm25()
+        dense, hybrid, lexical = [], [], []
+        for (q, target), ds in zip(pairs, dense_scores):
+            dense.append(1 + int(np.sum(ds > ds[target])))
+            bs = bm.scores(q)
+            lexical.append(1 + int(np.sum(bs > bs[target])) + int(np.sum(bs == bs[target])) // 2)
+            fused = [r for r, _ in rrf([_topk(ds, 100, None), _topk(bs, 100, None, positive_only=True)])]
+            hybrid.append(fused.index(target) + 1 if target in fused else 10 ** 9)
+        ranks[f"dense ({label})"] = dense
+        if not bm_done:
+            ranks["bm25"] = lexical
+            bm_done = True
+        ranks[f"hybrid (RRF of bm25 and {label}, top 100 each)"] = hybrid
+        res["models"][label] = {"chunks": rep.chunks, "queries": len(pairs), "index_build_s": round(build_s, 1),
+                                "embed_s": round(rep.seconds["embed"], 1),
+                                "chunks_per_s": round(rep.embedded / max(rep.seconds["embed"], 1e-9), 1)}
+        res["chunks"], res["queries"] = rep.chunks, len(pairs)
     for name, r in ranks.items():
         m = metrics_from_ranks(np.asarray(r))
         res["metrics"][name] = {k: round(float(v), 4) for k, v in m.items() if k in ("mrr", "r@1", "r@5", "r@10")}
@@ -377,6 +390,9 @@ def main(argv=None) -> int:
     p.add_argument("--latency-runs", type=int, default=60)
     p.add_argument("--ann-queries", type=int, default=200)
     p.add_argument("--package", default="click")
+    p.add_argument("--quality-models", default="MiniLM zero-shot=" + MINILM,
+                   help="comma-separated LABEL=PATH models for the quality part (PATH: a Hugging Face folder or "
+                        "the export/ of a training run), e.g. 'MiniLM zero-shot=pkg:...,fine-tuned=runs/x/export'")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -398,7 +414,13 @@ def main(argv=None) -> int:
         elif part in ("ann", "real_ann"):
             r = part_ann(out, args.ann_queries, enc, real=part == "real_ann")
         elif part == "quality":
-            r = part_quality(out, args.package, enc)
+            from cocohanere_jax.search.model import load_model
+
+            models = []
+            for item in args.quality_models.split(","):
+                label, _, path = item.rpartition("=")
+                models.append((label or path, enc if path == MINILM else load_model(path)))
+            r = part_quality(out, args.package, models)
         else:
             raise SystemExit(f"--parts: unknown part {part!r}")
         r["part_wall_s"] = round(time.perf_counter() - t0, 1)

@@ -296,3 +296,42 @@ def test_bfloat16_compute_deviation(minilm):
     # Documented in README: bf16 compute keeps cosine >= 0.999 to the float32 embedding on real weights.
     assert cos.min() > 0.999, cos
     assert np.abs(f32 - bf16).max() > 1e-6  # it really computed in bf16
+
+
+@pytest.mark.parametrize("family", ["t5", "bert"])
+def test_scanned_layers_equal_unrolled_and_export_the_same_tensors(codet5p_dir, tmp_path, family):
+    """`scan_layers=True` (one nn.scan over stacked layer params) is the unrolled encoder: same forward and
+    gradients (dropout off) against HF, the same HF tensors on export, and the export loads unrolled."""
+    if family == "t5":
+        folder, model = codet5p_dir
+        pooling, ref_pooling = None, "codet5p"
+    else:
+        folder, pooling, ref_pooling = str(tmp_path / "bert"), "mean", "mean"
+        model = hf_models.save_bert(folder)
+    plain = cocohanere_jax.load_encoder(folder, pooling=pooling)
+    scanned = cocohanere_jax.load_encoder(folder, pooling=pooling, scan_layers=True)
+    stacked = "blocks" if family == "t5" else "layers"
+    layers_n = plain.config.num_layers if family == "t5" else plain.config.num_hidden_layers
+    assert stacked in scanned.params and not any(k.startswith(("block_", "layer_")) for k in scanned.params)
+    assert all(v.shape[0] == layers_n for v in jax.tree.leaves(scanned.params[stacked]))
+    ids, mask = hf_models.random_ids(4, 24, 120, pad_id=plain.pad_id, seed=5, first_id=1)
+    ref = hf_models.torch_embed(model, ids, mask, ref_pooling)
+    np.testing.assert_allclose(_flax_embed(scanned, ids, mask), ref, atol=ATOL)
+
+    def loss(enc):
+        return lambda p: jnp.sum(enc.module.apply({"params": p}, jnp.asarray(ids), jnp.asarray(mask))[:, :3])
+
+    g_plain = hf.canonical_params(jax.grad(loss(plain))(plain.params), family)
+    g_scan = hf.canonical_params(jax.grad(loss(scanned))(scanned.params), family)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5), g_plain, g_scan)
+    # Dropout on: a key per layer, training-mode outputs differ from eval but stay finite and unit-norm.
+    train = _flax_embed(scanned, ids, mask, deterministic=False, rng=jax.random.PRNGKey(3))
+    assert np.all(np.isfinite(train)) and not np.allclose(train, ref, atol=1e-3)
+
+    changed = jax.tree.map(lambda x: x * 1.01, scanned.params)
+    a = hf.params_to_hf(changed, family, scanned.config)
+    b = hf.params_to_hf(hf.canonical_params(changed, family), family, plain.config)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    out = scanned.with_params(changed).export(str(tmp_path / "exported"))
+    np.testing.assert_allclose(_flax_embed(cocohanere_jax.load_encoder(out, pooling=pooling), ids, mask),
+                               _flax_embed(scanned.with_params(changed), ids, mask), atol=1e-6)

@@ -13,6 +13,7 @@ import pytest
 
 import cocohanere_jax
 from cocohanere_jax import checkpoints, export, metrics, preemption, sharding, train
+from cocohanere_jax.models import hf
 from configs import csn_python
 
 import tiny_setup
@@ -69,7 +70,9 @@ def test_smoke_run(inputs, tmp_path):
         np.testing.assert_allclose(cocohanere_jax.load_encoder(out).encode(texts),
                                    base.with_params(params).encode(texts), atol=1e-6)
         orbax_params = checkpoints.load_params(os.path.join(out, "params_orbax"), base.params)
-        for x, y in zip(jax.tree.leaves(orbax_params), jax.tree.leaves(params)):
+        # The run scans its layers (model.scan_layers, stacked params); the export is per layer.
+        assert hf.is_scanned(params, base.family) == c.model.scan_layers
+        for x, y in zip(jax.tree.leaves(orbax_params), jax.tree.leaves(hf.canonical_params(params, base.family))):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     with pytest.raises(FileNotFoundError, match="no step 5"):
         checkpoints.params_at(str(tmp_path), 5)

@@ -85,6 +85,7 @@ class BertLayer(nn.Module):
 
     config: BertConfig
     dtype: Any = jnp.float32
+    scanned: bool = False  # the body of `layers.scan_layers`: returns (x, None)
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
@@ -107,7 +108,8 @@ class BertLayer(nn.Module):
 
         h = _ACTIVATIONS[cfg.hidden_act](dense(cfg.intermediate_size, "intermediate")(x))
         h = hidden_drop(dense(cfg.hidden_size, "output")(h), deterministic=deterministic)
-        return LayerNorm(cfg.layer_norm_eps, self.dtype, name="output_norm")(x + h)
+        x = LayerNorm(cfg.layer_norm_eps, self.dtype, name="output_norm")(x + h)
+        return (x, None) if self.scanned else x
 
 
 class BertEncoder(nn.Module):
@@ -117,11 +119,15 @@ class BertEncoder(nn.Module):
       config: the architecture and pooling.
       dtype: compute dtype (parameters stay float32).
       remat: rematerialise each layer in the backward pass.
+      scan_layers: run the layers as one `nn.scan` over stacked parameters (`layers/...`, leading axis
+        = layer) instead of unrolling them: XLA compiles one layer instead of `num_hidden_layers`. Same
+        function; the Hugging Face conversion stacks / unstacks the layers (`hf.py`).
     """
 
     config: BertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(
@@ -138,9 +144,13 @@ class BertEncoder(nn.Module):
         x = layers.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
         bias = layers.attention_bias(attention_mask)
-        layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
-        for i in range(cfg.num_hidden_layers):
-            x = layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, bias, deterministic)
+        if self.scan_layers:
+            scanned = layers.scan_layers(BertLayer, cfg.num_hidden_layers, self.remat)
+            x, _ = scanned(cfg, self.dtype, scanned=True, name="layers")(x, bias, deterministic)
+        else:
+            layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
+            for i in range(cfg.num_hidden_layers):
+                x = layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, bias, deterministic)
 
         if cfg.pooling == "cls":
             pooled = x[:, 0, :]

@@ -30,12 +30,13 @@ _TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 _SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
-def build_module(family: str, cfg: T5Config | BertConfig, dtype: Any = jnp.float32, remat: bool = False) -> nn.Module:
+def build_module(family: str, cfg: T5Config | BertConfig, dtype: Any = jnp.float32, remat: bool = False,
+                 scan_layers: bool = False) -> nn.Module:
     """The Flax module for an architecture: `T5Encoder` or `BertEncoder`."""
     if family == "t5":
-        return T5Encoder(cfg, dtype=dtype, remat=remat)
+        return T5Encoder(cfg, dtype=dtype, remat=remat, scan_layers=scan_layers)
     if family == "bert":
-        return BertEncoder(cfg, dtype=dtype, remat=remat)
+        return BertEncoder(cfg, dtype=dtype, remat=remat, scan_layers=scan_layers)
     raise ValueError(f"unknown encoder family {family!r}")
 
 
@@ -108,7 +109,12 @@ class Encoder:
         return h.hexdigest()[:16]
 
     def with_params(self, params: Any) -> "Encoder":
-        """The same encoder with other parameters (e.g. after training); shares the compiled model."""
+        """The same encoder with other parameters (e.g. after training); shares the compiled model.
+
+        Parameters of a run with the other layer layout (`model.scan_layers`: stacked layers) are
+        converted to this encoder's layout.
+        """
+        params = hf.match_layout(params, self.family, self.config, getattr(self.module, "scan_layers", False))
         other = dataclasses.replace(self, params=params)
         other._apply = self._apply
         return other
@@ -286,6 +292,7 @@ def load_encoder(
     pooling: str | None = None,
     dtype: Any = jnp.float32,
     remat: bool = False,
+    scan_layers: bool = False,
 ) -> Encoder:
     """Loads a local Hugging Face folder (or one of our exports) as a Flax `Encoder`.
 
@@ -297,6 +304,8 @@ def load_encoder(
         "cls"); or "cls", "mean", and for BERT-family "pooler" (token 0 through dense+tanh).
       dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters stay float32.
       remat: rematerialise blocks in the backward pass (training memory).
+      scan_layers: one `nn.scan` over the layers, parameters stacked on a leading layer axis (one layer
+        compiled instead of all of them); the weights and the export are the same Hugging Face tensors.
     """
     path = resolve_model_path(os.fspath(path))
     if not os.path.isdir(path):
@@ -306,7 +315,7 @@ def load_encoder(
         )
     hf_config = hf.read_config(path)
     family, cfg = hf.architecture(hf_config, path, pooling)
-    module = build_module(family, cfg, dtype=dtype, remat=remat)
+    module = build_module(family, cfg, dtype=dtype, remat=remat, scan_layers=scan_layers)
     state, source = hf.read_state(path)
     params, passthrough = hf.hf_to_params(state, family, cfg, abstract_params(module), source=source)
     tokenizer = load_tokenizer(path)

@@ -153,6 +153,62 @@ def _expand(rules: list[Rule], num_layers: int) -> list[Rule]:
     return out
 
 
+# An encoder built with `scan_layers=True` keeps each per-layer parameter once, stacked on a leading layer
+# axis under one name; the tables stay per layer and these two functions translate.
+SCANNED_NAMES = {"bert": ("layer_{i}", "layers"), "t5": ("block_{i}", "blocks")}
+
+
+def is_scanned(params: Mapping[str, Any], family: str) -> bool:
+    return SCANNED_NAMES[family][1] in params
+
+
+def stack_layers(flat: Mapping[str, Any], family: str, num_layers: int) -> dict[str, Any]:
+    """Flat per-layer params (``layer_{i}/...``) -> stacked (``layers/...``, axis 0 = layer)."""
+    per, stacked = SCANNED_NAMES[family]
+    pattern = re.compile(re.escape(per).replace(r"\{i\}", r"\d+") + "/")
+    out = {k: v for k, v in flat.items() if not pattern.match(k)}
+    first = per.format(i=0) + "/"
+    for k in flat:
+        if k.startswith(first):
+            rest = k[len(first):]
+            out[f"{stacked}/{rest}"] = np.stack([np.asarray(flat[f"{per.format(i=i)}/{rest}"]) for i in range(num_layers)])
+    return out
+
+
+def unstack_layers(flat: Mapping[str, Any], family: str, split=None) -> dict[str, Any]:
+    """The inverse of `stack_layers`; ``split(value) -> list`` (default: the rows of the array)."""
+    per, stacked = SCANNED_NAMES[family]
+    split = split or (lambda v: list(np.asarray(v)))
+    out = {}
+    for k, v in flat.items():
+        if k.startswith(stacked + "/"):
+            for i, part in enumerate(split(v)):
+                out[f"{per.format(i=i)}/{k[len(stacked) + 1:]}"] = part
+        else:
+            out[k] = v
+    return out
+
+
+def canonical_params(params: Mapping[str, Any], family: str) -> dict[str, Any]:
+    """The per-layer (unrolled) parameter tree, whether `params` is scanned or not."""
+    if not is_scanned(params, family):
+        return dict(params)
+    return _unflatten(unstack_layers(_flatten(params), family))
+
+
+def match_layout(params: Mapping[str, Any], family: str, cfg: T5Config | BertConfig, scanned: bool) -> Any:
+    """`params` in the stacked (`scanned=True`) or the per-layer layout, converting only when it differs."""
+    if not isinstance(params, Mapping) or is_scanned(params, family) == scanned:
+        return params
+    if not scanned:
+        return canonical_params(params, family)
+    return _unflatten(stack_layers(_flatten(params), family, _num_layers(family, cfg)))
+
+
+def _num_layers(family: str, cfg: T5Config | BertConfig) -> int:
+    return cfg.num_layers if family == "t5" else cfg.num_hidden_layers
+
+
 def table_for(family: str, cfg: T5Config | BertConfig) -> tuple[list[Rule], dict[str, str]]:
     """The expanded rule table and the ignore patterns for one architecture."""
     if family == "t5":
@@ -218,7 +274,10 @@ def hf_to_params(
     """
     state = _normalise_keys(dict(state), family)
     rules, ignore = table_for(family, cfg)
+    scanned = is_scanned(expected, family)
     expected_flat = {k: tuple(v.shape) for k, v in _flatten(expected).items()}
+    if scanned:
+        expected_flat = unstack_layers(expected_flat, family, split=lambda s: [s[1:]] * s[0])
     table_params = {r.param for r in rules}
     if table_params != set(expected_flat):
         # A programming error in the table, not in the user's checkpoint.
@@ -267,6 +326,8 @@ def hf_to_params(
     for reason, keys in ignored.items():
         log.info("%s: ignored %d tensor(s) (%s), e.g. %s", source, len(keys), reason, keys[0])
     passthrough = {k: np.asarray(v) for k, v in state.items() if k not in used and PASSTHROUGH.fullmatch(k)}
+    if scanned:
+        flat = stack_layers(flat, family, _num_layers(family, cfg))
     return _unflatten(flat), passthrough
 
 
@@ -274,6 +335,8 @@ def params_to_hf(params: Mapping[str, Any], family: str, cfg: T5Config | BertCon
     """The same table in reverse: Flax params -> HF state dict (float32, contiguous)."""
     rules, _ = table_for(family, cfg)
     flat = _flatten(params)
+    if is_scanned(params, family):
+        flat = unstack_layers(flat, family)
     state = {}
     for r in rules:
         value = np.asarray(flat[r.param], dtype=np.float32)

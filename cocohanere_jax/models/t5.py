@@ -108,6 +108,7 @@ class T5Block(nn.Module):
 
     config: T5Config
     dtype: Any = jnp.float32
+    scanned: bool = False  # the body of `layers.scan_layers`: returns (x, None)
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
@@ -129,7 +130,8 @@ class T5Block(nn.Module):
         else:
             h = act(dense(cfg.d_ff, "wi")(h))
         h = drop(h, deterministic=deterministic)
-        return x + drop(dense(cfg.d_model, "wo")(h), deterministic=deterministic)
+        x = x + drop(dense(cfg.d_model, "wo")(h), deterministic=deterministic)
+        return (x, None) if self.scanned else x
 
 
 class T5Encoder(nn.Module):
@@ -139,11 +141,14 @@ class T5Encoder(nn.Module):
       config: the architecture.
       dtype: compute dtype (parameters stay float32); bfloat16 halves activation memory.
       remat: rematerialise each block in the backward pass (activation memory ~ one block).
+      scan_layers: run the blocks as one `nn.scan` over stacked parameters (`blocks/...`, leading axis
+        = block): XLA compiles one block instead of `num_layers` (see `BertEncoder`).
     """
 
     config: T5Config
     dtype: Any = jnp.float32
     remat: bool = False
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(
@@ -167,9 +172,13 @@ class T5Encoder(nn.Module):
         )(jnp.asarray(buckets))  # [L, L, H]
         bias = jnp.transpose(rel, (2, 0, 1))[None].astype(jnp.float32) + layers.attention_bias(attention_mask)
 
-        block_cls = nn.remat(T5Block, static_argnums=(3,)) if self.remat else T5Block
-        for i in range(cfg.num_layers):
-            x = block_cls(cfg, self.dtype, name=f"block_{i}")(x, bias, deterministic)
+        if self.scan_layers:
+            scanned = layers.scan_layers(T5Block, cfg.num_layers, self.remat)
+            x, _ = scanned(cfg, self.dtype, scanned=True, name="blocks")(x, bias, deterministic)
+        else:
+            block_cls = nn.remat(T5Block, static_argnums=(3,)) if self.remat else T5Block
+            for i in range(cfg.num_layers):
+                x = block_cls(cfg, self.dtype, name=f"block_{i}")(x, bias, deterministic)
         x = RMSNorm(cfg.layer_norm_epsilon, self.dtype, name="final_norm")(x)
         x = drop(x, deterministic=deterministic)
 
