@@ -144,13 +144,8 @@ class BertEncoder(nn.Module):
         x = layers.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
         bias = layers.attention_bias(attention_mask)
-        if self.scan_layers:
-            scanned = layers.scan_layers(BertLayer, cfg.num_hidden_layers, self.remat)
-            x, _ = scanned(cfg, self.dtype, scanned=True, name="layers")(x, bias, deterministic)
-        else:
-            layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
-            for i in range(cfg.num_hidden_layers):
-                x = layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, bias, deterministic)
+        x = layers.layer_stack(BertLayer, cfg, self.dtype, cfg.num_hidden_layers, x, bias, deterministic,
+                               names=("layer_{i}", "layers"), remat=self.remat, scan=self.scan_layers)
 
         if cfg.pooling == "cls":
             pooled = x[:, 0, :]

@@ -85,6 +85,22 @@ def scan_layers(block_cls: type[nn.Module], length: int, remat: bool = False) ->
                    in_axes=(nn.broadcast, nn.broadcast), length=length)
 
 
+def layer_stack(block_cls: type[nn.Module], config: Any, dtype: Any, num_layers: int, x: jax.Array,
+                bias: jax.Array, deterministic: bool, *, names: tuple[str, str], remat: bool = False,
+                scan: bool = False) -> jax.Array:
+    """`num_layers` blocks ``block_cls(config, dtype)`` applied to `x`, from inside the encoder's compact
+    ``__call__``: unrolled (children ``names[0].format(i=i)``) or scanned (one child ``names[1]`` with
+    stacked parameters; `scan_layers`). `hf.SCANNED_NAMES` holds the same names for the conversion."""
+    if scan:
+        x, _ = scan_layers(block_cls, num_layers, remat)(config, dtype, scanned=True, name=names[1])(
+            x, bias, deterministic)
+        return x
+    cls = nn.remat(block_cls, static_argnums=(3,)) if remat else block_cls
+    for i in range(num_layers):
+        x = cls(config, dtype, name=names[0].format(i=i))(x, bias, deterministic)
+    return x
+
+
 def attention_bias(attention_mask: jax.Array) -> jax.Array:
     """[n, L] mask (1 = real token) -> additive [n, 1, 1, L] bias that removes padded keys."""
     mask = attention_mask.astype(bool)[:, None, None, :]

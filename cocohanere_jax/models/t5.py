@@ -172,13 +172,8 @@ class T5Encoder(nn.Module):
         )(jnp.asarray(buckets))  # [L, L, H]
         bias = jnp.transpose(rel, (2, 0, 1))[None].astype(jnp.float32) + layers.attention_bias(attention_mask)
 
-        if self.scan_layers:
-            scanned = layers.scan_layers(T5Block, cfg.num_layers, self.remat)
-            x, _ = scanned(cfg, self.dtype, scanned=True, name="blocks")(x, bias, deterministic)
-        else:
-            block_cls = nn.remat(T5Block, static_argnums=(3,)) if self.remat else T5Block
-            for i in range(cfg.num_layers):
-                x = block_cls(cfg, self.dtype, name=f"block_{i}")(x, bias, deterministic)
+        x = layers.layer_stack(T5Block, cfg, self.dtype, cfg.num_layers, x, bias, deterministic,
+                               names=("block_{i}", "blocks"), remat=self.remat, scan=self.scan_layers)
         x = RMSNorm(cfg.layer_norm_epsilon, self.dtype, name="final_norm")(x)
         x = drop(x, deterministic=deterministic)
 
