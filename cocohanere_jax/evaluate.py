@@ -175,7 +175,8 @@ def embed_ids_sharded(encoder, ids: np.ndarray, mesh, params=None,
 
     Rows are sorted by length on the host and dealt round-robin to the devices (equal work per device);
     every call embeds ``devices * rows_per_device`` rows (the last block repeats a real row). Every process
-    passes all rows and gets all embeddings.
+    passes all rows and gets all embeddings; with several processes the mesh spans them all (each device
+    still embeds only its share).
     """
     from cocohanere_jax import sharding
 
@@ -185,6 +186,8 @@ def embed_ids_sharded(encoder, ids: np.ndarray, mesh, params=None,
     if n == 0:
         return out
     params = encoder.params if params is None else params
+    if jax.process_count() > 1:  # this process's copy (same values everywhere) -> the global mesh, via the host
+        params = jax.tree.map(np.asarray, params)
     params = sharding.replicate(params, mesh)
     devices = mesh.shape[sharding.DATA_AXIS]
     block = devices * rows_per_device
@@ -199,7 +202,8 @@ def embed_ids_sharded(encoder, ids: np.ndarray, mesh, params=None,
         dealt = rows.reshape(rows_per_device, devices).T.reshape(-1)
         x = ids[dealt]
         arr = jax.make_array_from_callback(x.shape, batch_sharding, lambda index, x=x: x[index])
-        out[dealt] = np.asarray(fn(params, arr), np.float32)  # the repeats of a real row write it again
+        emb = fn(params, arr).addressable_data(0)  # replicated: this process's full copy
+        out[dealt] = np.asarray(emb, np.float32)  # the repeats of a real row write it again
     return out
 
 

@@ -121,9 +121,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     t_start = time.time()
     mesh = sharding.make_mesh()
-    # Evaluation embeds over the mesh with one process; with several, each process still evaluates on its
-    # own devices (its parameters are a local copy, which cannot be placed on other processes' devices).
-    eval_mesh = mesh if jax.process_count() == 1 else None
+    # Evaluation embeds over the whole mesh (every process's devices, each its share of the rows).
+    eval_mesh = mesh
     step_config = check_config(config, mesh.size)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
