@@ -147,6 +147,49 @@ def part_embed(out: Path, enc, n: int) -> dict:
             "tree_chunks": total, "implied_full_build_minutes": round(total / rate / 60, 1)}
 
 
+CLI_PHASES = r"""
+import json, sys, time
+t0 = time.perf_counter(); out = {}
+def lap(name):
+    global t0
+    t = time.perf_counter(); out[name] = round(t - t0, 3); t0 = t
+from cocohanere_jax.search import cli
+from cocohanere_jax.search.index import Index
+lap("import_s")
+cli._jax_cache(sys.argv[1])
+from cocohanere_jax.models import encoder as E, hf
+folder = E.resolve_model_path(sys.argv[2])
+family, cfg = hf.architecture(hf.read_config(folder), folder, None)
+abstract = E.abstract_params(E.build_module(family, cfg))
+lap("model_shapes_s")
+state, source = hf.read_state(folder)
+lap("read_weights_s")
+from cocohanere_jax.search.model import load_model, model_fingerprint
+enc = load_model(sys.argv[2])
+lap("load_model_total_s")
+model_fingerprint(enc)
+lap("fingerprint_s")
+idx = Index(sys.argv[1], encoder=enc, resident=False)
+idx._load()
+lap("open_index_s")
+idx.embed_query("read a json file")
+lap("first_query_embedding_s")
+idx.dense_scores("read a json file")
+lap("blocked_scoring_s")
+import numpy as np
+np.asarray(idx._emb, np.float32)
+lap("whole_matrix_to_float32_s")
+print(json.dumps(out))
+"""
+
+
+def cli_phases(index_dir: Path) -> dict:
+    """Seconds of each phase of a cold one-query process (run as a child, compile cache already filled)."""
+    p = subprocess.run([sys.executable, "-c", CLI_PHASES, str(index_dir), MINILM], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def part_latency(out: Path, enc, runs: int, real: bool = False) -> dict:
     from cocohanere_jax.search.serve import make_server
 
@@ -186,6 +229,7 @@ def part_latency(out: Path, enc, runs: int, real: bool = False) -> dict:
             "serve_http_ms": {"p50": round(float(q(lat, 50)), 1), "p95": round(float(q(lat, 95)), 1)},
             "serve_in_server_ms": {"p50": round(float(q(server_ms, 50)), 1), "p95": round(float(q(server_ms, 95)), 1)},
             "cli_cold_s": {"median": round(statistics.median(cli), 2), "max": round(max(cli), 2), "runs": 5},
+            "cli_phases_s": cli_phases(d),
             "cli_command": " ".join(cmd[1:])}
 
 
