@@ -125,3 +125,15 @@ def test_growth_smoke_and_plots(tmp_path, cache):
     md.write_text("no markers")
     with pytest.raises(SystemExit, match="markers"):
         report.main(["--results", str(tmp_path), "--out", str(md)])
+
+
+def test_length_variants_and_their_table_labels():
+    ts, lt = _script("train_step"), _script("lengths_table")
+    assert ts.parse_variant("4+scan") == (4, True) and ts.parse_variant(0) == (0, False)
+    with pytest.raises(SystemExit, match="N or N\\+scan"):
+        ts.parse_variant("4+remat")
+    # Without a padded step (no ours_compile_s), "ours_*" is measure()'s alias of the first step: no row.
+    row = {"ours_b4_step_s": 1.0, "ours_b4_scan_step_s": 1.0, "ours_step_s": 1.0, "ours_b4_compile_s": 9.0}
+    assert [k for k, _ in lt.labels(row)] == ["ours_b4", "ours_b4_scan", "reference", "reference_longest"]
+    row["ours_compile_s"] = 3.0
+    assert "ours" in [k for k, _ in lt.labels(row)]
