@@ -29,7 +29,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.pooling = ml_collections.config_dict.placeholder(str)  # None: from the folder (CodeT5+ head / sentence-transformers pooling / CLS)
     c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
     c.model.remat = False  # rematerialise encoder blocks in the backward pass
-    c.model.scan_layers = True  # one nn.scan over the layers (stacked params): compiles one layer, not all
+    c.model.scan_layers = False  # True: one nn.scan over the layers (stacked params): compiles 2.5x faster, steps ~10% slower on CPU
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "codesearchnet"  # "codesearchnet" (GraphCodeBERT-filtered or raw CSN v2), "cosqa", "stdlib"
