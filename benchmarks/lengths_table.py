@@ -1,6 +1,9 @@
 """Markdown table of a `train_step --length_buckets ... --reference_padding ...` result file (issue 16).
 
     python -m benchmarks.lengths_table benchmarks/results/train_step_lengths_*.json
+    python -m benchmarks.lengths_table --into benchmarks/RESULTS.md:lengths-k10 FILE [FILE ...]
+
+``--into DOC:NAME`` writes the tables between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in DOC.
 """
 
 from __future__ import annotations
@@ -56,5 +59,25 @@ def table(path: str) -> str:
     return "\n".join(lines)
 
 
+def write_into(doc: str, name: str, text: str) -> None:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    content = open(doc, encoding="utf-8").read()
+    if begin not in content or end not in content:
+        raise SystemExit(f"{doc}: no {begin} ... {end} markers to write between")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(doc, "w", encoding="utf-8") as f:
+        f.write(f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
+
+
 if __name__ == "__main__":
-    print("\n".join(table(p) for p in sys.argv[1:]))
+    args = sys.argv[1:]
+    into = None
+    if args[:1] == ["--into"]:
+        into, args = args[1], args[2:]
+    text = "\n".join(table(p) for p in args)
+    if into:
+        doc, _, name = into.rpartition(":")
+        write_into(doc, name, text)
+    else:
+        print(text)

@@ -272,7 +272,7 @@ class Index:
     matrix at start-up: what a one-query CLI process wants; same scores).
     """
 
-    SCORE_BLOCK = 16384  # rows converted to float32 at a time when not resident
+    SCORE_BLOCK = 8192  # rows converted to float32 at a time when not resident
 
     def __init__(self, directory: str | os.PathLike, encoder: Any = None, resident: bool = True):
         self.dir = Path(directory)
@@ -408,8 +408,14 @@ class Index:
         if self._emb.dtype == np.float32:
             return self._emb @ q
         out = np.empty(len(self._emb), np.float32)
+        # One float32 block buffer, reused: converting into fresh arrays would page-fault the whole
+        # matrix's worth of new memory (slow in a VM), where this touches one block's worth.
+        block = np.empty((min(self.SCORE_BLOCK, len(out)), self._emb.shape[1]), np.float32)
         for i in range(0, len(out), self.SCORE_BLOCK):
-            out[i:i + self.SCORE_BLOCK] = np.asarray(self._emb[i:i + self.SCORE_BLOCK], np.float32) @ q
+            rows = self._emb[i:i + self.SCORE_BLOCK]
+            buf = block[:len(rows)]
+            np.copyto(buf, rows)
+            np.matmul(buf, q, out=out[i:i + len(rows)])
         return out
 
     def embeddings(self) -> np.ndarray:
