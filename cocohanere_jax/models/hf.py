@@ -154,7 +154,7 @@ def _expand(rules: list[Rule], num_layers: int) -> list[Rule]:
 
 
 # An encoder built with `scan_layers=True` keeps each per-layer parameter once, stacked on a leading layer
-# axis under one name; the tables stay per layer and these two functions translate.
+# axis under one name; the tables stay per layer and `stack_layers` / `unstack_layers` translate.
 SCANNED_NAMES = {"bert": ("layer_{i}", "layers"), "t5": ("block_{i}", "blocks")}
 
 
