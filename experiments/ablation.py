@@ -1,8 +1,8 @@
 """The paper's ablation on real code with real weights: per language and seed, every variant, resumable.
 
-    python -m experiments.ablation --out=/tmp/ablation            # re-run the same command until it says done
-    python -m experiments.ablation --out=/tmp/ablation --dry_run  # the plan and the state of every run
-    python -m experiments.report --out=/tmp/ablation              # docs/RESULTS.md + plots from what is done
+    python -m experiments.ablation --out=runs/ablation            # re-run the same command until it says done
+    python -m experiments.ablation --out=runs/ablation --dry_run  # the plan and the state of every run
+    python -m experiments.report --out=runs/ablation              # docs/RESULTS.md + plots from what is done
 
 Variants (`VARIANTS`; each is a preset of the config argument, `configs/common.PRESETS`):
 

@@ -1,7 +1,7 @@
 """A real code-to-code check on data that can be had here: zero-shot MAP@R of an encoder on the same functions
 across two (or more) releases of a PyPI package.
 
-    python -m experiments.clone_versions --package click --versions 7.1.2 8.1.7 --out /tmp/clone-click
+    python -m experiments.clone_versions --package click --versions 7.1.2 8.1.7 --out runs/clone-click
 
 Downloads each release with ``pip download --no-deps <package>==<version>`` (wheel or sdist), unpacks it,
 builds labelled groups with `cocohanere_data.code_groups.build_version_groups` (label = module path +

@@ -1,6 +1,6 @@
 """kill -9 the real job at random moments, restart it each time, and compare the end bitwise.
 
-    python -m experiments.kill_cycles --out=/tmp/kill_cycles --trials=5 --kills=5 -- \
+    python -m experiments.kill_cycles --out=runs/kill_cycles --trials=5 --kills=5 -- \
         --config.train.num_steps=20 --config.train.checkpoint_every=2 --config.train.eval_every=10
 
 One uninterrupted reference run of `python -m cocohanere_jax.main --config=CONFIG`, then `--trials` runs in

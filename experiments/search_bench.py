@@ -1,6 +1,6 @@
 """Measurements of `cocohanere_jax.search` for docs/SEARCH.md (not a test; minutes on 2 cores).
 
-    python -m experiments.search_bench --out /tmp/search_bench [--parts build,embed,latency,ann,quality]
+    python -m experiments.search_bench --out runs/search_bench [--parts build,embed,latency,ann,quality]
 
 Parts (results in OUT/results.json, one key per part, and printed):
 
@@ -427,7 +427,7 @@ def _version(package):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.search_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="/tmp/search_bench")
+    p.add_argument("--out", default="runs/search_bench")
     p.add_argument("--parts", default="build,embed,latency,ann,quality")
     p.add_argument("--src", nargs="*", default=[str(LIB), str(LIB / "site-packages")])
     p.add_argument("--embed-sample", type=int, default=1000)
