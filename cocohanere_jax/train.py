@@ -133,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     enc = encoder_lib.load_encoder(
         config.model.path, pooling=config.model.pooling, dtype=DTYPES[config.model.dtype], remat=config.model.remat,
-        scan_layers=config.model.get("scan_layers", False),
+        scan_layers=config.model.scan_layers,
     )
     data = datasets.load(config, workdir)
     valid_task, test_task = (_tokenize(enc, t, config) for t in (data.valid, data.test))

@@ -85,7 +85,7 @@ class BertLayer(nn.Module):
 
     config: BertConfig
     dtype: Any = jnp.float32
-    scanned: bool = False  # the body of `layers.scan_layers`: returns (x, None)
+    scanned: bool = False  # the body of a scanned `layers.layer_stack`: returns (x, None)
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
@@ -145,7 +145,7 @@ class BertEncoder(nn.Module):
 
         bias = layers.attention_bias(attention_mask)
         x = layers.layer_stack(BertLayer, cfg, self.dtype, cfg.num_hidden_layers, x, bias, deterministic,
-                               names=("layer_{i}", "layers"), remat=self.remat, scan=self.scan_layers)
+                               family="bert", remat=self.remat, scan=self.scan_layers)
 
         if cfg.pooling == "cls":
             pooled = x[:, 0, :]

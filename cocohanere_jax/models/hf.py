@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cocohanere_jax.models import layers
 from cocohanere_jax.models.bert import BertConfig
 from cocohanere_jax.models.t5 import T5Config
 
@@ -154,8 +155,9 @@ def _expand(rules: list[Rule], num_layers: int) -> list[Rule]:
 
 
 # An encoder built with `scan_layers=True` keeps each per-layer parameter once, stacked on a leading layer
-# axis under one name; the tables stay per layer and `stack_layers` / `unstack_layers` translate.
-SCANNED_NAMES = {"bert": ("layer_{i}", "layers"), "t5": ("block_{i}", "blocks")}
+# axis under one name (`layers.LAYER_NAMES`); the tables stay per layer and `stack_layers` /
+# `unstack_layers` translate.
+SCANNED_NAMES = layers.LAYER_NAMES
 
 
 def is_scanned(params: Mapping[str, Any], family: str) -> bool:

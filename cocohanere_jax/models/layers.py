@@ -75,29 +75,31 @@ class Dropout(nn.Module):
         return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
 
-def scan_layers(block_cls: type[nn.Module], length: int, remat: bool = False) -> type[nn.Module]:
-    """`block_cls` (whose ``__call__(x, bias, deterministic)`` returns ``(x, None)``) applied `length`
-    times as one ``nn.scan``: parameters stacked on a leading layer axis, a dropout key per layer, the
-    bias and `deterministic` broadcast. XLA compiles the block once instead of `length` times (as
-    maxtext and t5x scan their decoder layers); `remat` rematerialises each block in the backward pass."""
-    cls = nn.remat(block_cls, static_argnums=(3,)) if remat else block_cls
-    return nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                   in_axes=(nn.broadcast, nn.broadcast), length=length)
+# Names of an encoder's blocks: unrolled children ("layer_{i}") or the one scanned child with stacked
+# parameters ("layers"). hf.py's conversion reads the same table.
+LAYER_NAMES = {"bert": ("layer_{i}", "layers"), "t5": ("block_{i}", "blocks")}
 
 
 def layer_stack(block_cls: type[nn.Module], config: Any, dtype: Any, num_layers: int, x: jax.Array,
-                bias: jax.Array, deterministic: bool, *, names: tuple[str, str], remat: bool = False,
+                bias: jax.Array, deterministic: bool, *, family: str, remat: bool = False,
                 scan: bool = False) -> jax.Array:
     """`num_layers` blocks ``block_cls(config, dtype)`` applied to `x`, from inside the encoder's compact
-    ``__call__``: unrolled (children ``names[0].format(i=i)``) or scanned (one child ``names[1]`` with
-    stacked parameters; `scan_layers`). `hf.SCANNED_NAMES` holds the same names for the conversion."""
-    if scan:
-        x, _ = scan_layers(block_cls, num_layers, remat)(config, dtype, scanned=True, name=names[1])(
-            x, bias, deterministic)
-        return x
+    ``__call__``, named by ``LAYER_NAMES[family]``; `remat` rematerialises each block in the backward pass.
+
+    Unrolled: one child per block. Scanned (`scan`): one ``nn.scan`` child (the block's ``__call__``
+    returns ``(x, None)`` with ``scanned=True``), parameters stacked on a leading layer axis, a dropout key
+    per layer, the bias and `deterministic` broadcast: XLA compiles the block once instead of
+    `num_layers` times (as maxtext and t5x scan their layers).
+    """
+    unrolled, stacked = LAYER_NAMES[family]
     cls = nn.remat(block_cls, static_argnums=(3,)) if remat else block_cls
+    if scan:
+        scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                          in_axes=(nn.broadcast, nn.broadcast), length=num_layers)
+        x, _ = scanned(config, dtype, scanned=True, name=stacked)(x, bias, deterministic)
+        return x
     for i in range(num_layers):
-        x = cls(config, dtype, name=names[0].format(i=i))(x, bias, deterministic)
+        x = cls(config, dtype, name=unrolled.format(i=i))(x, bias, deterministic)
     return x
 
 

@@ -108,7 +108,7 @@ class T5Block(nn.Module):
 
     config: T5Config
     dtype: Any = jnp.float32
-    scanned: bool = False  # the body of `layers.scan_layers`: returns (x, None)
+    scanned: bool = False  # the body of a scanned `layers.layer_stack`: returns (x, None)
 
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
@@ -173,7 +173,7 @@ class T5Encoder(nn.Module):
         bias = jnp.transpose(rel, (2, 0, 1))[None].astype(jnp.float32) + layers.attention_bias(attention_mask)
 
         x = layers.layer_stack(T5Block, cfg, self.dtype, cfg.num_layers, x, bias, deterministic,
-                               names=("block_{i}", "blocks"), remat=self.remat, scan=self.scan_layers)
+                               family="t5", remat=self.remat, scan=self.scan_layers)
         x = RMSNorm(cfg.layer_norm_epsilon, self.dtype, name="final_norm")(x)
         x = drop(x, deterministic=deterministic)
 
