@@ -8,6 +8,10 @@ by ``temperature`` before the softmax. The two public losses are
 * :func:`hard_negative_loss` -- L^HN, InfoNCE of each anchor against its positive and its k retrieved (and
   re-encoded) hard negatives of the other modality, both directions, averaged.
 
+A departure the step offers (``step.hard_negative_loss="joint"``, docs/METHOD.md section 9) puts each row's
+hard negatives into L^B's own softmax instead (:func:`joint_rows`, the DPR / Tevatron way): one loss, one
+positive term, so the hard negatives only add to the denominator.
+
 Both are built on per-row terms (:func:`info_nce_rows`, :func:`hard_negative_rows`) that the data-parallel
 step uses directly: each device evaluates its own rows against the *global* candidates and contributes
 ``sum(rows) / global_batch`` so that the sum over devices is exactly the global mean.
@@ -29,6 +33,7 @@ __all__ = [
     "bimodal_loss",
     "hard_negative_rows",
     "hard_negative_loss",
+    "joint_rows",
 ]
 
 
@@ -52,12 +57,53 @@ def info_nce_rows(
     Returns:
       [n] float loss per anchor.
     """
+    logits, positive_logit = _in_batch_logits(anchors, candidates, labels, temperature, negative_mask)
+    return jax.nn.logsumexp(logits, axis=-1) - positive_logit
+
+
+def _in_batch_logits(anchors, candidates, labels, temperature, negative_mask):
+    """[n, m] logits (masked negatives at -inf, the positive always kept) and the [n] positive logits."""
     logits = (anchors @ candidates.T) / temperature
     is_positive = jnp.arange(candidates.shape[0])[None, :] == labels[:, None]
     if negative_mask is not None:
         logits = jnp.where(negative_mask | is_positive, logits, -jnp.inf)
-    positive_logit = jnp.sum(jnp.where(is_positive, logits, 0.0), axis=-1)
-    return jax.nn.logsumexp(logits, axis=-1) - positive_logit
+    return logits, jnp.sum(jnp.where(is_positive, logits, 0.0), axis=-1)
+
+
+def joint_rows(
+    anchors: Array,
+    candidates: Array,
+    labels: Array,
+    temperature: float,
+    negative_mask: Array | None,
+    hard_negatives: Array,
+    hard_mask: Array | None = None,
+    hard_weight: float = 1.0,
+) -> Array:
+    """Per-row InfoNCE over the in-batch candidates *and* the row's own hard negatives, in one softmax.
+
+    ``-log(exp(s(a_i,p_i)) / (sum_j m_ij exp(s(a_i,c_j)) + w sum_r h_ir exp(s(a_i,n_ir))))``: the
+    in-batch terms are those of :func:`info_nce_rows`; each valid hard negative adds ``w`` times its
+    exponentiated score to the denominator (``w = hard_weight``; 0 gives :func:`info_nce_rows` exactly).
+
+    Args:
+      anchors, candidates, labels, temperature, negative_mask: as :func:`info_nce_rows`.
+      hard_negatives: [n, k, d] unit-norm hard negatives of each anchor.
+      hard_mask: optional [n, k] bool, True where ``hard_negatives[i, r]`` is valid.
+      hard_weight: w >= 0, how many in-batch negatives one hard negative counts as.
+
+    Returns:
+      [n] float loss per anchor.
+    """
+    logits, positive_logit = _in_batch_logits(anchors, candidates, labels, temperature, negative_mask)
+    hard = jnp.einsum("nd,nkd->nk", anchors, hard_negatives) / temperature
+    keep = jnp.ones(hard.shape, bool) if hard_mask is None else hard_mask
+    if hard_weight <= 0:
+        keep = jnp.zeros(hard.shape, bool)
+    else:
+        hard = hard + jnp.log(jnp.asarray(hard_weight, hard.dtype))
+    hard = jnp.where(keep, hard, -jnp.inf)
+    return jax.nn.logsumexp(jnp.concatenate([logits, hard], axis=-1), axis=-1) - positive_logit
 
 
 def bimodal_loss(

@@ -226,11 +226,14 @@ def _hard_negatives(
     if not config.negative_gradient:
         c_neg, q_neg = jax.lax.stop_gradient(c_neg), jax.lax.stop_gradient(q_neg)
 
-    # 5. L^HN, missing negatives masked.
-    loss_rows = 0.5 * (
-        losses.hard_negative_rows(x.q, x.c, c_neg, config.temperature, code_hits.valid)
-        + losses.hard_negative_rows(x.c, x.q, q_neg, config.temperature, query_hits.valid)
-    )
+    # 5. L^HN, missing negatives masked (with the joint loss the caller adds the negatives to L^B instead).
+    if config.hard_negative_loss == "separate":
+        loss_rows = 0.5 * (
+            losses.hard_negative_rows(x.q, x.c, c_neg, config.temperature, code_hits.valid)
+            + losses.hard_negative_rows(x.c, x.q, q_neg, config.temperature, query_hits.valid)
+        )
+    else:
+        loss_rows = jnp.zeros((n,), x.q.dtype)
     neg_scores = jnp.concatenate([
         jnp.einsum("nd,nkd->nk", x.qs, jax.lax.stop_gradient(c_neg)),
         jnp.einsum("nd,nkd->nk", x.cs, jax.lax.stop_gradient(q_neg)),
@@ -354,15 +357,28 @@ def loss_and_aux(
     else:
         hn = hn_fn(params, hn_inputs)
 
-    loss_share = (
-        config.bimodal_weight * jnp.sum(loss_b_rows) + config.hard_negative_weight * jnp.sum(hn.loss_rows)
-    ) / n_global
+    loss_hn_rows = hn.loss_rows
+    if config.uses_hard_negatives and config.hard_negative_loss == "joint":
+        # One softmax over the global batch and the row's hard negatives (all invalid on the schedule's
+        # in-batch steps, where this is L^B exactly). Reported as L^B (its in-batch part) and L^HN (what
+        # the hard negatives add to it), so the two metrics still sum to the loss trained on.
+        w = config.hard_negative_weight
+        joint = 0.5 * (
+            losses.joint_rows(q, c_all, rows, config.temperature, pair_keep, hn.c_neg, hn.code_hits.valid, w)
+            + losses.joint_rows(c, q_all, rows, config.temperature, pair_keep, hn.q_neg, hn.query_hits.valid, w)
+        )
+        loss_share = config.bimodal_weight * jnp.sum(joint) / n_global
+        loss_hn_rows = config.bimodal_weight * (joint - loss_b_rows) / max(w, 1e-30)
+    else:
+        loss_share = (
+            config.bimodal_weight * jnp.sum(loss_b_rows) + config.hard_negative_weight * jnp.sum(loss_hn_rows)
+        ) / n_global
     aux = Aux(
         q=qs, c=cs, code_hits=hn.code_hits, query_hits=hn.query_hits,
         c_neg=jax.lax.stop_gradient(hn.c_neg), q_neg=jax.lax.stop_gradient(hn.q_neg),
         code_refresh=hn.code_refresh, query_refresh=hn.query_refresh,
         loss_b_sum=jax.lax.stop_gradient(jnp.sum(loss_b_rows)),
-        loss_hn_sum=jax.lax.stop_gradient(jnp.sum(hn.loss_rows)),
+        loss_hn_sum=jax.lax.stop_gradient(jnp.sum(loss_hn_rows)),
         in_batch_correct=in_batch_correct,
         positive_score_sum=jnp.sum(positive_scores),
         negative_score_sum=hn.negative_score_sum,

@@ -30,6 +30,10 @@ class StepConfig:
     # several languages train together, cocohanere_jax/multilingual.py); in-batch negatives are unchanged.
     negatives_in_group: bool = False
     false_negative_margin: float | None = None  # drop candidates with score > pos + margin*|pos|; None = off
+    # How the hard negatives enter the loss: "separate" = the paper's L^HN (anchor vs its positive and its
+    # k negatives, weighted by hard_negative_weight); "joint" = they join L^B's softmax (each counts
+    # hard_negative_weight in-batch negatives; L^B keeps the one positive term). docs/METHOD.md section 9.
+    hard_negative_loss: str = "separate"
     negative_gradient: bool = True  # False: stop-gradient on re-encoded negatives (ablation)
     token_table: str = "device"  # "device": TokenTable arrays; "host": HostTokenTable via pure_callback
     remat: bool = False  # jax.checkpoint each re-encoding chunk
@@ -87,6 +91,11 @@ class StepConfig:
                 "use non-negative weights")
         if self.bimodal_weight == 0 and self.hard_negative_weight == 0:
             bad("bimodal_weight/hard_negative_weight", (0, 0), "keep at least one loss")
+        if self.hard_negative_loss not in ("separate", "joint"):
+            bad("hard_negative_loss", self.hard_negative_loss, 'use "separate" (the paper) or "joint"')
+        if self.hard_negative_loss == "joint" and self.bimodal_weight == 0:
+            bad("hard_negative_loss", self.hard_negative_loss, "the joint loss is L^B's softmax with the hard "
+                "negatives added, so it needs bimodal_weight > 0; use \"separate\" for the w/o BCL ablation")
         if self.reencode_chunk < 0:
             bad("reencode_chunk", self.reencode_chunk, "use 0 (no chunking) or a positive row count")
         if self.length_buckets < 0:

@@ -54,12 +54,29 @@ VARIANTS = {
     "bank_k8": ("bank_negatives", "step.k=8", "bank embeddings as negatives, k = 8"),
     "bank_w025": ("bank_negatives", "step.hard_negative_weight=0.25", "bank embeddings as negatives, L^HN weight 0.25"),
     "full_in_lang": ("full", "step.negatives_in_group=True", "the paper's step, hard negatives from the anchor's language"),
+    # The hard negatives inside L^B's softmax instead of a separate L^HN (step.hard_negative_loss=joint):
+    # one positive term, so stop-gradient negatives no longer add a second alignment force.
+    "bank_joint": ("bank_negatives", "step.hard_negative_loss=joint", "bank embeddings as negatives in L^B's softmax"),
+    "bank_joint_k8": ("bank_negatives", "step.hard_negative_loss=joint,step.k=8",
+                      "bank embeddings as negatives in L^B's softmax, k = 8"),
+    "forward_only_joint": ("forward_only", "step.hard_negative_loss=joint",
+                           "neighbours re-encoded forward-only, in L^B's softmax"),
+    "full_joint": ("full", "step.hard_negative_loss=joint", "every neighbour re-encoded with gradient, in L^B's softmax"),
     "late_full": ("full", "", "in-batch for the first half of the in-batch budget's steps, then the paper's step"),
     "full_equal_steps": ("full", "", "the paper's step, as many steps as in-batch (equal steps, not seconds)"),
     "in_batch_long": ("in_batch", "", "in-batch given full_equal_steps' training seconds (where is the crossing?)"),
 }
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
 COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full"}  # variants whose step is another's program up to a constant
+SOLVED = ("late_full", "full_equal_steps", "in_batch_long")  # step counts derived from in_batch's and full's times
+
+
+def calibrated_variants(s: "Settings") -> tuple[str, ...]:
+    """The variants whose step the calibration times: the historical set, and every planned variant that
+    is neither costed as another (COST_AS) nor solved from in-batch's and full's times."""
+    planned = [*s.variants, *s.small_variants, *(v.partition("/")[2] for v in s.later_variants)]
+    extra = [v for v in planned if v not in CALIBRATED and v not in COST_AS and v not in SOLVED]
+    return CALIBRATED + tuple(dict.fromkeys(extra))
 
 
 def calibration_spec(variant: str) -> str:
@@ -110,7 +127,7 @@ def calibrate(out: str, s: Settings) -> dict:
     if os.path.exists(path):
         return ablation.read_json(path)
     cmd = [sys.executable, "-m", "experiments.measure", f"--corpus={s.corpus}", f"--language={s.language}",
-           f"--model={s.model}", f"--variants={','.join(calibration_spec(v) for v in CALIBRATED)}", f"--batch={s.batch}", f"--k={s.k}",
+           f"--model={s.model}", f"--variants={','.join(calibration_spec(v) for v in calibrated_variants(s))}", f"--batch={s.batch}", f"--k={s.k}",
            f"--bank_size={s.bank_size}", f"--query_length={s.query_length}", f"--code_length={s.code_length}",
            f"--steps={s.calibration_steps}", "--embed_rows=0"]
     load_before = os.getloadavg()
@@ -123,7 +140,7 @@ def calibrate(out: str, s: Settings) -> dict:
         "command": " ".join(cmd), "time": datetime.datetime.now().isoformat(timespec="seconds"),
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "machine": ablation.machine(), "rows": rows,
-        "step_s": {v: by_spec[calibration_spec(v)] for v in CALIBRATED},
+        "step_s": {v: by_spec[calibration_spec(v)] for v in calibrated_variants(s)},
     }
     ablation.write_json(path, calibration)
     return calibration
@@ -250,6 +267,8 @@ def define_flags():
     flags.DEFINE_integer("eval_queries", defaults.eval_queries, "valid/test queries per language")
     flags.DEFINE_bool("dry_run", False, "print the plan and the state of every run; run nothing")
     flags.DEFINE_bool("report", False, "write the results section and plots from the finished runs")
+    flags.DEFINE_string("report_tag", "budget", "name of the docs/RESULTS.md block (<!-- TAG:begin -->) and of "
+                        "docs/results/TAG_valid_mrr.png that --report writes (one per experiment folder)")
 
 
 def settings_from_flags() -> Settings:
@@ -273,7 +292,7 @@ def main(argv):
     if FLAGS.report:
         from experiments import budget_report
 
-        budget_report.write(FLAGS.out)
+        budget_report.write(FLAGS.out, tag=FLAGS.report_tag)
         return
     runs = run_all(FLAGS.out, s, dry_run=FLAGS.dry_run)
     done = sum(ablation.run_status(os.path.join(FLAGS.out, r["workdir"])) == "done" for r in runs)

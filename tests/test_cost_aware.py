@@ -118,8 +118,43 @@ def test_schedule_one_program_in_batch_steps_between(world):
     tree_allclose(snaps[4].code_bank, snaps4[4].code_bank, rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.parametrize("source", [dict(), dict(reencode_top=0, other_negatives="bank")])
+def test_joint_loss_matches_numpy_and_one_device_equals_four(world, source):
+    """hard_negative_loss="joint": the loss is one softmax per anchor over the global batch and its hard
+    negatives (numpy over the step's own embeddings), from re-encoded or bank negatives; L^B + L^HN as
+    reported sum to it; it trains differently from the in-batch step; 1 device == 4 devices with dropout."""
+    config = variant(hard_negative_loss="joint", **source)
+    (loss, aux), grads = call(objective(config), world, world.params)
+    q, c, t = (np.asarray(x, np.float64) for x in (aux.q, aux.c, CONFIG.temperature))
+
+    def np_joint(a, cands, hard, valid):
+        pos = np.sum(a * cands, -1) / t
+        terms = np.exp(a @ cands.T / t).sum(-1) + np.where(
+            np.asarray(valid), np.exp(np.einsum("nd,nkd->nk", a, np.asarray(hard, np.float64)) / t), 0.0).sum(-1)
+        return np.log(terms) - pos
+
+    expected = np.mean(0.5 * (np_joint(q, c, aux.c_neg, aux.code_hits.valid)
+                              + np_joint(c, q, aux.q_neg, aux.query_hits.valid)))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    np.testing.assert_allclose((float(aux.loss_b_sum) + float(aux.loss_hn_sum)) / B, expected, rtol=1e-5)
+    assert np.asarray(aux.code_hits.valid).sum() > 0 and float(aux.loss_hn_sum) > 0
+    (_, _), g_ib = call(objective(variant(hard_negative_weight=0.0)), world, world.params)
+    assert float(optax.tree.norm(jax.tree.map(lambda x, y: x - y, grads, g_ib))) > 1e-3 * float(optax.tree.norm(g_ib))
+    out = []
+    for devices in (1, 4):
+        mesh = sharding.make_mesh(jax.devices()[:devices])
+        step_fn = S.make_train_step(world.model, world.tx, config, mesh, pad_id=PAD_ID, compiler_options=FAST)
+        out.append(world.run(step_fn, mesh, 2, world.table))
+    (snaps1, metrics1, _), (snaps4, metrics4, _) = out
+    for s in range(2):
+        for name in ("loss", "loss_b", "loss_hn", "grad_norm"):
+            np.testing.assert_allclose(metrics1[s][name], metrics4[s][name], rtol=2e-5, err_msg=name)
+    tree_allclose(snaps1[1].params, snaps4[1].params, rtol=1e-4, atol=2e-6)
+
+
 def test_cost_aware_config_validation():
-    for bad, match in ((dict(reencode_top=K + 1), "reencode_top"), (dict(reencode_top=-1), "reencode_top"),
+    for bad, match in ((dict(hard_negative_loss="both"), "hard_negative_loss"),
+                       (dict(hard_negative_loss="joint", bimodal_weight=0.0), "bimodal_weight"),(dict(reencode_top=K + 1), "reencode_top"), (dict(reencode_top=-1), "reencode_top"),
                        (dict(reencode_top=1, dedup_negatives=True), "dedup_negatives"),
                        (dict(other_negatives="stale"), "other_negatives"),
                        (dict(hard_negative_every=0), "hard_negative_every"),

@@ -13,6 +13,7 @@ class losses:  # noqa: N801  (jitted views of the module: one compile per test i
     bimodal_loss = jax.jit(_losses.bimodal_loss, static_argnames="temperature")
     hard_negative_rows = jax.jit(_losses.hard_negative_rows, static_argnames="temperature")
     hard_negative_loss = jax.jit(_losses.hard_negative_loss, static_argnames="temperature")
+    joint_rows = jax.jit(_losses.joint_rows, static_argnames=("temperature", "hard_weight"))
 
 
 def unit(rng, *shape):
@@ -112,6 +113,35 @@ def test_hard_negative_loss_masks_match_numpy():
     # A row whose negatives are all masked contributes exactly 0.
     rows = losses.hard_negative_rows(f32(q), f32(c), f32(c_neg), 0.05, jnp.zeros((n, k), bool))
     assert np.all(np.asarray(rows) == 0.0)
+
+
+def np_joint_rows(a, cands, labels, tau, mask, hard, hard_mask, w):
+    """One softmax per row over its usable in-batch candidates and its valid hard negatives (each w times)."""
+    out = []
+    for i in range(a.shape[0]):
+        terms = [np.exp(a[i] @ cands[j] / tau) for j in range(cands.shape[0]) if j == labels[i] or mask[i, j]]
+        terms += [w * np.exp(a[i] @ hard[i, r] / tau) for r in range(hard.shape[1]) if hard_mask[i, r]]
+        out.append(np.log(np.sum(terms)) - a[i] @ cands[labels[i]] / tau)
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("w", [1.0, 0.25])
+def test_joint_rows_match_numpy(w):
+    """The hard negatives join the in-batch softmax: numpy's loop, masks on both parts; weight 0 is L^B."""
+    rng = np.random.default_rng(6)
+    n, m, k, d = 4, 8, 3, 5
+    a, cands, hard = unit(rng, n, d), unit(rng, m, d), unit(rng, n, k, d)
+    labels = np.array([1, 3, 4, 6])
+    mask, hard_mask = rng.random((n, m)) < 0.6, rng.random((n, k)) < 0.6
+    hard_mask[0] = False  # a row without hard negatives is its in-batch row
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    args = (f32(a), f32(cands), jnp.asarray(labels), 0.05, jnp.asarray(mask), f32(hard), jnp.asarray(hard_mask))
+    got = np.asarray(losses.joint_rows(*args, hard_weight=w))
+    np.testing.assert_allclose(got, np_joint_rows(a, cands, labels, 0.05, mask, hard, hard_mask, w), rtol=2e-5)
+    plain = np.asarray(losses.info_nce_rows(f32(a), f32(cands), jnp.asarray(labels), 0.05, jnp.asarray(mask)))
+    np.testing.assert_allclose(got[0], plain[0], rtol=1e-6)
+    assert np.all(got >= plain) and np.any(got > plain + 1e-2)  # hard negatives only add to the denominator
+    np.testing.assert_allclose(np.asarray(losses.joint_rows(*args, hard_weight=0.0)), plain, rtol=1e-6)
 
 
 def test_masked_negatives_get_zero_gradient_and_no_nan():
