@@ -35,26 +35,35 @@ def table(path: str) -> str:
     for row in payload["results"]:
         m = payload["machine"]
         model = {"minilm": "MiniLM", "codet5p-110m": "CodeT5+ 110M shape"}.get(row["model"], row["model"])
+        isolated = row.get("isolated", False)
+        present = [(key, name) for key, name in labels(row) if f"{key}_step_s" in row]
+        memory = (f"each step in its own process, one after another (`--isolate`; ratios of medians), peak RSS "
+                  "in the table" if isolated else f"peak RSS {row['process_max_rss_gb']:.1f} GB")
         lines.append(f"{model}, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}; "
                      f"real tokens {row['real_token_fraction']['query']:.0%} of a query row, "
                      f"{row['real_token_fraction']['code']:.0%} of a code row; load average "
-                     f"{m.get('load_average_start')} at the start; peak RSS {row['process_max_rss_gb']:.1f} GB "
-                     f"(`{path}`):")
+                     f"{m.get('load_average_start')} at the start; {memory} (`{path}`):")
         lines.append("")
-        lines.append(f"| step | median s ({len(row['ours_times_s'])} rounds) | rounds s | real-token MFU | compile s | vs reference (cap) "
-                     "| vs reference (longest) | speed vs ours padded |")
-        lines.append("|---|---:|---|---:|---:|---:|---:|---:|")
-        for key, name in labels(row):
-            if f"{key}_step_s" not in row:
-                continue
+        rounds = len(row[f"{present[0][0]}_times_s"])
+        lines.append(f"| step | median s ({rounds} rounds) | rounds s | real-token MFU | compile s | vs reference (cap) "
+                     "| vs reference (longest) | speed vs ours padded |" + (" peak RSS GB |" if isolated else ""))
+        lines.append("|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if isolated else ""))
+        padded = "ours_compile_s" in row
+        for key, name in present:
             ratio = lambda r: row.get(f"ratio_{key}_over_{r}")  # noqa: E731
             fmt = lambda v: "" if v is None else f"{v:.2f}x"  # noqa: E731
             compile_s = row.get(f"{key}_compile_s")
+            if key == "ours" or not padded:
+                vs_padded = None
+            elif isolated:
+                vs_padded = row["ours_step_s"] / row[f"{key}_step_s"]
+            else:
+                vs_padded = common.paired_ratio(row[f"{key}_times_s"], row["ours_times_s"])
             lines.append(
                 f"| {name} | {row[f'{key}_step_s']:.2f} | {', '.join(f'{t:.1f}' for t in row[f'{key}_times_s'])} "
                 f"| {row[f'{key}_real_mfu']:.1%} | {'' if compile_s is None else f'{compile_s:.0f}'} "
-                f"| {fmt(ratio('reference'))} | {fmt(ratio('reference_longest'))} "
-                f"| {fmt(common.paired_ratio(row[f'{key}_times_s'], row['ours_times_s']) if key != 'ours' and 'ours_compile_s' in row else None)} |")
+                f"| {fmt(ratio('reference'))} | {fmt(ratio('reference_longest'))} | {fmt(vs_padded)} |"
+                + (f" {row[f'{key}_max_rss_gb']:.1f} |" if isolated else ""))
         lines.append("")
     return "\n".join(lines)
 

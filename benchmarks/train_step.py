@@ -251,6 +251,10 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     for o in ours_labels:
         for r in ref_labels:
             row[f"ratio_{o}_over_{r}"] = common.paired_ratio(times[o], times[r])
+    if reference:
+        row["reference_peak_bytes"] = _torch_peak_bytes()
+    if not ours_labels:  # an --isolate child timing a reference alone
+        return row
     # The columns of earlier result files (report.py, growth.py): our first step.
     first = ours_labels[0]
     m = checks[first]()
@@ -261,9 +265,63 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
             row[f"ours_{name}"] = row[f"{first}_{name}"]
         if "reference" in times:
             row["ratio_ours_over_reference"] = row[f"ratio_{first}_over_reference"]
-    if reference:
-        row["reference_peak_bytes"] = _torch_peak_bytes()
     return row
+
+
+def implementations(length_buckets: str, reference_padding: str) -> list[tuple[str, str]]:
+    """(flag, value) of every implementation a run times: ours per --length_buckets, one reference per padding."""
+    return ([("--length_buckets", v) for v in length_buckets.split(",") if v] +
+            [("--reference_padding", v) for v in reference_padding.split(",") if v])
+
+
+def merge_isolated(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result row from per-implementation child rows (``--isolate``): each child's columns, its own peak
+    memory as ``<label>_max_rss_gb``, and ratios of medians (the children ran one after another, so there
+    are no rounds to pair)."""
+    shared = ("model", "batch", "k", "lq", "lc", "bank", "model_gflops_per_step", "real_token_gflops_per_step",
+              "reencode_fraction", "real_token_fraction", "dtype", "length_chunk")
+    row: dict[str, Any] = {key: rows[0][key] for key in shared}
+    row["isolated"] = True
+    labels = []
+    for child in rows:
+        own = sorted({key[: -len("_step_s")] for key in child if key.endswith("_step_s")} - {"ours"}
+                     or {"ours"})
+        for label in own:
+            labels.append(label)
+            row.update({key: value for key, value in child.items() if key.startswith(label + "_")})
+            row[f"{label}_max_rss_gb"] = child["process_max_rss_gb"]
+        for key in ("compile_s", "loss_after", "valid_negatives", "reference_peak_bytes", "ours_peak_bytes"):
+            if child.get(key) is not None and key not in row:
+                row[key] = child[key]
+    row["process_max_rss_gb"] = max(child["process_max_rss_gb"] for child in rows)
+    for o in (label for label in labels if label.startswith("ours")):
+        for r in (label for label in labels if label.startswith("reference")):
+            row[f"ratio_{o}_over_{r}"] = row[f"{r}_step_s"] / row[f"{o}_step_s"]
+    return row
+
+
+def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[str, Any]], list]:
+    """``--isolate``: each implementation in its own child process, one after another (peak memory is then
+    one implementation's, not the sum), merged into one row per model; also each child's matmul peak."""
+    import json
+    import subprocess
+    import sys
+
+    base = [a for a in argv if not a.startswith(("--isolate", "--out", "--length_buckets", "--reference_padding"))]
+    rows = []
+    for flag, value in implementations(args.length_buckets, args.reference_padding):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "child.json")
+            other = "--reference_padding=" if flag == "--length_buckets" else "--length_buckets="
+            cmd = [sys.executable, "-m", "benchmarks.train_step", *base, f"{flag}={value}", other, f"--out={out}"]
+            print("$", " ".join(cmd), flush=True)
+            result = subprocess.run(cmd, check=False)
+            if result.returncode:
+                raise SystemExit(f"train_step --isolate: the child for {flag}={value} failed (exit "
+                                 f"{result.returncode}{', killed: out of memory?' if result.returncode < 0 else ''})")
+            rows.append(json.load(open(out)))
+    merged = [merge_isolated([child["results"][i] for child in rows]) for i in range(len(rows[0]["results"]))]
+    return merged, [child.get("matmul_peak") for child in rows]
 
 
 def _max_rss_gb() -> float:
@@ -314,8 +372,22 @@ def main(argv=None) -> dict[str, Any]:
                         help="comma-separated PyTorch references: cap (authors') and/or longest (per call)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each implementation in its own process, one after another (peak memory one "
+                             "implementation's; ratios of medians instead of paired rounds)")
     args = parser.parse_args(argv)
     threads = common.pin_threads(args.threads)
+    if args.isolate:
+        import sys
+
+        machine = common.machine_info(threads)
+        rows, peaks = run_isolated(list(sys.argv[1:] if argv is None else argv), args)
+        payload = {"benchmark": "train_step", "isolated": True, "machine": machine, "matmul_peak": peaks,
+                   "results": rows}
+        common.write_json(args.out or common.default_out("train_step", args.smoke), payload)
+        common.print_table(rows, ["model", "batch", "k", "lq", "lc"] + sorted(
+            c for c in rows[0] if c.endswith(("_step_s", "_max_rss_gb")) or c.startswith("ratio_")))
+        return payload
 
     sizes = parse_sizes(args.sizes, SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
     models = args.models.split(",") if args.models else list(sizes)
@@ -326,17 +398,20 @@ def main(argv=None) -> dict[str, Any]:
     print(f"threads {threads}; {args.dtype} matmul peak {peak['peak_gflops']:.1f} GFLOP/s; load {machine['load_average_start']}")
     rows = []
     fractions = [float(f) for f in args.reencode_fraction.split(",")] if args.reencode_fraction else [None]
+    reference = bool(args.reference_padding)
+    if not args.length_buckets and not reference:
+        raise SystemExit("train_step: nothing to time (empty --length_buckets and --reference_padding)")
     for name in models:
         b, k, lq, lc = sizes[name]
         folder = common.model_folder(name, args.cache)
         for fraction in fractions:
-            rows.append(measure(name, folder, b, k, lq, lc, bank, rounds, peak["peak_gflops"],
+            rows.append(measure(name, folder, b, k, lq, lc, bank, rounds, peak["peak_gflops"], reference=reference,
                                 compiler_options=SMOKE_COMPILER_OPTIONS if args.smoke else None,
                                 pairs_limit=SMOKE_PAIRS if args.smoke else None, reencode_fraction=fraction,
                                 dtype=args.dtype,
-                                length_buckets=tuple(args.length_buckets.split(",")),
+                                length_buckets=tuple(v for v in args.length_buckets.split(",") if v),
                                 length_chunk=args.length_chunk,
-                                reference_padding=tuple(args.reference_padding.split(","))))
+                                reference_padding=tuple(v for v in args.reference_padding.split(",") if v)))
             columns = ["model", "batch", "k", "lq", "lc"] + sorted(
                 c for c in rows[-1] if c.endswith(("_step_s", "_compile_s", "_real_mfu")) or c.startswith("ratio_"))
             common.print_table(rows[-1:], columns)

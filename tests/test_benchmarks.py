@@ -137,3 +137,35 @@ def test_length_variants_and_their_table_labels():
     assert [k for k, _ in lt.labels(row)] == ["ours_b4", "ours_b4_scan", "reference", "reference_longest"]
     row["ours_compile_s"] = 3.0
     assert "ours" in [k for k, _ in lt.labels(row)]
+
+
+def test_isolated_children_merge_into_one_row_and_table(tmp_path):
+    """--isolate: one child per implementation; the merged row keeps each child's columns and peak memory,
+    and its ratios are ratios of medians; lengths_table renders it with a peak-memory column."""
+    ts, lt = _script("train_step"), _script("lengths_table")
+    assert ts.implementations("0,4", "cap,longest") == [
+        ("--length_buckets", "0"), ("--length_buckets", "4"),
+        ("--reference_padding", "cap"), ("--reference_padding", "longest")]
+    assert ts.implementations("4", "") == [("--length_buckets", "4")]
+    shared = dict(model="minilm", batch=16, k=10, lq=128, lc=256, bank=512, model_gflops_per_step=1.0,
+                  real_token_gflops_per_step=0.5, reencode_fraction=None, dtype="float32", length_chunk=8,
+                  real_token_fraction={"query": 0.15, "code": 0.56})
+    ours = dict(shared, ours_b4_step_s=2.0, ours_b4_times_s=[2.0, 2.1], ours_b4_real_mfu=0.2, ours_b4_compile_s=90.0,
+                ours_step_s=2.0, ours_times_s=[2.0, 2.1], compile_s=90.0, loss_after=0.1, valid_negatives=10.0,
+                process_max_rss_gb=3.0)
+    padded = dict(shared, ours_step_s=4.0, ours_times_s=[4.0, 4.2], ours_real_mfu=0.1, ours_compile_s=30.0,
+                  compile_s=30.0, process_max_rss_gb=5.0)
+    cap = dict(shared, reference_step_s=5.0, reference_times_s=[5.0, 5.5], reference_real_mfu=0.08,
+               process_max_rss_gb=15.0)
+    longest = dict(shared, reference_longest_step_s=3.0, reference_longest_times_s=[3.0, 3.3],
+                   reference_longest_real_mfu=0.13, process_max_rss_gb=14.0)
+    row = ts.merge_isolated([padded, ours, cap, longest])
+    assert row["isolated"] and row["process_max_rss_gb"] == 15.0
+    assert (row["ours_step_s"], row["ours_b4_step_s"], row["ours_max_rss_gb"], row["ours_b4_max_rss_gb"]) == (4.0, 2.0, 5.0, 3.0)
+    assert row["ratio_ours_b4_over_reference"] == 2.5 and row["ratio_ours_b4_over_reference_longest"] == 1.5
+    assert row["ratio_ours_over_reference"] == 1.25
+    path = tmp_path / "isolated.json"
+    path.write_text(json.dumps({"machine": {"load_average_start": [0.1, 0.1, 0.1]}, "results": [row]}))
+    text = lt.table(str(path))
+    assert "| ours length-aware (4) | 2.00 | 2.0, 2.1 | 20.0% | 90 | 2.50x | 1.50x | 2.00x | 3.0 |" in text
+    assert "| reference (cap) | 5.00 | 5.0, 5.5 | 8.0% |  |  |  | 0.80x | 15.0 |" in text

@@ -346,3 +346,24 @@ def test_budget_plan_gives_every_variant_the_same_training_seconds():
     assert c.step.negatives_in_group and c.step.k == s.k
     c = registry.get_config(budget.run_argument(s, runs[("small", "bank_w025", 0)], ""))
     assert c.step.reencode_top == 0 and c.step.hard_negative_weight == 0.25
+
+
+def test_budget_joint_variants_are_calibrated_and_load_as_joint():
+    """Planned variants outside the historical calibration set are timed too (not costed by guess), and the
+    joint variants' config arguments load as the joint loss on the negatives they name."""
+    from configs import registry
+
+    from cocohanere_jax.step_config import StepConfig
+    from experiments import budget
+
+    s = budget.Settings(variants=("in_batch", "bank_joint", "bank_joint_k8", "late_full"), small_variants=("in_batch",),
+                        later_variants=("large/full_in_lang", "large/full_joint"))
+    timed = budget.calibrated_variants(s)
+    assert timed[:len(budget.CALIBRATED)] == budget.CALIBRATED
+    assert set(timed) - set(budget.CALIBRATED) == {"bank_joint", "bank_joint_k8", "full_joint"}  # not late_full, full_in_lang
+    step_s = {v: 1.0 for v in timed} | {"full": 3.0, "full_joint": 3.0}
+    runs = {(r["budget"], r["variant"]): r for r in budget.plan(s, step_s)}
+    for name, k, top in (("bank_joint", s.k, 0), ("bank_joint_k8", 8, 0), ("full_joint", s.k, None)):
+        step = StepConfig.from_config(registry.get_config(budget.run_argument(s, runs[("large", name)], "")).step)
+        assert (step.hard_negative_loss, step.k, step.reencode_top) == ("joint", k, top), name
+    assert runs[("large", "full_joint")]["steps"] == 100 and runs[("large", "bank_joint")]["steps"] == 300
