@@ -64,6 +64,9 @@ def table(path: str) -> str:
                 f"| {row[f'{key}_real_mfu']:.1%} | {'' if compile_s is None else f'{compile_s:.0f}'} "
                 f"| {fmt(ratio('reference'))} | {fmt(ratio('reference_longest'))} | {fmt(vs_padded)} |"
                 + (f" {row[f'{key}_max_rss_gb']:.1f} |" if isolated else ""))
+        for key, name in labels(row):
+            if f"{key}_failed" in row:
+                lines.append(f"| {name} | did not run: {row[f'{key}_failed']} |" + " |" * (6 + isolated))
         lines.append("")
     return "\n".join(lines)
 

@@ -214,14 +214,14 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     scanned = None
     for spec in length_buckets:
         nb, scan = parse_variant(spec)
-        label = ("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "")
+        label = implementation_label("--length_buckets", spec)
         if scan and scanned is None:
             scanned = cocohanere_jax.load_encoder(folder, dtype=getattr(jnp, dtype), scan_layers=True)
         fns[label], compile_s[label], checks[label] = make_ours(scanned if scan else enc, work, k, compiler_options,
                                                                 reencode_fraction, nb, length_chunk)
     if reference:
         for padding in reference_padding:
-            label = "reference" if padding == "cap" else f"reference_{padding}"
+            label = implementation_label("--reference_padding", padding)
             fns[label] = make_reference(folder, work, k, enc.dim, enc.pad_id, dtype, padding)
     times = common.interleaved(fns, rounds=rounds, warmup=1)
     flops = common.step_model_flops(enc.family, enc.config, batch, k, lq, lc)
@@ -268,6 +268,14 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     return row
 
 
+def implementation_label(flag: str, value: str) -> str:
+    """The result-row label of one implementation: ours, ours_b4, ours_b4_scan, reference, reference_longest."""
+    if flag == "--length_buckets":
+        nb, scan = parse_variant(value)
+        return ("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "")
+    return "reference" if value == "cap" else f"reference_{value}"
+
+
 def implementations(length_buckets: str, reference_padding: str) -> list[tuple[str, str]]:
     """(flag, value) of every implementation a run times: ours per --length_buckets, one reference per padding."""
     return ([("--length_buckets", v) for v in length_buckets.split(",") if v] +
@@ -280,12 +288,19 @@ def merge_isolated(rows: list[dict[str, Any]]) -> dict[str, Any]:
     are no rounds to pair)."""
     shared = ("model", "batch", "k", "lq", "lc", "bank", "model_gflops_per_step", "real_token_gflops_per_step",
               "reencode_fraction", "real_token_fraction", "dtype", "length_chunk")
-    row: dict[str, Any] = {key: rows[0][key] for key in shared}
+    done = [child for child in rows if "failed" not in child]
+    if not done:
+        raise SystemExit("train_step --isolate: every implementation failed: "
+                         + "; ".join(f"{c['label']}: {c['failed']}" for c in rows))
+    row: dict[str, Any] = {key: done[0][key] for key in shared}
     row["isolated"] = True
     labels = []
     for child in rows:
-        own = sorted({key[: -len("_step_s")] for key in child if key.endswith("_step_s")} - {"ours"}
-                     or {"ours"})
+        if "failed" in child:  # e.g. killed for memory: recorded, not timed
+            row[f"{child['label']}_failed"] = child["failed"]
+            continue
+        own = [child["label"]] if "label" in child else sorted(
+            {key[: -len("_step_s")] for key in child if key.endswith("_step_s")} - {"ours"} or {"ours"})
         for label in own:
             labels.append(label)
             row.update({key: value for key, value in child.items() if key.startswith(label + "_")})
@@ -293,7 +308,7 @@ def merge_isolated(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("compile_s", "loss_after", "valid_negatives", "reference_peak_bytes", "ours_peak_bytes"):
             if child.get(key) is not None and key not in row:
                 row[key] = child[key]
-    row["process_max_rss_gb"] = max(child["process_max_rss_gb"] for child in rows)
+    row["process_max_rss_gb"] = max(child["process_max_rss_gb"] for child in done)
     for o in (label for label in labels if label.startswith("ours")):
         for r in (label for label in labels if label.startswith("reference")):
             row[f"ratio_{o}_over_{r}"] = row[f"{r}_step_s"] / row[f"{o}_step_s"]
@@ -316,11 +331,20 @@ def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[s
             cmd = [sys.executable, "-m", "benchmarks.train_step", *base, f"{flag}={value}", other, f"--out={out}"]
             print("$", " ".join(cmd), flush=True)
             result = subprocess.run(cmd, check=False)
+            label = implementation_label(flag, value)
             if result.returncode:
-                raise SystemExit(f"train_step --isolate: the child for {flag}={value} failed (exit "
-                                 f"{result.returncode}{', killed: out of memory?' if result.returncode < 0 else ''})")
-            rows.append(json.load(open(out)))
-    merged = [merge_isolated([child["results"][i] for child in rows]) for i in range(len(rows[0]["results"]))]
+                # A child killed by a signal (9: the kernel's OOM killer on this machine) is recorded, and the
+                # other implementations still run.
+                why = (f"killed by signal {-result.returncode}" + (" (out of memory)" if result.returncode == -9 else "")
+                       if result.returncode < 0 else f"exit status {result.returncode}")
+                print(f"train_step --isolate: {label} failed: {why}", flush=True)
+                rows.append({"label": label, "failed": why})
+            else:
+                rows.append(dict(json.load(open(out)), label=label))
+    per_model = max(len(child.get("results", [])) for child in rows)
+    merged = [merge_isolated([dict(child["results"][i], label=child["label"]) if "results" in child else child
+                              for child in rows])
+              for i in range(per_model)]
     return merged, [child.get("matmul_peak") for child in rows]
 
 

@@ -159,6 +159,14 @@ def test_isolated_children_merge_into_one_row_and_table(tmp_path):
                process_max_rss_gb=15.0)
     longest = dict(shared, reference_longest_step_s=3.0, reference_longest_times_s=[3.0, 3.3],
                    reference_longest_real_mfu=0.13, process_max_rss_gb=14.0)
+    assert ts.merge_isolated([padded, ours, cap, longest]) == ts.merge_isolated(
+        [dict(padded, label="ours"), dict(ours, label="ours_b4"), cap, longest])
+    # A child killed for memory is recorded and shown; the others still make the row.
+    failed = ts.merge_isolated([padded, ours, {"label": "reference", "failed": "killed by signal 9 (out of memory)"}])
+    assert failed["reference_failed"].startswith("killed") and "ratio_ours_b4_over_reference" not in failed
+    path = tmp_path / "failed.json"
+    path.write_text(json.dumps({"machine": {}, "results": [failed]}))
+    assert "| reference (cap) | did not run: killed by signal 9 (out of memory) |" in lt.table(str(path))
     row = ts.merge_isolated([padded, ours, cap, longest])
     assert row["isolated"] and row["process_max_rss_gb"] == 15.0
     assert (row["ours_step_s"], row["ours_b4_step_s"], row["ours_max_rss_gb"], row["ours_b4_max_rss_gb"]) == (4.0, 2.0, 5.0, 3.0)
