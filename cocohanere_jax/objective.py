@@ -56,6 +56,9 @@ class Aux(struct.PyTreeNode):
     valid_negatives: Array  # number of valid hard negatives (both directions)
     dropped_negatives: Array  # valid hard negatives left out by the re-encode budget (both directions)
     hard_negative_step: Array  # [] bool: this step used L^HN (False on the schedule's in-batch steps)
+    ids: Array  # [n] DataIDs of the pairs trained on (the iterator's, or bank neighbours with neighbour_pairs)
+    neighbour_rows: Array  # local rows that hold a bank neighbour's pair (neighbour_pairs; else 0)
+    neighbour_score_sum: Array  # sum of cos(anchor query, neighbour code) over those rows
 
 
 def _search_bank(
@@ -68,6 +71,7 @@ def _search_bank(
     hashes: list[Array],
     config: StepConfig,
     groups: Array | None = None,
+    k: int | None = None,
 ) -> bank_lib.SearchResult:
     """Top-k of one bank with all configured masks.
 
@@ -86,7 +90,7 @@ def _search_bank(
     if config.false_negative_margin is not None:
         fn_scores = scores if config.knn == "bi" else fn_anchors @ bank.embeddings.T
         keep = keep & bank_lib.margin_keep(fn_scores, positive_scores, config.false_negative_margin)
-    return bank_lib.search(bank, keys, config.k, anchor_ids=anchor_ids, keep=keep, scores=scores)
+    return bank_lib.search(bank, keys, config.k if k is None else k, anchor_ids=anchor_ids, keep=keep, scores=scores)
 
 
 class _HardNegativeInputs(struct.PyTreeNode):
@@ -247,6 +251,77 @@ def _hard_negatives(
     )
 
 
+class _NeighbourBatch(struct.PyTreeNode):
+    ids: Array  # [n] DataIDs as trained on
+    q: Array  # [n, d] with gradient
+    c: Array
+    rows: Array  # [] int32 rows replaced by a neighbour's pair
+    score_sum: Array  # sum of cos(anchor query, neighbour code) over them
+
+
+def _neighbour_batch(
+    ids: Array,
+    query_rows: Array,
+    code_rows: Array,
+    rows: Array,
+    *,
+    code_bank: bank_lib.Bank,
+    ids_all: Array,
+    hashes: list[Array],
+    groups: Array | None,
+    lookup,
+    encode_parts,
+    key: Array,
+    config: StepConfig,
+) -> _NeighbourBatch:
+    """Neighbour batches (docs/METHOD.md section 9): rows in groups of g = 1 + neighbour_pairs by global row;
+    the anchors (each group's first row) are encoded, the code bank is searched with them (masks as for
+    hard negatives; this batch's DataIDs excluded), and each other row becomes the pair of one of its
+    anchor's neighbours, encoded with gradient like any batch row. Dropout keys stay per global row, so an
+    empty bank gives the in-batch step exactly."""
+    n = ids.shape[0]
+    j = config.neighbour_pairs
+    g = 1 + j
+    if n % g:
+        raise ValueError(
+            f"objective.py: step.neighbour_pairs={j} needs a per-device batch divisible by {g} (anchor + "
+            f"{j} neighbours), got {n}; change train.global_batch_size or step.neighbour_pairs.")
+    a = n // g
+
+    def grid(x):
+        return x.reshape((a, g) + x.shape[1:])
+
+    ids_g, rows_g = grid(ids), grid(rows)
+    anchor_ids, anchor_rows = ids_g[:, 0], rows_g[:, 0]
+    qa, ca = encode_parts([
+        (grid(query_rows)[:, 0], reencode.row_keys(key, reencode.STREAM_QUERY, anchor_rows)),
+        (grid(code_rows)[:, 0], reencode.row_keys(key, reencode.STREAM_CODE, anchor_rows)),
+    ])
+    qas, cas = jax.lax.stop_gradient(qa), jax.lax.stop_gradient(ca)
+    hits = _search_bank(
+        code_bank, qas if config.knn == "bi" else cas, qas, positive_scores=jnp.sum(qas * cas, axis=-1),
+        anchor_ids=anchor_ids, batch_ids=ids_all, hashes=hashes, config=config, groups=groups, k=j)
+    chosen = jnp.where(hits.valid, hits.ids, ids_g[:, 1:])  # [a, j]: a missing neighbour keeps the row's pair
+    other_rows = rows_g[:, 1:].reshape(-1)
+    qo, co = encode_parts([
+        (lookup("query", chosen.reshape(-1)), reencode.row_keys(key, reencode.STREAM_QUERY, other_rows)),
+        (lookup("code", chosen.reshape(-1)), reencode.row_keys(key, reencode.STREAM_CODE, other_rows)),
+    ])
+    d = qa.shape[-1]
+
+    def interleave(anchor, other):
+        return jnp.concatenate([anchor[:, None], other.reshape(a, j, d)], axis=1).reshape(n, d)
+
+    # cos(anchor query, the neighbour's code as the bank holds it): how hard the neighbours are.
+    neighbour_codes = code_bank.embeddings[jnp.maximum(hits.slots, 0)].astype(qas.dtype)  # [a, j, d]
+    scores = jnp.einsum("ad,ajd->aj", qas, neighbour_codes)
+    return _NeighbourBatch(
+        ids=jnp.concatenate([anchor_ids[:, None], chosen], axis=1).reshape(n),
+        q=interleave(qa, qo), c=interleave(ca, co),
+        rows=jnp.sum(hits.valid.astype(jnp.int32)),
+        score_sum=jnp.sum(jnp.where(hits.valid, scores, 0.0)),
+    )
+
 
 def loss_and_aux(
     params: Params,
@@ -316,11 +391,24 @@ def loss_and_aux(
                 for tokens, keys in parts]
 
     # 1-2. Encode the local batch; L^B against the global batch.
-    q, c = encode_parts([(query_rows, reencode.row_keys(key, reencode.STREAM_QUERY, rows)),
-                         (code_rows, reencode.row_keys(key, reencode.STREAM_CODE, rows))])
+    if config.neighbour_pairs:
+        nb = _neighbour_batch(
+            ids, query_rows, code_rows, rows, code_bank=code_bank, ids_all=gather(ids), hashes=hashes,
+            groups=table.groups, key=key, config=config, encode_parts=encode_parts,
+            lookup=functools.partial(lookup_rows, table=table, host_table=host_table, axis_name=axis_name))
+        ids, q, c = nb.ids, nb.q, nb.c
+        neighbour_rows, neighbour_score_sum = nb.rows, nb.score_sum
+    else:
+        q, c = encode_parts([(query_rows, reencode.row_keys(key, reencode.STREAM_QUERY, rows)),
+                             (code_rows, reencode.row_keys(key, reencode.STREAM_CODE, rows))])
+        neighbour_rows, neighbour_score_sum = jnp.zeros((), jnp.int32), jnp.zeros((), q.dtype)
     q_all, c_all, ids_all = gather(q), gather(c), gather(ids)
-    # With mask_duplicates, same-text pairs of the global batch are not in-batch negatives either.
+    # With mask_duplicates, same-text pairs of the global batch are not in-batch negatives either; with
+    # neighbour batches two anchors may bring the same neighbour, which is never a negative of itself.
     pair_keep = bank_lib.duplicate_keep(ids_all, ids, hashes) if hashes else None
+    if config.neighbour_pairs:
+        same = ids[:, None] == ids_all[None, :]
+        pair_keep = ~same if pair_keep is None else pair_keep & ~same
     loss_b_rows = 0.5 * (
         losses.info_nce_rows(q, c_all, rows, config.temperature, pair_keep)
         + losses.info_nce_rows(c, q_all, rows, config.temperature, pair_keep)
@@ -385,6 +473,9 @@ def loss_and_aux(
         valid_negatives=hn.valid_negatives,
         dropped_negatives=hn.dropped_negatives,
         hard_negative_step=hn.active,
+        ids=ids,
+        neighbour_rows=neighbour_rows,
+        neighbour_score_sum=jax.lax.stop_gradient(neighbour_score_sum),
     )
     return loss_share, aux
 

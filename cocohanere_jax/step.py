@@ -131,7 +131,10 @@ def train_step_body(
     * ``dropped_negatives``: valid hard negatives per anchor and direction left out by the re-encode
       budget (``dedup_negatives`` with ``reencode_fraction < 1``; 0 otherwise);
     * ``hard_negative_step``: 1 if this step used L^HN, 0 on an in-batch step of the schedule or of the
-      in-batch baseline.
+      in-batch baseline;
+    * ``neighbour_rows``: with ``neighbour_pairs``, the share of the batch's rows that hold a bank
+      neighbour's pair instead of the iterator's (0 otherwise); ``neighbour_score``: the mean cosine of
+      their anchors' queries with those neighbours' codes (as the bank held them).
     """
     if axis_name is None:
         gather = psum = lambda x: x  # noqa: E731
@@ -159,7 +162,7 @@ def train_step_body(
     params = optax.apply_updates(state.params, updates)
 
     # 7. Push the global batch (embeddings of this step's forward, before the update).
-    ids_all = gather(batch["data_id"].astype(jnp.int32))
+    ids_all = gather(aux.ids)  # the batch's DataIDs as trained on (bank neighbours with neighbour_pairs)
     pushed_q, pushed_c = gather(aux.q), gather(aux.c)
     if config.uses_hard_negatives:
         code_slots, query_slots = gather(aux.code_hits.slots), gather(aux.query_hits.slots)
@@ -206,6 +209,10 @@ def train_step_body(
         "distinct_negatives": distinct / jnp.maximum(valid_negatives, 1),
         "dropped_negatives": psum(aux.dropped_negatives) / (2 * n_global),  # per anchor and direction
         "hard_negative_step": aux.hard_negative_step,  # 1 when this step used L^HN (schedule), else 0
+        # Neighbour batches: the share of the batch's rows holding a bank neighbour's pair (the iterator's
+        # pair of such a row is not trained on this step), and the anchors' mean cosine with those codes.
+        "neighbour_rows": psum(aux.neighbour_rows) / n_global,
+        "neighbour_score": psum(aux.neighbour_score_sum) / jnp.maximum(psum(aux.neighbour_rows), 1),
         "query_bank_fill": bank_lib.num_valid(query_bank) / query_bank.size,
         "code_bank_fill": bank_lib.num_valid(code_bank) / code_bank.size,
     }

@@ -63,6 +63,13 @@ class StepConfig:
     # compiled program (jax.lax.cond; the banks are still filled every step).
     hard_negative_start: int = 0
     hard_negative_every: int = 1
+    # Neighbour batches (docs/METHOD.md section 9): the batch is made of groups of 1 + neighbour_pairs rows;
+    # the group's first row is the anchor pair, and each other row is replaced by the *pair* of one of the
+    # anchor's nearest codes in the code bank (nearest to its query; to its code with knn="uni"), re-encoded
+    # with gradient as a full member of the batch. The hard negatives then sit inside L^B at the encoder cost
+    # of an in-batch step. A row whose neighbour is missing (empty bank, masks) keeps the iterator's pair.
+    # 0 = off. The per-device batch must divide by 1 + neighbour_pairs.
+    neighbour_pairs: int = 0
     learning_rate: float = 3e-5
     adam_b1: float = 0.9
     adam_b2: float = 0.999
@@ -118,6 +125,11 @@ class StepConfig:
             bad("other_negatives", self.other_negatives, 'use "bank" or "fresh"')
         if self.hard_negative_start < 0:
             bad("hard_negative_start", self.hard_negative_start, "use a step >= 0")
+        if self.neighbour_pairs < 0:
+            bad("neighbour_pairs", self.neighbour_pairs, "use 0 (off) or a positive number of neighbour pairs per anchor")
+        if self.neighbour_pairs and self.bimodal_weight == 0:
+            bad("neighbour_pairs", self.neighbour_pairs, "neighbour pairs are negatives inside L^B, so they need "
+                "bimodal_weight > 0")
         if self.hard_negative_every < 1:
             bad("hard_negative_every", self.hard_negative_every, "use 1 (every step) or a larger period")
 

@@ -133,6 +133,9 @@ PRESETS = {
     "bank_negatives": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="bi", reencode_top=0,
                                other_negatives="bank"),
     "top1": _variant(bimodal_weight=1.0, hard_negative_weight=1.0, knn="bi", reencode_top=1, other_negatives="bank"),
+    # Neighbour batches: half of every batch is the anchors' nearest bank neighbours, as whole pairs inside
+    # L^B (the encoder work of an in-batch step); neighbour_pairs=N for N per anchor.
+    "neighbour_batch": _variant(bimodal_weight=1.0, hard_negative_weight=0.0, knn="bi", neighbour_pairs=1),
 }
 
 

@@ -62,21 +62,38 @@ VARIANTS = {
     "forward_only_joint": ("forward_only", "step.hard_negative_loss=joint",
                            "neighbours re-encoded forward-only, in L^B's softmax"),
     "full_joint": ("full", "step.hard_negative_loss=joint", "every neighbour re-encoded with gradient, in L^B's softmax"),
+    # Neighbour batches (step.neighbour_pairs): the anchors' nearest bank neighbours join the batch as whole
+    # pairs inside L^B, at the encoder cost of an in-batch step.
+    "neighbour_batch": ("neighbour_batch", "", "half of each batch the anchors' nearest bank neighbours, as pairs in L^B"),
+    "neighbour_batch_in_lang": ("neighbour_batch", "step.negatives_in_group=True",
+                                "neighbour batches, neighbours from the anchor's language"),
+    "neighbour_batch3": ("neighbour_batch", "step.neighbour_pairs=3",
+                         "a quarter of each batch anchors, each with its 3 nearest bank neighbours as pairs"),
     "late_full": ("full", "", "in-batch for the first half of the in-batch budget's steps, then the paper's step"),
     "full_equal_steps": ("full", "", "the paper's step, as many steps as in-batch (equal steps, not seconds)"),
     "in_batch_long": ("in_batch", "", "in-batch given full_equal_steps' training seconds (where is the crossing?)"),
 }
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
-COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full"}  # variants whose step is another's program up to a constant
+COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's program up to a constant
+           "neighbour_batch_in_lang": "neighbour_batch"}
 SOLVED = ("late_full", "full_equal_steps", "in_batch_long")  # step counts derived from in_batch's and full's times
 
 
 def calibrated_variants(s: "Settings") -> tuple[str, ...]:
-    """The variants whose step the calibration times: the historical set, and every planned variant that
-    is neither costed as another (COST_AS) nor solved from in-batch's and full's times."""
+    """The variants whose step the calibration times: in-batch (every budget is its steps), every planned
+    variant that is neither costed as another (COST_AS) nor solved, and what those are costed or solved
+    from (``full`` for the solved ones). Nothing else: each variant's compile and timed steps cost minutes."""
     planned = [*s.variants, *s.small_variants, *(v.partition("/")[2] for v in s.later_variants)]
-    extra = [v for v in planned if v not in CALIBRATED and v not in COST_AS and v not in SOLVED]
-    return CALIBRATED + tuple(dict.fromkeys(extra))
+    needed = ["in_batch"]
+    for v in planned:
+        if v in SOLVED:
+            needed.append("full")
+        elif v in COST_AS:
+            needed.append(COST_AS[v])
+        else:
+            needed.append(v)
+    ordered = [v for v in CALIBRATED if v in needed] + [v for v in needed if v not in CALIBRATED]
+    return tuple(dict.fromkeys(ordered))
 
 
 def calibration_spec(variant: str) -> str:

@@ -359,8 +359,20 @@ def test_budget_joint_variants_are_calibrated_and_load_as_joint():
     s = budget.Settings(variants=("in_batch", "bank_joint", "bank_joint_k8", "late_full"), small_variants=("in_batch",),
                         later_variants=("large/full_in_lang", "large/full_joint"))
     timed = budget.calibrated_variants(s)
-    assert timed[:len(budget.CALIBRATED)] == budget.CALIBRATED
-    assert set(timed) - set(budget.CALIBRATED) == {"bank_joint", "bank_joint_k8", "full_joint"}  # not late_full, full_in_lang
+    # in_batch (the budgets), full (late_full and full_in_lang are solved / costed from it), and the rest as
+    # themselves; nothing the plan does not need.
+    assert timed == ("in_batch", "full", "bank_joint", "bank_joint_k8", "full_joint")
+    s = budget.Settings(variants=("in_batch", "neighbour_batch"), small_variants=("in_batch",),
+                        later_variants=("large/neighbour_batch_in_lang", "large/neighbour_batch3"))
+    assert budget.calibrated_variants(s) == ("in_batch", "neighbour_batch", "neighbour_batch3")
+    for name, pairs, in_group in (("neighbour_batch", 1, False), ("neighbour_batch_in_lang", 1, True),
+                                  ("neighbour_batch3", 3, False)):
+        run = {"budget": "large", "variant": name, "seed": 0, "steps": 10, "eval_every": 5,
+               "extra": budget.VARIANTS[name][1]}
+        step = StepConfig.from_config(registry.get_config(budget.run_argument(s, run, "")).step)
+        assert (step.neighbour_pairs, step.negatives_in_group, step.hard_negative_weight) == (pairs, in_group, 0.0)
+    s = budget.Settings(variants=("in_batch", "bank_joint", "bank_joint_k8", "late_full"), small_variants=("in_batch",),
+                        later_variants=("large/full_in_lang", "large/full_joint"))
     step_s = {v: 1.0 for v in timed} | {"full": 3.0, "full_joint": 3.0}
     runs = {(r["budget"], r["variant"]): r for r in budget.plan(s, step_s)}
     for name, k, top in (("bank_joint", s.k, 0), ("bank_joint_k8", 8, 0), ("full_joint", s.k, None)):
