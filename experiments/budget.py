@@ -79,11 +79,21 @@ COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's p
 SOLVED = ("late_full", "full_equal_steps", "in_batch_long")  # step counts derived from in_batch's and full's times
 
 
+def later_run(item: str) -> tuple[str, str, int]:
+    """``"<budget>/<variant>[@seed]"`` (a run after the rest; seed 0 unless given) -> (budget, variant, seed)."""
+    budget, _, rest = item.partition("/")
+    variant, _, seed = rest.partition("@")
+    if budget not in ("large", "small") or not variant or (seed and not seed.isdigit()):
+        raise ValueError(f"later run {item!r}: write <budget>/<variant>[@seed], e.g. large/full_in_lang or "
+                         "large/in_batch@1")
+    return budget, variant, int(seed or 0)
+
+
 def calibrated_variants(s: "Settings") -> tuple[str, ...]:
     """The variants whose step the calibration times: in-batch (every budget is its steps), every planned
     variant that is neither costed as another (COST_AS) nor solved, and what those are costed or solved
     from (``full`` for the solved ones). Nothing else: each variant's compile and timed steps cost minutes."""
-    planned = [*s.variants, *s.small_variants, *(v.partition("/")[2] for v in s.later_variants)]
+    planned = [*s.variants, *s.small_variants, *(later_run(v)[1] for v in s.later_variants)]
     needed = ["in_batch"]
     for v in planned:
         if v in SOLVED:
@@ -174,8 +184,8 @@ def plan(s: Settings, step_s: dict[str, float]) -> list[dict]:
     runs = []
     groups = [("large", s.steps, s.seeds, s.variants), ("small", s.small_steps, s.small_seeds, s.small_variants)]
     for item in s.later_variants:
-        budget, _, variant = item.partition("/")
-        groups.append((budget, s.steps if budget == "large" else s.small_steps, (0,), (variant,)))
+        budget, variant, seed = later_run(item)
+        groups.append((budget, s.steps if budget == "large" else s.small_steps, (seed,), (variant,)))
     for budget, n_ib, seeds, variants in groups:
         seconds = n_ib * step_s["in_batch"]
         for variant in variants:
@@ -277,7 +287,7 @@ def define_flags():
     flags.DEFINE_list("small_seeds", [str(x) for x in defaults.small_seeds], "seeds at the small budget")
     flags.DEFINE_list("variants", list(defaults.variants), f"variants at the large budget, of {sorted(VARIANTS)}")
     flags.DEFINE_list("small_variants", list(defaults.small_variants), "variants at the small budget")
-    flags.DEFINE_list("later_variants", list(defaults.later_variants), "<budget>/<variant> runs of seed 0, run last")
+    flags.DEFINE_list("later_variants", list(defaults.later_variants), "<budget>/<variant>[@seed] runs (seed 0 unless given), run last")
     flags.DEFINE_integer("batch", defaults.batch, "global batch")
     flags.DEFINE_integer("k", defaults.k, "hard negatives per anchor and direction")
     flags.DEFINE_integer("bank_size", defaults.bank_size, "bank slots")
@@ -289,7 +299,7 @@ def define_flags():
 
 
 def settings_from_flags() -> Settings:
-    for name in (*FLAGS.variants, *FLAGS.small_variants, *(v.partition("/")[2] for v in FLAGS.later_variants)):
+    for name in (*FLAGS.variants, *FLAGS.small_variants, *(later_run(v)[1] for v in FLAGS.later_variants)):
         if name not in VARIANTS:
             raise SystemExit(f"--variants: unknown variant {name!r}; known: {sorted(VARIANTS)}")
     return Settings(corpus=FLAGS.corpus, steps=FLAGS.steps, small_steps=FLAGS.small_steps,

@@ -365,6 +365,14 @@ def test_budget_joint_variants_are_calibrated_and_load_as_joint():
     s = budget.Settings(variants=("in_batch", "neighbour_batch"), small_variants=("in_batch",),
                         later_variants=("large/neighbour_batch_in_lang", "large/neighbour_batch3"))
     assert budget.calibrated_variants(s) == ("in_batch", "neighbour_batch", "neighbour_batch3")
+    # A later run may name its seed: the large budget's second seed of two variants, after the rest.
+    s2 = budget.Settings(variants=("in_batch",), small_variants=("in_batch",), small_seeds=(0,),
+                         later_variants=("large/in_batch@1", "large/neighbour_batch@1"))
+    later = [r for r in budget.plan(s2, {"in_batch": 1.0, "neighbour_batch": 1.0}) if r["seed"] == 1]
+    assert [(r["budget"], r["variant"], r["workdir"]) for r in later] == [
+        ("large", "in_batch", "runs/large/in_batch/seed1"), ("large", "neighbour_batch", "runs/large/neighbour_batch/seed1")]
+    with pytest.raises(ValueError, match="large/in_batch@1"):
+        budget.later_run("large/in_batch@one")
     for name, pairs, in_group in (("neighbour_batch", 1, False), ("neighbour_batch_in_lang", 1, True),
                                   ("neighbour_batch3", 3, False)):
         run = {"budget": "large", "variant": name, "seed": 0, "steps": 10, "eval_every": 5,
