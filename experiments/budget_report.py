@@ -171,7 +171,7 @@ def plot(data: dict, tag: str = "budget") -> None:
     import matplotlib.pyplot as plt
 
     runs, step_s = data["runs"], data["step_s"]
-    budgets = [b for b in ("large", "small") if any(r["budget"] == b for r in runs)]
+    budgets = [b for b in ("large", "small") if any(r["budget"] == b and r["valid"] for r in runs)]  # with curves
     fig, axes = plt.subplots(1, len(budgets) + 1, figsize=(6 * (len(budgets) + 1), 4.5))
     for ax, budget in zip(axes, budgets):
         chosen = [r for r in runs if r["budget"] == budget]
