@@ -338,7 +338,7 @@ def test_budget_plan_gives_every_variant_the_same_training_seconds():
     for r in runs.values():
         assert r["variant"] in ("full_equal_steps", "in_batch_long") or r["training_seconds"] == pytest.approx(
             300 if r["budget"] == "large" else 100, rel=0.02), r
-        c = registry.get_config(budget.run_argument(s, r, "/tmp/cache"))
+        c = registry.get_config(budget.run_argument(s, r, "cache"))
         step = StepConfig.from_config(c.step)
         assert c.train.num_steps == r["steps"] and c.data.language == "all"
         assert step.uses_hard_negatives == (r["variant"] not in ("in_batch", "in_batch_long"))

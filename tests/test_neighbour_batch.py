@@ -104,7 +104,8 @@ def test_one_device_equals_four_devices_with_dropout_one_program(world):
     tree_allclose(snaps1[2].query_bank, snaps4[2].query_bank, rtol=1e-4, atol=2e-6)
     # After step 0 the bank holds the pushed rows of the assembled batch: the anchors and their neighbours.
     pushed = set(np.asarray(snaps1[0].code_bank.ids).tolist())
-    assert {0, 2, 4, 6} <= pushed and not {1, 3, 5, 7} & pushed - {3, 5}
+    # The replaced rows 1 and 7 were never trained, so never pushed (3 and 5 may remain from the prefill).
+    assert {0, 2, 4, 6} <= pushed and not {1, 7} & pushed
 
 
 def test_batch_not_divisible_is_a_clear_error(world):
