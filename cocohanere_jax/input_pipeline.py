@@ -221,6 +221,9 @@ class BatchIterator:
     def restore(self, state: dict[str, Any]) -> None:
         """Continues from `state`. The global order must be the same (seed, N, batch size, shuffle,
         remainder policy); the process layout may differ (e.g. resuming on more hosts)."""
+        if "lookahead" in state:
+            raise ValueError("this checkpoint was written with config.train.lookahead_batches="
+                             f"{state['lookahead'][0]}; resume it with the same setting, or start a new workdir")
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"iterator state version {state.get('version')!r}; expected {_STATE_VERSION}")
         for key in ("seed", "num_examples", "global_batch_size", "shuffle"):
@@ -232,3 +235,145 @@ class BatchIterator:
             raise ValueError(f"iterator state epoch {epoch} position {position} out of range "
                              f"(steps_per_epoch {self.steps_per_epoch})")
         self.epoch, self.position = epoch, position
+
+
+# ----------------------------------------------------------------------------------------------
+# Look-ahead neighbour batches: the coming window's pairs, regrouped by nearest neighbours
+
+
+def neighbour_groups(embeddings: np.ndarray, group_size: int, groups: np.ndarray | None = None,
+                     keys: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, dict[str, float]]:
+    """Greedy nearest-neighbour grouping of a window: (order [W] int, statistics).
+
+    Anchors are taken in window order; each unassigned anchor takes its ``group_size - 1`` most similar
+    unassigned rows (cosine of the L2-normalised ``embeddings`` [W, d]) as its group, and ``order`` lists the
+    groups one after another. With ``groups`` [W] a neighbour must share the anchor's group (its language);
+    a row that shares any of ``keys`` ([W] hashes, e.g. of the query and the code) with the anchor is never
+    its neighbour (a duplicate is masked out of L^B, so it would be no negative). When too few rows are
+    allowed (the window's tail, a small language) the group is filled with the nearest rows left regardless
+    (counted in ``fallback``). Every row appears exactly once in ``order``.
+    """
+    w = len(embeddings)
+    if group_size < 1 or w % group_size:
+        raise ValueError(f"window of {w} rows does not split into groups of {group_size}")
+    e = np.asarray(embeddings, np.float32)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    sim = e @ e.T
+    free = np.ones(w, bool)
+    order, scores, fallback = [], [], 0
+    for a in range(w):
+        if not free[a]:
+            continue
+        free[a] = False
+        order.append(a)
+        need = group_size - 1
+        if not need:
+            continue
+        allowed = free.copy()
+        if groups is not None:
+            allowed &= groups == groups[a]
+        for key in keys:
+            allowed &= key != key[a]
+        picked = _nearest(sim[a], allowed, need)
+        if len(picked) < need:  # not enough allowed rows left: the nearest free ones, whatever they are
+            rest = free.copy()
+            rest[picked] = False
+            more = _nearest(sim[a], rest, need - len(picked))
+            fallback += len(more)
+            picked = np.concatenate([picked, more])
+        free[picked] = False
+        order.extend(int(i) for i in picked)
+        scores.extend(float(sim[a, i]) for i in picked)
+    stats = {"lookahead_score": float(np.mean(scores)) if scores else 0.0,
+             "lookahead_fallback": fallback / max(1, w - w // group_size)}
+    return np.asarray(order, np.int32), stats
+
+
+def _nearest(row: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the (at most) n largest entries of ``row`` where ``allowed``, most similar first."""
+    idx = np.flatnonzero(allowed)
+    if len(idx) > n:
+        idx = idx[np.argpartition(-row[idx], n - 1)[:n]]
+    return idx[np.argsort(-row[idx], kind="stable")]
+
+
+class LookaheadBatches:
+    """A `BatchIterator` whose batches are regrouped, window by window, into nearest-neighbour groups.
+
+    At the start of each window the next ``window_batches`` global batches of the inner iterator (never
+    across an epoch boundary) are taken together, their queries embedded by ``embed(global DataIDs) ->
+    [W, d]`` (the model being trained, without dropout), and the window's rows regrouped by
+    `neighbour_groups`: every batch is ``B / group_size`` groups, each an anchor and its nearest neighbours
+    in the window. Every pair is still trained exactly once per epoch, in the same windows; only which
+    pairs share a batch changes, so each pair's in-batch negatives include its window's nearest pairs.
+
+    `state()` holds the window (its regrouped DataIDs and how many of its batches were drawn) beside the
+    inner iterator's position at the window's start: a restore continues the same window in the same order,
+    whatever the parameters are now (exact resume).
+    """
+
+    _VERSION = 1
+
+    def __init__(self, inner: BatchIterator, window_batches: int, group_size: int,
+                 embed: Callable[[np.ndarray], np.ndarray], groups: np.ndarray | None = None,
+                 keys: Sequence[np.ndarray] = ()):
+        if window_batches < 1:
+            raise ValueError(f"config.train.lookahead_batches={window_batches} must be >= 1 (0 turns it off)")
+        if group_size < 1 or inner.global_batch_size % group_size:
+            raise ValueError(f"config.train.lookahead_group={group_size} must divide "
+                             f"config.train.global_batch_size={inner.global_batch_size}")
+        self.inner, self.window_batches, self.group_size = inner, window_batches, group_size
+        self.embed, self.groups, self.keys = embed, groups, tuple(keys)
+        self.window = np.empty(0, np.int32)  # regrouped global DataIDs of the current window
+        self.drawn = 0  # batches of the window drawn so far
+        self.start_state = inner.state()  # the inner position at the window's start
+        self.stats: dict[str, float] = {}  # of the last window: lookahead_score, lookahead_fallback
+
+    def __getattr__(self, name):  # steps_per_epoch, global_batch_size, ...: the inner iterator's
+        return getattr(self.inner, name)
+
+    def __iter__(self) -> "LookaheadBatches":
+        return self
+
+    def _fill(self) -> None:
+        inner = self.inner
+        if inner.num_epochs is not None and inner.epoch >= inner.num_epochs:
+            raise StopIteration
+        self.start_state = inner.state()
+        n = min(self.window_batches, inner.steps_per_epoch - inner.position)
+        ids = np.concatenate([inner.global_batch(inner.epoch, inner.position + i) for i in range(n)])
+        for _ in range(n):
+            next(inner)
+        emb = np.asarray(self.embed(ids))
+        if emb.shape[0] != len(ids):
+            raise ValueError(f"embed returned {emb.shape[0]} rows for a window of {len(ids)} DataIDs")
+        order, self.stats = neighbour_groups(
+            emb, self.group_size, None if self.groups is None else self.groups[ids], [k[ids] for k in self.keys])
+        self.window, self.drawn = ids[order], 0
+
+    def __next__(self) -> np.ndarray:
+        b = self.inner.global_batch_size
+        if self.drawn * b >= len(self.window):
+            self._fill()
+        ids = self.window[self.drawn * b:(self.drawn + 1) * b]
+        self.drawn += 1
+        lo = self.inner.process_index * self.inner.local_batch_size
+        return ids[lo:lo + self.inner.local_batch_size].copy()
+
+    def state(self) -> dict[str, Any]:
+        return {"version": self._VERSION, "lookahead": [self.window_batches, self.group_size],
+                "inner": self.start_state, "after_window": self.inner.state(),
+                "window": [int(i) for i in self.window], "drawn": self.drawn}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if "lookahead" not in state:
+            raise ValueError("this checkpoint was written without config.train.lookahead_batches; resume it with "
+                             "the same setting (0), or start a new workdir")
+        if state.get("version") != self._VERSION or list(state["lookahead"]) != [self.window_batches, self.group_size]:
+            raise ValueError(f"checkpoint written with look-ahead (window batches, group) = {state['lookahead']}, "
+                             f"this run has {[self.window_batches, self.group_size]}: resuming would change "
+                             "the data order")
+        self.inner.restore(state["after_window"])
+        self.start_state = state["inner"]
+        self.window = np.asarray(state["window"], np.int32)
+        self.drawn = int(state["drawn"])

@@ -67,6 +67,13 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> StepCon
         raise ValueError(f"config.train.on_nonfinite={config.train.on_nonfinite!r} must be 'stop' or 'rollback'.")
     if config.train.get("max_rollbacks", 0) < 0:
         raise ValueError(f"config.train.max_rollbacks={config.train.max_rollbacks} must be >= 0.")
+    lookahead = config.train.get("lookahead_batches", 0)
+    if lookahead < 0:
+        raise ValueError(f"config.train.lookahead_batches={lookahead} must be >= 0 (0: batches in the iterator's order).")
+    group = config.train.get("lookahead_group", 2)
+    if lookahead and (group < 1 or batch % group):
+        raise ValueError(f"config.train.lookahead_group={group} must divide config.train.global_batch_size={batch} "
+                         "(each batch is whole groups of an anchor and its nearest neighbours).")
     datasets.check(config)
     return step_config
 
@@ -155,6 +162,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         len(tokens), config.train.global_batch_size, config.train.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
+    if iterator is not None and config.train.get("lookahead_batches", 0):
+        def embed_window(ids):  # the parameters being trained (`state` below), no dropout
+            return evaluate.embed_ids_sharded(enc, tokens.query_ids[ids], eval_mesh, params=_local(state.params))
+
+        iterator = input_pipeline.LookaheadBatches(
+            iterator, config.train.lookahead_batches, config.train.lookahead_group, embed_window,
+            groups=tokens.groups if step_config.negatives_in_group else None,
+            keys=[h for h in (tokens.query_hash, tokens.code_hash) if h is not None])
     total_steps = 0 if evaluate_only else (
         config.train.num_steps or math.ceil(config.train.num_epochs * iterator.steps_per_epoch))
     summary: dict[str, Any] = {"data": data.description, "train_pairs": len(tokens), "total_steps": total_steps,
@@ -247,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 values = {k: float(v) / count for k, v in jax.device_get(sums).items()}
                 sums, count = None, 0
                 values.update(progress.measure(done))
+                values.update(getattr(iterator, "stats", {}))  # look-ahead: the last window's grouping
                 writer.write(done, values)
                 log.info(metrics.Progress.line(done, total_steps, values))
             if done % config.train.eval_every == 0 or last:

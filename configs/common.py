@@ -68,6 +68,12 @@ def base() -> ml_collections.ConfigDict:
     # summary.json "skipped_batches" and metrics.jsonl) and goes on, at most max_rollbacks times, then stops.
     c.train.on_nonfinite = "stop"
     c.train.max_rollbacks = 3
+    # Look-ahead neighbour batches (docs/METHOD.md section 9): every lookahead_batches batches, the coming
+    # window's queries are embedded by the model being trained and the window regrouped so that each batch is
+    # groups of lookahead_group pairs, an anchor and its nearest neighbours (in its language with
+    # step.negatives_in_group). 0: batches in the iterator's order.
+    c.train.lookahead_batches = 0
+    c.train.lookahead_group = 2
     return c
 
 
@@ -109,6 +115,14 @@ def _variant(**step):
     return apply
 
 
+def _lookahead_batch(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """In-batch training whose batches are groups of 4 nearest pairs from the coming 32 batches."""
+    _variant(bimodal_weight=1.0, hard_negative_weight=0.0)(c)
+    c.train.lookahead_batches = 32
+    c.train.lookahead_group = 4
+    return c
+
+
 def _zero_shot(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.num_steps = 0
     c.train.num_epochs = 0
@@ -136,6 +150,9 @@ PRESETS = {
     # Neighbour batches: half of every batch is the anchors' nearest bank neighbours, as whole pairs inside
     # L^B (the encoder work of an in-batch step); neighbour_pairs=N for N per anchor.
     "neighbour_batch": _variant(bimodal_weight=1.0, hard_negative_weight=0.0, knn="bi", neighbour_pairs=1),
+    # Look-ahead neighbour batches: the coming 32 batches regrouped into groups of 4 nearest pairs (by the
+    # trained model's query embeddings), every pair fresh; train.lookahead_batches / lookahead_group.
+    "lookahead_batch": _lookahead_batch,
 }
 
 

@@ -69,13 +69,22 @@ VARIANTS = {
                                 "neighbour batches, neighbours from the anchor's language"),
     "neighbour_batch3": ("neighbour_batch", "step.neighbour_pairs=3",
                          "a quarter of each batch anchors, each with its 3 nearest bank neighbours as pairs"),
+    # Look-ahead neighbour batches (train.lookahead_batches): the coming 32 batches' pairs regrouped into
+    # groups of nearest neighbours by the trained model's query embeddings; every pair fresh, charged the
+    # window's embedding.
+    "lookahead_batch": ("lookahead_batch", "", "batches of groups of 4 nearest pairs from the coming 32 batches"),
+    "lookahead_batch_in_lang": ("lookahead_batch", "step.negatives_in_group=True",
+                                "look-ahead neighbour batches, groups within a language"),
+    "lookahead_batch8_in_lang": ("lookahead_batch", "train.lookahead_group=8,step.negatives_in_group=True",
+                                 "look-ahead neighbour batches, groups of 8 within a language"),
     "late_full": ("full", "", "in-batch for the first half of the in-batch budget's steps, then the paper's step"),
     "full_equal_steps": ("full", "", "the paper's step, as many steps as in-batch (equal steps, not seconds)"),
     "in_batch_long": ("in_batch", "", "in-batch given full_equal_steps' training seconds (where is the crossing?)"),
 }
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
 COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's program up to a constant
-           "neighbour_batch_in_lang": "neighbour_batch"}
+           "neighbour_batch_in_lang": "neighbour_batch", "lookahead_batch_in_lang": "lookahead_batch",
+           "lookahead_batch8_in_lang": "lookahead_batch"}
 SOLVED = ("late_full", "full_equal_steps", "in_batch_long")  # step counts derived from in_batch's and full's times
 
 
@@ -151,24 +160,35 @@ def _json_settings(s: Settings) -> dict:
 def calibrate(out: str, s: Settings) -> dict:
     """Seconds per step of every calibrated variant, measured back to back in one child process."""
     path = os.path.join(out, "calibration.json")
-    if os.path.exists(path):
-        return ablation.read_json(path)
+    calibration = ablation.read_json(path) if os.path.exists(path) else None
+    missing = [v for v in calibrated_variants(s) if calibration is None or v not in calibration["step_s"]]
+    if not missing:
+        return calibration
+    # A variant planned after the calibration is timed beside in-batch in one new process, and carried over
+    # as its ratio to that in-batch time (the ratio is what one machine state gives; absolute times drift).
+    variants = missing if calibration is None else ["in_batch", *missing]
     cmd = [sys.executable, "-m", "experiments.measure", f"--corpus={s.corpus}", f"--language={s.language}",
-           f"--model={s.model}", f"--variants={','.join(calibration_spec(v) for v in calibrated_variants(s))}", f"--batch={s.batch}", f"--k={s.k}",
-           f"--bank_size={s.bank_size}", f"--query_length={s.query_length}", f"--code_length={s.code_length}",
-           f"--steps={s.calibration_steps}", "--embed_rows=0"]
+           f"--model={s.model}", f"--variants={','.join(calibration_spec(v) for v in variants)}", f"--batch={s.batch}",
+           f"--k={s.k}", f"--bank_size={s.bank_size}", f"--query_length={s.query_length}",
+           f"--code_length={s.code_length}", f"--steps={s.calibration_steps}", "--embed_rows=0"]
     load_before = os.getloadavg()
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if result.returncode:
         raise RuntimeError(f"calibration failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     by_spec = {row["variant"]: row["step_s_median"] for row in rows}
-    calibration = {
+    measured = {
         "command": " ".join(cmd), "time": datetime.datetime.now().isoformat(timespec="seconds"),
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "machine": ablation.machine(), "rows": rows,
-        "step_s": {v: by_spec[calibration_spec(v)] for v in calibrated_variants(s)},
+        "step_s": {v: by_spec[calibration_spec(v)] for v in variants},
     }
+    if calibration is None:
+        calibration = measured
+    else:
+        scale = calibration["step_s"]["in_batch"] / measured["step_s"]["in_batch"]
+        calibration["step_s"].update({v: round(measured["step_s"][v] * scale, 3) for v in missing})
+        calibration.setdefault("added", []).append({**measured, "scaled_by": round(scale, 4), "variants": missing})
     ablation.write_json(path, calibration)
     return calibration
 

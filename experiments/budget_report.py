@@ -62,7 +62,9 @@ def collect(out: str) -> dict[str, Any]:
         entry["hard_negative_score"] = float(np.mean([r["hard_negative_score"] for r in late
                                                       if r.get("valid_negatives", 0) > 0]
                                                      or [r["neighbour_score"] for r in late
-                                                         if r.get("neighbour_rows", 0) > 0] or [np.nan]))
+                                                         if r.get("neighbour_rows", 0) > 0]
+                                                     or [r["lookahead_score"] for r in late if "lookahead_score" in r]
+                                                     or [np.nan]))
         entry["late_accuracy"] = float(np.mean([r["in_batch_accuracy"] for r in late])) if late else None
         entry["loss_b"] = float(np.mean([r["loss_b"] for r in late])) if late else None
         if entry["done"]:
@@ -105,12 +107,19 @@ def render(data: dict, tag: str = "budget") -> str:
     lines.append("")
     lines.append("| variant | s/step measured (median of timed steps) | used (never below in-batch) | x in-batch | compile s |")
     lines.append("|---|---:|---:|---:|---:|")
-    compile_s = {row["variant"]: row["compile_s"] for row in cal["rows"]}
+    added = cal.get("added", [])  # variants timed later, beside in-batch, and carried over as ratios
+    compile_s = {row["variant"]: row["compile_s"] for m in [cal, *added] for row in m["rows"]
+                 if m is cal or row["variant"] != "in_batch"}
     from experiments.budget import calibration_spec
 
     for v, t in step_s.items():
         lines.append(f"| {v} | {cal['step_s'][v]:.2f} | {t:.2f} | {t / step_s['in_batch']:.2f} | "
                      f"{compile_s.get(calibration_spec(v), '—')} |")
+    for m in added:
+        lines.append("")
+        lines.append(f"Timed later beside in-batch (`{m['command']}`, {m['time']}, load average before/after "
+                     f"{m['loadavg_before'][0]} / {m['loadavg_after'][0]}): {', '.join(m['variants'])}, carried over "
+                     f"as their ratio to that in-batch step (x {m['scaled_by']} to this calibration's seconds).")
     lines.append("")
     for budget in ("large", "small"):
         chosen = [r for r in runs if r["budget"] == budget]

@@ -4,6 +4,8 @@ embed a codebase, for the real encoder on real corpus rows, on this machine.
     python -m experiments.measure --corpus=$HOME/cocohanere-registry/corpus --language=python \
         --variants=in_batch,full --batch=32 --k=4 --query_length=32 --code_length=128 --steps=4
 
+A look-ahead variant (``train.lookahead_batches``) is charged its window embedding too: ``step_s_median`` adds
+the seconds to embed one window's queries divided by the batches in a window (``step_only_s_median`` without).
 Prints one JSON line per measurement. Nothing is written to disk. Wall-clock timings depend on whatever else
 the machine runs (say what else was running when you quote them); the CPU seconds (all threads of this
 process) are less sensitive to it: on an idle machine with C cores, wall >= CPU seconds / C.
@@ -39,7 +41,7 @@ def main(argv):
     import jax
     import numpy as np
 
-    from cocohanere_jax import optim, sharding
+    from cocohanere_jax import evaluate, optim, sharding
     from cocohanere_jax import step as step_lib
     from cocohanere_jax.step_config import StepConfig
     from cocohanere_jax.token_table import TokenTable
@@ -88,7 +90,23 @@ def main(argv):
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-        row = {"variant": variant, "compile_s": round(compile_s, 1), "step_s_median": round(float(np.median(times)), 2),
+        step_s = float(np.median(times))
+        window = {}
+        if c.train.lookahead_batches:  # look-ahead batches also embed each window's queries: its share per step
+            w_rows = c.train.lookahead_batches * FLAGS.batch
+            window_ids = enc.tokenize([pairs.queries[i] for i in np.random.default_rng(1).choice(
+                len(pairs), w_rows, replace=False)], FLAGS.query_length)
+            params = state.params
+            t0 = time.perf_counter()
+            evaluate.embed_ids_sharded(enc, window_ids, mesh, params=params)  # compiles
+            window_compile_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            evaluate.embed_ids_sharded(enc, window_ids, mesh, params=params)
+            window_s = time.perf_counter() - t0
+            window = {"window_rows": w_rows, "window_s": round(window_s, 2),
+                      "window_compile_s": round(window_compile_s, 1), "step_only_s_median": round(step_s, 2)}
+            step_s += window_s / c.train.lookahead_batches
+        row = {"variant": variant, "compile_s": round(compile_s, 1), "step_s_median": round(step_s, 2), **window,
                "step_s": [round(t, 2) for t in times], "step_cpu_s_median": round(float(np.median(cpu)), 2),
                "valid_negatives": float(m["valid_negatives"]),
                "batch": FLAGS.batch, "k": FLAGS.k, "query_length": FLAGS.query_length,
