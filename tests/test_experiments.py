@@ -387,3 +387,42 @@ def test_budget_joint_variants_are_calibrated_and_load_as_joint():
         step = StepConfig.from_config(registry.get_config(budget.run_argument(s, runs[("large", name)], "")).step)
         assert (step.hard_negative_loss, step.k, step.reencode_top) == ("joint", k, top), name
     assert runs[("large", "full_joint")]["steps"] == 100 and runs[("large", "bank_joint")]["steps"] == 300
+
+
+def test_budget_calibrates_a_later_variant_beside_in_batch_and_carries_its_ratio(tmp_path, monkeypatch):
+    """A variant planned after calibration.json was written is timed with in-batch in one new process; its
+    step time enters the old calibration as its ratio to that in-batch time (nothing else is re-timed)."""
+    import subprocess
+    import types
+
+    from configs import registry
+    from experiments import budget
+
+    out = str(tmp_path)
+    old = {"command": "old", "time": "t", "loadavg_before": [0], "loadavg_after": [0], "machine": {}, "rows": [],
+           "step_s": {"in_batch": 3.0, "neighbour_batch": 3.3}}
+    budget.ablation.write_json(os.path.join(out, "calibration.json"), old)
+    commands = []
+
+    def fake_run(cmd, **kwargs):
+        if "experiments.measure" not in cmd:  # (ablation.machine asks uname)
+            return types.SimpleNamespace(returncode=0, stdout="x86_64", stderr="")
+        commands.append(cmd)
+        rows = [{"variant": "in_batch", "step_s_median": 2.0, "compile_s": 1.0},
+                {"variant": "lookahead_batch", "step_s_median": 2.2, "compile_s": 1.0}]
+        return types.SimpleNamespace(returncode=0, stdout="\n".join(json.dumps(r) for r in rows), stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    s = budget.Settings(variants=("in_batch", "neighbour_batch"), small_variants=(),
+                        later_variants=("large/lookahead_batch_in_lang", "large/lookahead_batch8_in_lang"))
+    cal = budget.calibrate(out, s)
+    assert len(commands) == 1 and "--variants=in_batch,lookahead_batch" in " ".join(commands[0])
+    assert cal["step_s"] == {"in_batch": 3.0, "neighbour_batch": 3.3, "lookahead_batch": pytest.approx(3.3)}
+    assert cal["added"][0]["variants"] == ["lookahead_batch"] and cal["added"][0]["scaled_by"] == 1.5
+    assert budget.calibrate(out, s) == cal and len(commands) == 1  # complete now: nothing timed again
+    runs = {r["variant"]: r for r in budget.plan(s, cal["step_s"])}
+    assert runs["lookahead_batch_in_lang"]["steps"] == round(300 * 3.0 / 3.3)
+    for name, group in (("lookahead_batch_in_lang", 4), ("lookahead_batch8_in_lang", 8)):
+        c = registry.get_config(budget.run_argument(s, runs[name], ""))
+        assert (c.train.lookahead_batches, c.train.lookahead_group, c.step.negatives_in_group,
+                c.step.hard_negative_weight) == (32, group, True, 0.0)
