@@ -164,7 +164,9 @@ def render(data: dict, tag: str = "budget") -> str:
                  "seeds where there are several); per-language test MRR; the training log's mean global gradient "
                  "norm (before clipping), and, over the second half of training, the mean cosine of each query "
                  "with its own code (c+) and with its valid hard negatives (c-; with neighbour batches, its anchor's "
-                 "neighbours' codes as the bank held them), L^B, and the in-batch accuracy (a query's own code "
+                 "neighbours' codes as the bank held them; with look-ahead batches, the "
+                 "cosine of each group's anchor query with its neighbours' queries when the window was grouped), "
+                 "L^B, and the in-batch accuracy (a query's own code "
                  "the nearest in the global batch).")
     lines.append("")
     lines.append(f"![valid MRR against training seconds](results/{os.path.basename(plot_path(tag))})")
