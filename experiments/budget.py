@@ -42,8 +42,7 @@ from experiments import ablation
 
 REPO = ablation.REPO
 
-# name -> (preset of configs/common.PRESETS, more settings, what it is). A look-ahead variant's window cost is
-# per pair (each pair's query embedded once), whatever the window: it is costed as lookahead_batch. "late_full" is the full method after an
+# name -> (preset of configs/common.PRESETS, more settings, what it is). "late_full" is the full method after an
 # in-batch first half (hard_negative_start = half the in-batch budget's steps); its step count is solved for
 # the budget. Every variant but late_full and full_equal_steps is calibrated as "<preset>+<settings>".
 VARIANTS = {
@@ -78,9 +77,6 @@ VARIANTS = {
                                 "look-ahead neighbour batches, groups within a language"),
     "lookahead_batch8_in_lang": ("lookahead_batch", "train.lookahead_group=8,step.negatives_in_group=True",
                                  "look-ahead neighbour batches, groups of 8 within a language"),
-    "lookahead_batch8_w128_in_lang": ("lookahead_batch", "train.lookahead_batches=128,train.lookahead_group=8,"
-                                      "step.negatives_in_group=True", "look-ahead neighbour batches, groups of 8 "
-                                      "within a language from the coming 128 batches (same cost per pair)"),
     "late_full": ("full", "", "in-batch for the first half of the in-batch budget's steps, then the paper's step"),
     "full_equal_steps": ("full", "", "the paper's step, as many steps as in-batch (equal steps, not seconds)"),
     "in_batch_long": ("in_batch", "", "in-batch given full_equal_steps' training seconds (where is the crossing?)"),
@@ -88,7 +84,7 @@ VARIANTS = {
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
 COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's program up to a constant
            "neighbour_batch_in_lang": "neighbour_batch", "lookahead_batch_in_lang": "lookahead_batch",
-           "lookahead_batch8_in_lang": "lookahead_batch", "lookahead_batch8_w128_in_lang": "lookahead_batch"}
+           "lookahead_batch8_in_lang": "lookahead_batch"}
 SOLVED = ("late_full", "full_equal_steps", "in_batch_long")  # step counts derived from in_batch's and full's times
 
 
