@@ -361,7 +361,14 @@ class LookaheadBatches:
         return ids[lo:lo + self.inner.local_batch_size].copy()
 
     def state(self) -> dict[str, Any]:
+        # epoch / position: where the next batch's pairs come from in the iterator's order (its window's
+        # start plus the batches drawn), as the plain iterator's state says (e.g. for a skipped batch's record).
+        if self.drawn * self.inner.global_batch_size < len(self.window):
+            epoch, position = self.start_state["epoch"], self.start_state["position"] + self.drawn
+        else:
+            epoch, position = self.inner.epoch, self.inner.position
         return {"version": self._VERSION, "lookahead": [self.window_batches, self.group_size],
+                "epoch": epoch, "position": position,
                 "inner": self.start_state, "after_window": self.inner.state(),
                 "window": [int(i) for i in self.window], "drawn": self.drawn}
 

@@ -10,7 +10,7 @@ from cocohanere_jax import input_pipeline, metrics, train
 from cocohanere_jax.input_pipeline import BatchIterator, LookaheadBatches, neighbour_groups
 
 import tiny_setup
-from test_train import _run_killed_before_batch, _saved_state, smoke_config
+from test_train import _batches, _poison_data_id, _run_killed_before_batch, _saved_state, smoke_config
 
 
 def _clusters(rng, n_clusters, size, dim=8):
@@ -89,9 +89,12 @@ def test_state_restore_continues_the_window_whatever_the_model_is_now():
     n, b = 64, 8
     table = np.random.default_rng(1).normal(size=(n, 4))
     it = LookaheadBatches(BatchIterator(n, b, seed=0), 4, 2, _embed(table))
+    plain = BatchIterator(n, b, seed=0)
     for _ in range(5):  # mid-way through the second window
-        next(it)
+        assert {k: it.state()[k] for k in ("epoch", "position")} == {k: plain.state()[k] for k in ("epoch", "position")}
+        next(it), next(plain)
     saved = it.state()
+    assert (saved["epoch"], saved["position"]) == (plain.epoch, plain.position)
     expected = [next(it) for _ in range(7)]
     other = np.random.default_rng(2).normal(size=(n, 4))  # the model has moved on: the windows ahead differ
     resumed = LookaheadBatches(BatchIterator(n, b, seed=0), 4, 2, _embed(other))
@@ -153,6 +156,23 @@ def test_job_regroups_and_a_kill_mid_window_resumes_exactly(inputs, tmp_path, mo
     train.train_and_evaluate(c, resumed)
     for x, y in zip(jax.tree.leaves(_saved_state(full, 6)), jax.tree.leaves(_saved_state(resumed, 6))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_nonfinite_rollback_skips_the_regrouped_batch(inputs, tmp_path, monkeypatch):
+    """A rollback restores the checkpoint's window and skips the batch (as regrouped) whose step went NaN."""
+    c = smoke_config(inputs, checkpoint_every=2, eval_every=100, on_nonfinite="rollback", lookahead_batches=3,
+                     lookahead_group=2)
+    c.step.bimodal_weight, c.step.hard_negative_weight = 1.0, 0.0
+    window = np.concatenate(_batches(c, 6)[3:])  # the second window's pairs (steps 4-6), in iterator order
+    bad = int(window[0])
+    made = _poison_data_id(monkeypatch, bad)
+    summary = train.train_and_evaluate(c, str(tmp_path))
+    assert made[0].poisoned_calls == 1 and summary["rollbacks"] == 1
+    (skipped,) = summary["skipped_batches"]
+    assert bad in skipped["data_ids"] and set(skipped["data_ids"]) <= set(window.tolist())
+    assert skipped["epoch"] == 0 and skipped["position"] == skipped["step"] - 1 and skipped["step"] in (4, 5, 6)
+    state = _saved_state(str(tmp_path), 6)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
 def test_config_errors(inputs, tmp_path):
