@@ -315,6 +315,25 @@ def merge_isolated(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+ISOLATE_OWN = ("--isolate", "--out", "--length_buckets", "--reference_padding")
+
+
+def child_argv(argv: list[str]) -> list[str]:
+    """The command line of an ``--isolate`` child: ``argv`` without the flags the parent sets per child
+    (``--flag=value`` and ``--flag value`` alike)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ISOLATE_OWN:
+            skip = "=" not in arg and name != "--isolate"
+            continue
+        out.append(arg)
+    return out
+
+
 def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[str, Any]], list]:
     """``--isolate``: each implementation in its own child process, one after another (peak memory is then
     one implementation's, not the sum), merged into one row per model; also each child's matmul peak."""
@@ -322,7 +341,7 @@ def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[s
     import subprocess
     import sys
 
-    base = [a for a in argv if not a.startswith(("--isolate", "--out", "--length_buckets", "--reference_padding"))]
+    base = child_argv(argv)
     rows = []
     for flag, value in implementations(args.length_buckets, args.reference_padding):
         with tempfile.TemporaryDirectory() as tmp:
@@ -342,6 +361,9 @@ def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[s
             else:
                 rows.append(dict(json.load(open(out)), label=label))
     per_model = max(len(child.get("results", [])) for child in rows)
+    if not per_model:
+        raise SystemExit("train_step --isolate: every implementation failed: "
+                         + "; ".join(f"{c['label']}: {c['failed']}" for c in rows))
     merged = [merge_isolated([dict(child["results"][i], label=child["label"]) if "results" in child else child
                               for child in rows])
               for i in range(per_model)]

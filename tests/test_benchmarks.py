@@ -139,6 +139,13 @@ def test_length_variants_and_their_table_labels():
     assert "ours" in [k for k, _ in lt.labels(row)]
 
 
+def test_isolated_child_command_line_drops_the_parent_flags():
+    ts = _script("train_step")
+    argv = ["--isolate", "--models", "minilm", "--length_buckets", "0,4", "--reference_padding=cap,longest",
+            "--out", "x.json", "--rounds=2", "--bank", "512"]
+    assert ts.child_argv(argv) == ["--models", "minilm", "--rounds=2", "--bank", "512"]
+
+
 def test_isolated_children_merge_into_one_row_and_table(tmp_path):
     """--isolate: one child per implementation; the merged row keeps each child's columns and peak memory,
     and its ratios are ratios of medians; lengths_table renders it with a peak-memory column."""
