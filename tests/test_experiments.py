@@ -12,7 +12,7 @@ import pytest
 
 from cocohanere_jax import bm25, evaluate, sharding
 from cocohanere_jax.step_config import StepConfig
-from experiments import ablation, leakage, report
+from experiments import ablation, default_job, leakage, report
 
 import tiny_setup
 
@@ -426,3 +426,31 @@ def test_budget_calibrates_a_later_variant_beside_in_batch_and_carries_its_ratio
         c = registry.get_config(budget.run_argument(s, runs[name], ""))
         assert (c.train.lookahead_batches, c.train.lookahead_group, c.step.negatives_in_group,
                 c.step.hard_negative_weight) == (32, group, True, 0.0)
+
+
+def test_default_job_variants_and_table(tmp_path):
+    """experiments/default_job.py: variant parsing, the run's config argument, a finished run is not run again,
+    and the table's mean, spread and relative difference."""
+    assert default_job.parse_variants("a=in_batch; b=lookahead_batch,num_steps=150;") == [
+        ("a", "in_batch"), ("b", "lookahead_batch,num_steps=150")]
+    for bad in ("in_batch", "a b=x", "a=x;a=y"):
+        with pytest.raises(Exception, match="--variants"):
+            default_job.parse_variants(bad)
+    assert default_job.config_argument("in_batch", 2) == "configs/default.py:in_batch,train.seed=2"
+    assert default_job.config_argument("", 0) == "configs/default.py:train.seed=0"
+    rows = []
+    for name, mrrs in (("a", (0.60, 0.62)), ("b", (0.63, 0.63))):
+        runs = []
+        for seed, mrr in enumerate(mrrs):
+            workdir = tmp_path / f"{name}_s{seed}"
+            workdir.mkdir()
+            summary = {"test": {"mrr": mrr, "r@1": 0.5, "r@10": 0.8}, "best_valid": {"mrr": 0.6}, "total_steps": 150}
+            record = {"seconds": 300.0, "load_start": [1.0, 1, 1], "load_end": [2.0, 1, 1]}
+            (workdir / "summary.json").write_text(json.dumps(summary))
+            (workdir / "record.json").write_text(json.dumps(record))
+            assert default_job.run_one(str(workdir), "x", seed) == record  # finished: read back, not run
+            runs.append((summary, record))
+        rows.append(default_job.summarise(name, "x", runs))
+    assert rows[0]["test_mrr"] == pytest.approx(0.61) and rows[0]["test_mrr_sd"] == pytest.approx(0.02 ** 0.5 / 10)
+    text = default_job.table(rows)
+    assert "| 0.610 ± 0.014 | 0.600, 0.620 | +0.0% |" in text and "| 0.630 ± 0.000 | 0.630, 0.630 | +3.3% |" in text
