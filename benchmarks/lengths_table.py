@@ -25,7 +25,7 @@ def labels(row: dict) -> list[tuple[str, str]]:
         nb = key[len("ours_b"):].removesuffix("_scan")
         out.append((key, f"ours length-aware ({nb}{', layers scanned' if key.endswith('_scan') else ''})"))
     # "ours_*" without "ours_compile_s" is measure()'s alias of the first step, not a padded step.
-    padded = [("ours", "ours padded")] if "ours_compile_s" in row else []
+    padded = [("ours", "ours padded")] if "ours_compile_s" in row or "ours_failed" in row else []
     return out + padded + REFERENCES
 
 

@@ -174,6 +174,11 @@ def test_isolated_children_merge_into_one_row_and_table(tmp_path):
     path = tmp_path / "failed.json"
     path.write_text(json.dumps({"machine": {}, "results": [failed]}))
     assert "| reference (cap) | did not run: killed by signal 9 (out of memory) |" in lt.table(str(path))
+    # So is a failed padded step (no ours_compile_s then, only ours_failed).
+    no_padded = ts.merge_isolated([{"label": "ours", "failed": "exit status 1"}, ours, cap])
+    assert "ours_compile_s" not in no_padded and no_padded["ratio_ours_b4_over_reference"] == 2.5
+    path.write_text(json.dumps({"machine": {}, "results": [no_padded]}))
+    assert "| ours padded | did not run: exit status 1 |" in lt.table(str(path))
     row = ts.merge_isolated([padded, ours, cap, longest])
     assert row["isolated"] and row["process_max_rss_gb"] == 15.0
     assert (row["ours_step_s"], row["ours_b4_step_s"], row["ours_max_rss_gb"], row["ours_b4_max_rss_gb"]) == (4.0, 2.0, 5.0, 3.0)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE (device tool), after benchmarks/gpu_prepare.sh here, carrying .gpu:
+#     device run --carry .gpu --timeout_s 600 --command "bash benchmarks/run_gpu.sh"
+# The paper's configuration (CodeT5+ 110M shape, batch 32, k 10, bank 8096, 128/256 tokens, bf16) on real
+# standard-library rows: our padded and length-aware (scanned) steps against the PyTorch step padded to the
+# cap (the authors' way) and per encode call (the sentence-transformers way), each in its own process; step
+# time, real-token MFU, peak GPU memory. Writes $OUT/train_step_lengths_gpu.json (copy it to
+# benchmarks/results/ and `python -m benchmarks.lengths_table` it) and $OUT/log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 COCOHANERE_MINILM_DIR=$PWD/.gpu/minilm-tokenizer
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import jax, flax, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'torch', torch.__version__)"
+  python3 -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=32,10,128,256" \
+      --bank 8096 --dtype bfloat16 --rounds 3 --length_buckets 0,4+scan --reference_padding cap,longest \
+      --out "$OUT/train_step_lengths_gpu.json"
+  python3 -m benchmarks.lengths_table "$OUT/train_step_lengths_gpu.json"
+} 2>&1 | tee "$OUT/log"
