@@ -72,9 +72,11 @@ def base() -> ml_collections.ConfigDict:
     # window's queries are embedded by the model being trained and the window regrouped so that each batch is
     # groups of lookahead_group pairs, an anchor and its nearest neighbours (in its language with
     # step.negatives_in_group). 0: batches in the iterator's order.
-    c.train.lookahead_batches = 0
-    c.train.lookahead_group = 2
+    c.train.update(ITERATOR_ORDER)
     return c
+
+
+ITERATOR_ORDER = dict(lookahead_batches=0, lookahead_group=2)  # batches as the iterator gives them
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -107,9 +109,12 @@ def codesearchnet(language: str, arg: str | None = None) -> ml_collections.Confi
 
 
 def _variant(**step):
+    """A loss preset: the given step fields, batches in the iterator's order (no look-ahead regrouping, so
+    that `configs/default.py:full` is the paper's step whatever order the config file chose)."""
     def apply(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         for key, value in step.items():
             c.step[key] = value
+        c.train.update(ITERATOR_ORDER)
         return c
 
     return apply
@@ -131,7 +136,8 @@ def _zero_shot(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 # Presets of the config argument: the paper's ablation (docs/METHOD.md section 3), zero-shot evaluation
-# of the loaded encoder, and the smoke size.
+# of the loaded encoder, and the smoke size. Every loss preset also sets the batch order (look-ahead batches
+# for lookahead_batch, the iterator's order for the others); key=value settings after it change either.
 PRESETS = {
     "smoke": smoke,
     "runlocal": smoke,

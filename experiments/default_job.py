@@ -6,11 +6,14 @@ run again, so the script resumes. Then it prints one table row per variant: step
 (mean and sample standard deviation over the seeds), R@1 / R@10 and the best validation MRR.
 
     python -m experiments.default_job --out=$HOME/cocohanere-default-job --seeds=0,1,2 \
-        --variants="in_batch=in_batch;lookahead_batch=lookahead_batch,num_steps=150"
+        --variants="in_batch=in_batch,num_steps=160;lookahead_batch="
 
 A variant is ``name=config arguments`` (presets and settings of configs/common.py, after the colon of
-``--config=configs/default.py:``); variants are separated by ``;``. Compare at equal wall-clock by giving
-the costlier variant fewer steps (its step-cost ratio from `experiments.measure`), and read the wall column.
+``--config=configs/default.py:``; empty: the default job itself); variants are separated by ``;``. Compare
+at equal wall-clock by giving the costlier variant fewer steps (its step-cost ratio from
+`experiments.measure`), and read the wall column. A finished run is reused only if its ``config.json`` is
+the configuration its variant resolves to now (an edited variant or config file is an error, not a silent
+mix of old and new runs).
 Runs one after another: the table's minutes are comparable only if nothing else shared the machine (the
 load average at the start and end of each run is recorded).
 """
@@ -31,7 +34,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     flags.DEFINE_string("out", os.path.join(os.path.expanduser("~"), "cocohanere-default-job"), "experiment folder")
-    flags.DEFINE_string("variants", "in_batch=in_batch;lookahead_batch=lookahead_batch,num_steps=150",
+    flags.DEFINE_string("variants", "in_batch=in_batch,num_steps=160;lookahead_batch=",
                         "name=config arguments, separated by ';'")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "train.seed values")
     flags.DEFINE_bool("report_only", False, "print the table from the finished runs; run nothing")
@@ -55,10 +58,27 @@ def config_argument(args: str, seed: int) -> str:
     return "configs/default.py:" + ",".join(a for a in (args, f"train.seed={seed}") if a)
 
 
+def resolved_config(args: str, seed: int) -> dict:
+    """The configuration `cocohanere_jax.main` runs for this variant and seed (as its config.json holds it)."""
+    from configs import default
+
+    return json.loads(default.get_config(config_argument(args, seed).partition(":")[2]).to_json())
+
+
 def run_one(workdir: str, args: str, seed: int) -> dict:
-    """The run's summary, running it first unless it finished before (its record.json beside summary.json)."""
+    """The run's record, running it first unless it finished before (record.json beside summary.json) with
+    the configuration the variant resolves to now."""
     record_path = os.path.join(workdir, "record.json")
     if os.path.exists(record_path) and os.path.exists(os.path.join(workdir, "summary.json")):
+        ran = json.load(open(os.path.join(workdir, "config.json")))
+        now = resolved_config(args, seed)
+        if ran != now:
+            changed = sorted(f"{section}.{key}: {ran.get(section, {}).get(key)!r} -> {fields.get(key)!r}"
+                             for section, fields in now.items() for key in fields
+                             if ran.get(section, {}).get(key) != fields.get(key))
+            raise SystemExit(f"default_job: {workdir} ran another configuration than {config_argument(args, seed)!r} "
+                             f"gives now ({'; '.join(changed) or 'other sections'}); use another variant name or "
+                             "--out, or delete that folder to run it again")
         return json.load(open(record_path))
     cmd = [sys.executable, "-m", "cocohanere_jax.main", f"--config={config_argument(args, seed)}",
            f"--workdir={workdir}"]
@@ -92,7 +112,7 @@ def table(rows: list[dict]) -> str:
              "| R@1 / R@10 | best valid MRR |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['variant']} (`{r['args']}`) | {r['seeds']} | {r['steps']} | {r['wall_min']:.1f} | "
+            f"| {r['variant']} ({f'`{a}`' if (a := r['args']) else 'the default'}) | {r['seeds']} | {r['steps']} | {r['wall_min']:.1f} | "
             f"{r['test_mrr']:.3f} ± {r['test_mrr_sd']:.3f} | {', '.join(f'{x:.3f}' for x in r['test_mrr_runs'])} | "
             f"{100 * (r['test_mrr'] / base - 1):+.1f}% | {r['r1']:.3f} / {r['r10']:.3f} | {r['best_valid']:.3f} |")
     return "\n".join(lines)

@@ -448,9 +448,31 @@ def test_default_job_variants_and_table(tmp_path):
             record = {"seconds": 300.0, "load_start": [1.0, 1, 1], "load_end": [2.0, 1, 1]}
             (workdir / "summary.json").write_text(json.dumps(summary))
             (workdir / "record.json").write_text(json.dumps(record))
-            assert default_job.run_one(str(workdir), "x", seed) == record  # finished: read back, not run
+            args = "in_batch,num_steps=160" if name == "a" else ""
+            (workdir / "config.json").write_text(json.dumps(default_job.resolved_config(args, seed)))
+            assert default_job.run_one(str(workdir), args, seed) == record  # finished: read back, not run
             runs.append((summary, record))
-        rows.append(default_job.summarise(name, "x", runs))
+        rows.append(default_job.summarise(name, args, runs))
     assert rows[0]["test_mrr"] == pytest.approx(0.61) and rows[0]["test_mrr_sd"] == pytest.approx(0.02 ** 0.5 / 10)
     text = default_job.table(rows)
     assert "| 0.610 ± 0.014 | 0.600, 0.620 | +0.0% |" in text and "| 0.630 ± 0.000 | 0.630, 0.630 | +3.3% |" in text
+    assert "| a (`in_batch,num_steps=160`) |" in text and "| b (the default) |" in text
+    # A finished run whose configuration is not what its variant gives now is an error naming the change.
+    with pytest.raises(SystemExit, match=r"train.num_steps: 160 -> 150.*another variant name"):
+        default_job.run_one(str(tmp_path / "a_s0"), "in_batch", 0)
+
+
+def test_presets_set_the_batch_order():
+    """configs/default.py trains look-ahead batches; every loss preset puts batches back in the iterator's
+    order, so `:full` is the paper's step and `:in_batch` plain in-batch training."""
+    from configs import default
+
+    c = default.get_config("")
+    assert (c.train.lookahead_batches, c.train.lookahead_group, c.train.num_steps) == (32, 4, 150)
+    assert c.step.hard_negative_weight == 0.0
+    for preset in ("full", "in_batch", "top1", "neighbour_batch"):
+        c = default.get_config(preset)
+        assert c.train.lookahead_batches == 0 and c.train.lookahead_group == 2, preset
+    assert default.get_config("full").step.hard_negative_weight == 1.0
+    c = default.get_config("full,train.lookahead_batches=32")  # settings after a preset still apply
+    assert c.train.lookahead_batches == 32 and c.step.hard_negative_weight == 1.0
