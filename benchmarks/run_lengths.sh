@@ -16,3 +16,6 @@ python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=4,2,
 # machine's memory to itself (the cap-padded reference still outgrows 24 GB here and is reported as OOM-killed).
 python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=4,10,128,256" --bank 512 \
     --rounds 2 --length_buckets 4+scan,4 --reference_padding longest,cap --out $R/train_step_lengths_codet5p_b4_k10_128_256.json
+# Batch 2: small enough for the cap-padded reference to fit beside nothing else.
+python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
+    --rounds 2 --length_buckets 4+scan --reference_padding cap,longest --out $R/train_step_lengths_codet5p_b2_k10_128_256.json
