@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The length-aware step against both PyTorch references on real token rows (issue 16), CPU.
 # Each run writes benchmarks/results/train_step_lengths_*.json; `python -m benchmarks.lengths_table FILE`
-# prints its table. About 45 minutes on 2 cores; run on a machine with nothing else running.
+# prints its table. About an hour on 2 cores; run on a machine with nothing else running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results
@@ -19,3 +19,6 @@ python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p
 # Batch 2: small enough for the cap-padded reference to fit beside nothing else.
 python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
     --rounds 2 --length_buckets 4+scan --reference_padding cap,longest --out $R/train_step_lengths_codet5p_b2_k10_128_256.json
+# MiniLM at the issue's batch 16: ours fits in a few GB; each reference is OOM-killed on a 24 GB machine.
+python -m benchmarks.train_step --isolate --models minilm --sizes "minilm=16,10,128,256" --bank 512 --rounds 2 \
+    --length_buckets 4 --reference_padding longest,cap --out $R/train_step_lengths_minilm_b16_k10_128_256.json
