@@ -29,6 +29,24 @@ def labels(row: dict) -> list[tuple[str, str]]:
     return out + padded + REFERENCES
 
 
+def gemm_speeds(payload: dict) -> str:
+    """The float32 (or --dtype) matmul speed of XLA and of PyTorch measured in the run's process(es): the
+    ratios between implementations depend on it as much as on the step (it differs from host to host)."""
+    peaks = payload.get("matmul_peak")
+    peaks = [p for p in (peaks if isinstance(peaks, list) else [peaks]) if p]
+    if not peaks:
+        return ""
+    def spread(key: str) -> str:
+        values = [p[key] for p in peaks if p.get(key)]
+        if not values:
+            return "not measured"
+        low, high = f"{min(values):.0f}", f"{max(values):.0f}"
+        return low if low == high else f"{low}-{high}"
+
+    return (f"; {peaks[0].get('dtype', 'float32')} {peaks[0].get('size')}^3 matmul: XLA {spread('xla_gflops')}, "
+            f"PyTorch {spread('torch_gflops')} GFLOP/s")
+
+
 def table(path: str) -> str:
     payload = json.load(open(path))
     lines = []
@@ -42,7 +60,7 @@ def table(path: str) -> str:
         lines.append(f"{model}, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}; "
                      f"real tokens {row['real_token_fraction']['query']:.0%} of a query row, "
                      f"{row['real_token_fraction']['code']:.0%} of a code row; load average "
-                     f"{m.get('load_average_start')} at the start; {memory} (`{path}`):")
+                     f"{m.get('load_average_start')} at the start{gemm_speeds(payload)}; {memory} (`{path}`):")
         lines.append("")
         rounds = len(row[f"{present[0][0]}_times_s"])
         lines.append(f"| step | median s ({rounds} rounds) | rounds s | real-token MFU | compile s | vs reference (cap) "

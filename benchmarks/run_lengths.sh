@@ -22,3 +22,6 @@ python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p
 # MiniLM at the issue's batch 16: ours fits in a few GB; each reference is OOM-killed on a 24 GB machine.
 python -m benchmarks.train_step --isolate --models minilm --sizes "minilm=16,10,128,256" --bank 512 --rounds 2 \
     --length_buckets 4 --reference_padding longest,cap --out $R/train_step_lengths_minilm_b16_k10_128_256.json
+# MiniLM at batch 8, each step isolated: both references fit (13-14 GB).
+python -m benchmarks.train_step --isolate --models minilm --sizes "minilm=8,10,128,256" --bank 512 --rounds 2 \
+    --length_buckets 4 --reference_padding longest,cap --out $R/train_step_lengths_minilm_b8_k10_128_256.json

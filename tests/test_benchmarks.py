@@ -179,6 +179,11 @@ def test_isolated_children_merge_into_one_row_and_table(tmp_path):
     assert "ours_compile_s" not in no_padded and no_padded["ratio_ours_b4_over_reference"] == 2.5
     path.write_text(json.dumps({"machine": {}, "results": [no_padded]}))
     assert "| ours padded | did not run: exit status 1 |" in lt.table(str(path))
+    # The header names both frameworks' matmul speed (the ratios depend on it), over the children's runs.
+    peaks = [{"size": 2048, "dtype": "float32", "xla_gflops": 150.2, "torch_gflops": 170.0}, None,
+             {"size": 2048, "dtype": "float32", "xla_gflops": 165.0, "torch_gflops": 170.4}]
+    path.write_text(json.dumps({"machine": {}, "matmul_peak": peaks, "results": [no_padded]}))
+    assert "; float32 2048^3 matmul: XLA 150-165, PyTorch 170 GFLOP/s;" in lt.table(str(path))
     row = ts.merge_isolated([padded, ours, cap, longest])
     assert row["isolated"] and row["process_max_rss_gb"] == 15.0
     assert (row["ours_step_s"], row["ours_b4_step_s"], row["ours_max_rss_gb"], row["ours_b4_max_rss_gb"]) == (4.0, 2.0, 5.0, 3.0)
