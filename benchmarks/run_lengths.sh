@@ -25,3 +25,7 @@ python -m benchmarks.train_step --isolate --models minilm --sizes "minilm=16,10,
 # MiniLM at batch 8, each step isolated: both references fit (13-14 GB).
 python -m benchmarks.train_step --isolate --models minilm --sizes "minilm=8,10,128,256" --bank 512 --rounds 2 \
     --length_buckets 4 --reference_padding longest,cap --out $R/train_step_lengths_minilm_b8_k10_128_256.json
+# The same with length chunks of 4 rows (our step alone): is chunk fill what costs it at batch 2?
+python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
+    --rounds 2 --length_buckets 4+scan --length_chunk 4 --reference_padding= \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_chunk4.json
