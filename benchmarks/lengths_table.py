@@ -18,7 +18,8 @@ REFERENCES = [("reference", "reference (cap)"), ("reference_longest", "reference
 
 def labels(row: dict) -> list[tuple[str, str]]:
     """(key, name) of every step in a result row: ours length-aware (scanned or not), ours padded, the references."""
-    ours = sorted((k[:-len("_step_s")] for k in row if k.startswith("ours_b") and k.endswith("_step_s")),
+    ours = sorted({k.rsplit("_", 2)[0] if k.endswith("_step_s") else k[:-len("_failed")] for k in row
+                   if k.startswith("ours_b") and k.endswith(("_step_s", "_failed"))},
                   key=lambda k: (k.endswith("_scan"), k))
     out = []
     for key in ours:
@@ -63,9 +64,11 @@ def table(path: str) -> str:
                      f"{m.get('load_average_start')} at the start{gemm_speeds(payload)}; {memory} (`{path}`):")
         lines.append("")
         rounds = len(row[f"{present[0][0]}_times_s"])
+        gpu = isolated and any(f"{key}_peak_gpu_gb" in row for key, _ in present)
         lines.append(f"| step | median s ({rounds} rounds) | rounds s | real-token MFU | compile s | vs reference (cap) "
-                     "| vs reference (longest) | speed vs ours padded |" + (" peak RSS GB |" if isolated else ""))
-        lines.append("|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if isolated else ""))
+                     "| vs reference (longest) | speed vs ours padded |" + (" peak RSS GB |" if isolated else "")
+                     + (" peak GPU GB |" if gpu else ""))
+        lines.append("|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if isolated else "") + ("---:|" if gpu else ""))
         padded = "ours_compile_s" in row
         for key, name in present:
             ratio = lambda r: row.get(f"ratio_{key}_over_{r}")  # noqa: E731
@@ -81,10 +84,11 @@ def table(path: str) -> str:
                 f"| {name} | {row[f'{key}_step_s']:.2f} | {', '.join(f'{t:.1f}' for t in row[f'{key}_times_s'])} "
                 f"| {row[f'{key}_real_mfu']:.1%} | {'' if compile_s is None else f'{compile_s:.0f}'} "
                 f"| {fmt(ratio('reference'))} | {fmt(ratio('reference_longest'))} | {fmt(vs_padded)} |"
-                + (f" {row[f'{key}_max_rss_gb']:.1f} |" if isolated else ""))
+                + (f" {row[f'{key}_max_rss_gb']:.1f} |" if isolated else "")
+                + (f" {row.get(f'{key}_peak_gpu_gb', float('nan')):.1f} |" if gpu else ""))
         for key, name in labels(row):
             if f"{key}_failed" in row:
-                lines.append(f"| {name} | did not run: {row[f'{key}_failed']} |" + " |" * (6 + isolated))
+                lines.append(f"| {name} | did not run: {row[f'{key}_failed']} |" + " |" * (6 + isolated + gpu))
         lines.append("")
     return "\n".join(lines)
 

@@ -4,13 +4,19 @@
 # The paper's configuration (CodeT5+ 110M shape, batch 32, k 10, bank 8096, 128/256 tokens, bf16) on real
 # standard-library rows: our padded and length-aware (scanned) steps against the PyTorch step padded to the
 # cap (the authors' way) and per encode call (the sentence-transformers way), each in its own process; step
-# time, real-token MFU, peak GPU memory. Writes $OUT/train_step_lengths_gpu.json (copy it to
+# time, real-token MFU, peak GPU memory. The rows come from the device's own Python standard library (3.12
+# there, 3.11 here): record that beside the figures. Writes $OUT/train_step_lengths_gpu.json (copy it to
 # benchmarks/results/ and `python -m benchmarks.lengths_table` it) and $OUT/log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 COCOHANERE_MINILM_DIR=$PWD/.gpu/minilm-tokenizer
+ls .gpu/whl/*.whl .gpu/minilm-tokenizer/tokenizer.json > /dev/null || { echo "run benchmarks/gpu_prepare.sh first and carry .gpu"; exit 1; }
+# The wheels are pure Python: importable from the zip files themselves (no pip needed there).
+export PYTHONPATH=$(printf '%s:' "$PWD"/.gpu/whl/*.whl)$PWD PYTHONUNBUFFERED=1
+export COCOHANERE_MINILM_DIR=$PWD/.gpu/minilm-tokenizer
+# JAX on the GPU (the benchmark pins JAX to the CPU unless told), and without preallocating 75% of the GPU's
+# memory: every child process also holds PyTorch, and the references need that memory.
+export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import jax, flax, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'torch', torch.__version__)"
   python3 -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=32,10,128,256" \

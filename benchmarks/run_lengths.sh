@@ -29,3 +29,6 @@ python -m benchmarks.train_step --isolate --models minilm --sizes "minilm=8,10,1
 python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
     --rounds 2 --length_buckets 4+scan --length_chunk 4 --reference_padding= \
     --out $R/train_step_lengths_codet5p_b2_k10_128_256_chunk4.json
+# And our padded step alone at batch 2 (how much the length-aware step gains over it there).
+python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
+    --rounds 2 --length_buckets 0 --reference_padding= --out $R/train_step_lengths_codet5p_b2_k10_128_256_padded.json

@@ -6,7 +6,8 @@ k, token lengths, bank size and thread count, dropout on) on the same batches of
 unit vectors (the steady state). Steps alternate ours / reference round by round; the table gives the
 median step time, pairs/s, the paired ratio (reference time / our time, > 1 = ours faster), our compile
 time, and the model-FLOPs utilisation of each against the matmul peak (in ``--dtype``) measured in this
-process. On a GPU both run there (JAX's default device; the reference on ``cuda``), with peak memory.
+process. On a GPU both run there (``JAX_PLATFORMS=cuda``: the script pins JAX to the CPU unless it is set;
+the reference on ``cuda``), with peak memory (benchmarks/run_gpu.sh).
 
     python -m benchmarks.train_step                  # full run (sizes below), writes results/train_step.json
     python -m benchmarks.train_step --smoke          # tiny models, seconds
@@ -305,6 +306,9 @@ def merge_isolated(rows: list[dict[str, Any]]) -> dict[str, Any]:
             labels.append(label)
             row.update({key: value for key, value in child.items() if key.startswith(label + "_")})
             row[f"{label}_max_rss_gb"] = child["process_max_rss_gb"]
+            peak = child.get("reference_peak_bytes" if label.startswith("reference") else "ours_peak_bytes")
+            if peak:  # on a GPU: this implementation's own peak device memory
+                row[f"{label}_peak_gpu_gb"] = peak / 2**30
         for key in ("compile_s", "loss_after", "valid_negatives", "reference_peak_bytes", "ours_peak_bytes"):
             if child.get(key) is not None and key not in row:
                 row[key] = child[key]

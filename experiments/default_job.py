@@ -83,9 +83,13 @@ def run_one(workdir: str, args: str, seed: int) -> dict:
     cmd = [sys.executable, "-m", "cocohanere_jax.main", f"--config={config_argument(args, seed)}",
            f"--workdir={workdir}"]
     print("$", " ".join(cmd), flush=True)
+    # An interrupted run resumes from its checkpoints: its wall time then counts this invocation only.
+    ckpt = os.path.join(workdir, "checkpoints")
+    resumed = bool(os.path.isdir(ckpt) and os.listdir(ckpt))
     load_start, t = os.getloadavg(), time.time()
     subprocess.run(cmd, check=True)
-    record = {"command": cmd, "seconds": time.time() - t, "load_start": load_start, "load_end": os.getloadavg()}
+    record = {"command": cmd, "seconds": time.time() - t, "load_start": load_start, "load_end": os.getloadavg(),
+              "resumed": resumed}
     with open(record_path, "w") as f:
         json.dump(record, f)
     return record
@@ -103,6 +107,7 @@ def summarise(name: str, args: str, runs: list[tuple[dict, dict]]) -> dict:
         "r10": statistics.mean(s["test"]["r@10"] for s, _ in runs),
         "best_valid": statistics.mean(s["best_valid"]["mrr"] for s, _ in runs),
         "load": [min(r["load_start"][0] for _, r in runs), max(r["load_end"][0] for _, r in runs)],
+        "resumed": sum(bool(r.get("resumed")) for _, r in runs),
     }
 
 
@@ -112,7 +117,7 @@ def table(rows: list[dict]) -> str:
              "| R@1 / R@10 | best valid MRR |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['variant']} ({f'`{a}`' if (a := r['args']) else 'the default'}) | {r['seeds']} | {r['steps']} | {r['wall_min']:.1f} | "
+            f"| {r['variant']} ({f'`{a}`' if (a := r['args']) else 'the default'}) | {r['seeds']} | {r['steps']} | {r['wall_min']:.1f}{'*' if r.get('resumed') else ''} | "
             f"{r['test_mrr']:.3f} ± {r['test_mrr_sd']:.3f} | {', '.join(f'{x:.3f}' for x in r['test_mrr_runs'])} | "
             f"{100 * (r['test_mrr'] / base - 1):+.1f}% | {r['r1']:.3f} / {r['r10']:.3f} | {r['best_valid']:.3f} |")
     return "\n".join(lines)
@@ -136,8 +141,11 @@ def main(argv):
     if not rows:
         raise SystemExit(f"default_job: no finished runs under {FLAGS.out}")
     print(table(rows))
-    print("load average (1 min) from the first run's start to the last run's end:",
+    print("load average (1 min), lowest at a run's start -> highest at a run's end:",
           ", ".join(f"{r['variant']} {r['load'][0]:.1f} -> {r['load'][1]:.1f}" for r in rows))
+    if any(r["resumed"] for r in rows):
+        print("* some runs resumed from their checkpoints after an interruption: their wall minutes count only "
+              "the last invocation")
 
 
 if __name__ == "__main__":

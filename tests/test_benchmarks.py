@@ -184,6 +184,15 @@ def test_isolated_children_merge_into_one_row_and_table(tmp_path):
              {"size": 2048, "dtype": "float32", "xla_gflops": 165.0, "torch_gflops": 170.4}]
     path.write_text(json.dumps({"machine": {}, "matmul_peak": peaks, "results": [no_padded]}))
     assert "; float32 2048^3 matmul: XLA 150-165, PyTorch 170 GFLOP/s;" in lt.table(str(path))
+    # A failed length-aware step is shown as well; on a GPU each implementation's own peak device memory.
+    gpu_ours = dict(ours, ours_peak_bytes=3 * 2**30)
+    gpu_cap = dict(cap, reference_peak_bytes=12 * 2**30, ours_peak_bytes=2**30)
+    row = ts.merge_isolated([{"label": "ours_b4_scan", "failed": "exit status 1"}, gpu_ours, gpu_cap])
+    assert (row["ours_b4_peak_gpu_gb"], row["reference_peak_gpu_gb"]) == (3.0, 12.0)
+    path.write_text(json.dumps({"machine": {}, "results": [row]}))
+    text = lt.table(str(path))
+    assert "| ours length-aware (4, layers scanned) | did not run: exit status 1 |" in text
+    assert "peak GPU GB |" in text and "| 2.5x" not in text and "| 2.50x |  |  | 3.0 | 3.0 |" in text
     row = ts.merge_isolated([padded, ours, cap, longest])
     assert row["isolated"] and row["process_max_rss_gb"] == 15.0
     assert (row["ours_step_s"], row["ours_b4_step_s"], row["ours_max_rss_gb"], row["ours_b4_max_rss_gb"]) == (4.0, 2.0, 5.0, 3.0)

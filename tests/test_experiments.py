@@ -457,6 +457,9 @@ def test_default_job_variants_and_table(tmp_path):
     text = default_job.table(rows)
     assert "| 0.610 ± 0.014 | 0.600, 0.620 | +0.0% |" in text and "| 0.630 ± 0.000 | 0.630, 0.630 | +3.3% |" in text
     assert "| a (`in_batch,num_steps=160`) |" in text and "| b (the default) |" in text
+    assert "| 5.0 |" in text and "5.0*" not in text
+    resumed = default_job.summarise("c", "", [(summary, dict(record, resumed=True))])
+    assert resumed["resumed"] == 1 and "| 5.0* |" in default_job.table([resumed])
     # A finished run whose configuration is not what its variant gives now is an error naming the change.
     with pytest.raises(SystemExit, match=r"train.num_steps: 160 -> 150.*another variant name"):
         default_job.run_one(str(tmp_path / "a_s0"), "in_batch", 0)
@@ -476,3 +479,5 @@ def test_presets_set_the_batch_order():
     assert default.get_config("full").step.hard_negative_weight == 1.0
     c = default.get_config("full,train.lookahead_batches=32")  # settings after a preset still apply
     assert c.train.lookahead_batches == 32 and c.step.hard_negative_weight == 1.0
+    c = default.get_config("full,lookahead_batch")  # presets apply in order: the last sets the batch order
+    assert (c.train.lookahead_batches, c.train.lookahead_group, c.step.hard_negative_weight) == (32, 4, 0.0)
