@@ -11,7 +11,7 @@ both budgets of the registry experiment (three seeds each; docs/RESULTS.md, "Nei
 or ahead on every seed of this job (README). So the default trains in-batch on look-ahead batches (preset
 `lookahead_batch`: every 32 batches, the coming window regrouped into groups of 4 nearest pairs by the
 model being trained) for 150 steps, the time of 160 plain in-batch steps (a step costs 1.07x with the
-window's embedding) and of about 60 steps of the paper's method at k = 2 (2.7x an in-batch step). Plain
+window's embedding, as calibrated on the registry corpus; the job's own wall time is in the README) and of about 60 steps of the paper's method at k = 2 (2.7x an in-batch step). Plain
 in-batch and the paper's method at the same wall-clock are one argument away:
 
     python -m cocohanere_jax.main --config=configs/default.py --workdir=runs/default

@@ -132,7 +132,7 @@ class Settings:
     code_length: int = 64
     learning_rate: float = 5e-5
     temperature: float = 0.05
-    steps: int = 300  # in-batch steps at the large budget (300 x 32 = 10x the default job's 960 pairs)
+    steps: int = 300  # in-batch steps at the large budget (300 x 32 = 10x the default job's 960 pairs when chosen)
     small_steps: int = 100
     seeds: tuple[int, ...] = (0,)
     small_seeds: tuple[int, ...] = (0, 1, 2)
