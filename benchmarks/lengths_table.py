@@ -18,7 +18,7 @@ REFERENCES = [("reference", "reference (cap)"), ("reference_longest", "reference
 
 def labels(row: dict) -> list[tuple[str, str]]:
     """(key, name) of every step in a result row: ours length-aware (scanned or not), ours padded, the references."""
-    ours = sorted({k.rsplit("_", 2)[0] if k.endswith("_step_s") else k[:-len("_failed")] for k in row
+    ours = sorted({k.removesuffix("_step_s").removesuffix("_failed") for k in row
                    if k.startswith("ours_b") and k.endswith(("_step_s", "_failed"))},
                   key=lambda k: (k.endswith("_scan"), k))
     out = []

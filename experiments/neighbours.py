@@ -58,24 +58,29 @@ def _tokens(code: str) -> set[str]:
     return set(code.split())
 
 
-def guard_stats(scores, positive, k: int, margin: float, is_copy) -> dict:
-    """What the false-negative margin does to each anchor's k nearest candidates (see the module doc).
+def guard_stats(scores, positive, order, ks, margin: float, is_copy) -> dict[int, dict]:
+    """What the false-negative margin does to each anchor's k nearest candidates, per k in ``ks`` (see the
+    module doc).
 
-    ``scores`` [n, M] (masked entries -inf), ``positive`` [n]; ``is_copy(nn)`` -> [n, k] bool near-copy flags
-    of candidate indices ``nn``. The guard masks before the top-k, as the step does (bank.margin_keep)."""
+    ``scores`` [n, M] (masked entries -inf), ``positive`` [n], ``order`` [n, M] the candidates by descending
+    score; ``is_copy(nn)`` -> [n, k] bool near-copy flags of candidate indices ``nn``. The guard masks before
+    the top-k, as the step does (bank.margin_keep)."""
     import numpy as np
 
     from cocohanere_jax import bank as bank_lib
 
     keep = np.asarray(bank_lib.margin_keep(scores, positive, margin))
-    nn = np.argsort(-scores, axis=1)[:, :k]
-    after = np.argsort(-np.where(keep, scores, -np.inf), axis=1)[:, :k]
-    dropped = ~np.take_along_axis(keep, nn, 1)
-    copies = is_copy(nn)
+    guarded = np.argsort(-np.where(keep, scores, -np.inf), axis=1)
     share = lambda x: round(float(np.mean(x)), 4) if np.size(x) else None  # noqa: E731
-    return {"masked": share(dropped), "near_copy_of_masked": share(copies[dropped]),
-            "near_copy_caught": share(dropped[copies]), "near_copy_after": share(is_copy(after)),
-            "above_positive_after": share(np.take_along_axis(scores, after, 1) > positive[:, None])}
+    out = {}
+    for k in ks:
+        nn, after = order[:, :k], guarded[:, :k]
+        dropped = ~np.take_along_axis(keep, nn, 1)
+        copies = is_copy(nn)
+        out[k] = {"masked": share(dropped), "near_copy_of_masked": share(copies[dropped]),
+                  "near_copy_caught": share(dropped[copies]), "near_copy_after": share(is_copy(after)),
+                  "above_positive_after": share(np.take_along_axis(scores, after, 1) > positive[:, None])}
+    return out
 
 
 def main(argv):
@@ -113,11 +118,13 @@ def main(argv):
     def is_copy(nn):
         return jaccard_of(nn) >= FLAGS.copy_jaccard
 
-    for k in (int(x) for x in FLAGS.ks):
+    ks = [int(x) for x in FLAGS.ks]
+    guarded = {str(m): guard_stats(scores, positive, order, ks, m, is_copy) for m in (float(x) for x in FLAGS.margins)}
+    for k in ks:
         nn = order[:, :k]
         nn_scores = np.take_along_axis(scores, nn, 1)
         jaccard = jaccard_of(nn)
-        margin = {str(m): guard_stats(scores, positive, k, m, is_copy) for m in (float(x) for x in FLAGS.margins)}
+        margin = {m: per_k[k] for m, per_k in guarded.items()}
         logits = np.concatenate([positive[:, None], nn_scores], 1) / FLAGS.temperature
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)

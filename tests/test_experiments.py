@@ -488,17 +488,18 @@ def test_false_negative_guard_stats():
     shares it reports are counted on the right neighbours (checked against a hand count)."""
     from experiments import neighbours
 
-    # 3 anchors x 4 candidates; positives .5, .5, -.5. Candidate 3 of anchor 0 is a near-copy.
+    # 3 anchors x 4 candidates; positives .5, .5, -.5. Candidate 0 of anchor 0 is a near-copy.
     scores = np.array([[0.9, 0.6, 0.4, 0.52], [0.3, 0.2, 0.1, -np.inf], [-0.4, -0.6, -0.42, -0.9]])
     positive = np.array([0.5, 0.5, -0.5])
     copies = {(0, 0)}
     is_copy = lambda nn: np.array([[(i, j) in copies for j in row] for i, row in enumerate(nn)])  # noqa: E731
     # margin 0.1: anchor 0 drops .9 and .6 (> .55), keeps .52 and .4; anchor 2 drops -.4 and -.42 (> -.45).
-    stats = neighbours.guard_stats(scores, positive, 2, 0.1, is_copy)
+    order = np.argsort(-scores, axis=1)
+    stats = neighbours.guard_stats(scores, positive, order, [2], 0.1, is_copy)[2]
     assert stats["masked"] == round(4 / 6, 4)  # of the unguarded top 2: (0: .9, .6), (1: none), (2: -.4, -.42)
     assert stats["near_copy_of_masked"] == 0.25 and stats["near_copy_caught"] == 1.0
     assert stats["near_copy_after"] == 0.0
     # after the guard: anchor 0 gets .52 (above .5) and .4; anchor 1 .3, .2; anchor 2 -.6, -.9
     assert stats["above_positive_after"] == round(1 / 6, 4)
-    none = neighbours.guard_stats(scores, positive, 2, 10.0, is_copy)  # a margin that masks nothing
+    none = neighbours.guard_stats(scores, positive, order, [2], 10.0, is_copy)[2]  # a margin that masks nothing
     assert none["masked"] == 0.0 and none["near_copy_of_masked"] is None and none["near_copy_after"] == round(1 / 6, 4)
