@@ -77,6 +77,11 @@ VARIANTS = {
                                 "look-ahead neighbour batches, groups within a language"),
     "lookahead_batch8_in_lang": ("lookahead_batch", "train.lookahead_group=8,step.negatives_in_group=True",
                                  "look-ahead neighbour batches, groups of 8 within a language"),
+    # Look-ahead batches with bank negatives at a quarter weight: the two cheapest signals measured level or
+    # ahead of in-batch (bank_w025, lookahead_batch_in_lang), combined at about an in-batch step's cost.
+    "lookahead_bank_w025": ("bank_negatives", "train.lookahead_batches=32,train.lookahead_group=4,"
+                            "step.negatives_in_group=True,step.hard_negative_weight=0.25",
+                            "look-ahead batches (groups within a language) plus bank negatives at L^HN weight 0.25"),
     "late_full": ("full", "", "in-batch for the first half of the in-batch budget's steps, then the paper's step"),
     "full_equal_steps": ("full", "", "the paper's step, as many steps as in-batch (equal steps, not seconds)"),
     "in_batch_long": ("in_batch", "", "in-batch given full_equal_steps' training seconds (where is the crossing?)"),
@@ -117,7 +122,8 @@ def calibrated_variants(s: "Settings") -> tuple[str, ...]:
 
 def calibration_spec(variant: str) -> str:
     preset, extra, _ = VARIANTS[variant]
-    return preset + (f"+{extra}" if extra else "")
+    # experiments.measure takes a comma-separated list of variants and reads '+' as ',' within one.
+    return "+".join([preset, *filter(None, extra.split(","))])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,13 +266,23 @@ def run_all(out: str, s: Settings, dry_run: bool = False) -> list[dict]:
     os.makedirs(out, exist_ok=True)
     settings_path = os.path.join(out, "settings.json")
     if os.path.exists(settings_path):
-        if ablation.read_json(settings_path) != _json_settings(s):
-            raise SystemExit(f"{out} holds runs of other settings ({settings_path}); use another --out")
-    elif not dry_run:
+        # Later runs can be added (or dropped from the plan) without touching the runs already made; any
+        # other setting changes what every run trains.
+        held = {k: v for k, v in ablation.read_json(settings_path).items() if k != "later_variants"}
+        wanted = {k: v for k, v in _json_settings(s).items() if k != "later_variants"}
+        if held != wanted:
+            changed = sorted(k for k in {*held, *wanted} if held.get(k) != wanted.get(k))
+            raise SystemExit(f"{out} holds runs of other settings ({settings_path}: {', '.join(changed)} "
+                             "differ); use another --out")
+    if not dry_run:
         ablation.write_json(settings_path, _json_settings(s))
-    if dry_run and not os.path.exists(os.path.join(out, "calibration.json")):
-        print("calibration: todo (experiments.measure on the variants)")
-        return []
+    if dry_run:
+        path = os.path.join(out, "calibration.json")
+        held = ablation.read_json(path)["step_s"] if os.path.exists(path) else {}
+        missing = [v for v in calibrated_variants(s) if v not in held]
+        if missing:  # a dry run runs nothing, not even the calibration
+            print(f"calibration: todo (experiments.measure on {', '.join(missing)})")
+            return []
     calibration = calibrate(out, s)
     runs = plan(s, calibration["step_s"])
     ablation.write_json(os.path.join(out, "plan.json"), runs)

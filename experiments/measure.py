@@ -54,13 +54,16 @@ def main(argv):
 
     enc = encoder_lib.load_encoder(FLAGS.model)
     languages = multilingual.languages(FLAGS.language)
-    pairs = multilingual.concat_pairs([codesearchnet.load_pairs(FLAGS.corpus, lang, "train") for lang in languages])
+    parts = [codesearchnet.load_pairs(FLAGS.corpus, lang, "train") for lang in languages]
+    pairs = multilingual.concat_pairs(parts)
+    # The language of each DataID (the token table's groups, as train.py gives them): negatives_in_group.
+    language_of = np.repeat(np.arange(len(parts), dtype=np.int32), [len(part) for part in parts])
     n = min(len(pairs), 4 * FLAGS.batch * (FLAGS.steps + 1))
     # A random sample of the (mixed-language) train rows: real lengths, as the input pipeline draws them.
     sample = np.random.default_rng(0).choice(len(pairs), n, replace=False)
     q_ids = enc.tokenize([pairs.queries[i] for i in sample], FLAGS.query_length)
     c_ids = enc.tokenize([pairs.codes[i] for i in sample], FLAGS.code_length)
-    tokens = TokenTable(q_ids, c_ids, pad_id=enc.pad_id)
+    tokens = TokenTable(q_ids, c_ids, pad_id=enc.pad_id, groups=language_of[sample] if len(parts) > 1 else None)
     code_tokens = tokens.code_lengths
     mesh = sharding.make_mesh()
     rows = []

@@ -2,6 +2,7 @@
 report. One real tiny training (interrupted in this process, resumed in a child process); the rest works on
 fake run directories."""
 
+import dataclasses
 import json
 import math
 import os
@@ -426,6 +427,34 @@ def test_budget_calibrates_a_later_variant_beside_in_batch_and_carries_its_ratio
         c = registry.get_config(budget.run_argument(s, runs[name], ""))
         assert (c.train.lookahead_batches, c.train.lookahead_group, c.step.negatives_in_group,
                 c.step.hard_negative_weight) == (32, group, True, 0.0)
+
+
+def test_budget_multi_setting_variant_calibrates_and_later_runs_can_be_added(tmp_path):
+    """A variant with several settings is one item of experiments.measure's comma-separated --variants
+    ('+' between settings), loads with every setting, and adding later runs to an experiment folder keeps
+    its runs, where changing any other setting is refused, naming it."""
+    from configs import registry
+    from experiments import budget
+
+    spec = budget.calibration_spec("lookahead_bank_w025")
+    assert "," not in spec and spec.split("+")[0] == "bank_negatives"
+    assert budget.calibration_spec("in_batch") == "in_batch"
+    s = budget.Settings(variants=("in_batch",), small_variants=(), later_variants=("small/lookahead_bank_w025@2",))
+    assert budget.calibrated_variants(s) == ("in_batch", "lookahead_bank_w025")
+    (run,) = [r for r in budget.plan(s, {"in_batch": 1.0, "lookahead_bank_w025": 1.1}) if r["seed"] == 2]
+    assert (run["budget"], run["steps"]) == ("small", round(100 / 1.1))
+    c = registry.get_config(budget.run_argument(s, run, ""))
+    assert (c.train.lookahead_batches, c.train.lookahead_group, c.step.negatives_in_group,
+            c.step.hard_negative_weight, c.step.reencode_top) == (32, 4, True, 0.25, 0)
+
+    out = str(tmp_path)
+    budget.ablation.write_json(os.path.join(out, "calibration.json"),
+                               {"step_s": {"in_batch": 1.0, "lookahead_bank_w025": 1.1}})
+    budget.ablation.write_json(os.path.join(out, "settings.json"), budget._json_settings(s))
+    more = dataclasses.replace(s, later_variants=s.later_variants + ("small/lookahead_bank_w025@0",))
+    assert len(budget.run_all(out, more, dry_run=True)) == 3  # the large in-batch run and both later ones
+    with pytest.raises(SystemExit, match="batch"):
+        budget.run_all(out, dataclasses.replace(s, batch=64), dry_run=True)
 
 
 def test_default_job_variants_and_table(tmp_path):
