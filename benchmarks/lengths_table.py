@@ -2,8 +2,10 @@
 
     python -m benchmarks.lengths_table benchmarks/results/train_step_lengths_*.json
     python -m benchmarks.lengths_table --into benchmarks/RESULTS.md:lengths-k10 FILE [FILE ...]
+    python -m benchmarks.lengths_table --plot benchmarks/lengths_k10.png FILE [FILE ...]
 
-``--into DOC:NAME`` writes the tables between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in DOC.
+``--into DOC:NAME`` writes the tables between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in DOC;
+``--plot PNG`` draws every step's real-token MFU per configuration (a step that did not run is marked).
 """
 
 from __future__ import annotations
@@ -104,12 +106,61 @@ def write_into(doc: str, name: str, text: str) -> None:
         f.write(f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
 
 
+def plot(paths: list[str], out: str) -> str:
+    """Grouped bars: the real-token MFU of every step of every result row (one group per configuration)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = []  # (configuration label, [(step name, MFU or None, why not)])
+    for path in paths:
+        for row in json.load(open(path))["results"]:
+            model = {"minilm": "MiniLM", "codet5p-110m": "CodeT5+"}.get(row["model"], row["model"])
+            bars = [(name, row.get(f"{key}_real_mfu"), row.get(f"{key}_failed", ""))
+                    for key, name in labels(row) if f"{key}_step_s" in row or f"{key}_failed" in row]
+            groups.append((f"{model}\nB {row['batch']}, k {row['k']}\n{row['lq']}/{row['lc']}", bars))
+    names = list(dict.fromkeys(name for _, bars in groups for name, _, _ in bars))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 2.5, 4.2))
+    for j, name in enumerate(names):
+        for i, (_, bars) in enumerate(groups):
+            hit = [b for b in bars if b[0] == name]
+            if not hit:
+                continue
+            x = i + (j - (len(names) - 1) / 2) * width
+            _, mfu, failed = hit[0]
+            if mfu is None:
+                ax.text(x, 0.005, "OOM" if "out of memory" in failed else "failed", rotation=90, ha="center",
+                        va="bottom", fontsize=7)
+            else:
+                ax.bar(x, 100 * mfu, width, color=f"C{j}", label=name if i == min(
+                    k for k, (_, b) in enumerate(groups) if any(n == name and m is not None for n, m, _ in b)) else None)
+    ax.set_xticks(range(len(groups)), [g for g, _ in groups], fontsize=8)
+    ax.set_ylabel("real-token MFU (%)")
+    ax.set_title("train step, real (non-pad) tokens only; each configuration's own host", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
-    into = None
-    if args[:1] == ["--into"]:
-        into, args = args[1], args[2:]
+    into = png = None
+    while args[:1] in (["--into"], ["--plot"]):
+        if args[0] == "--into":
+            into = args[1]
+        else:
+            png = args[1]
+        args = args[2:]
+    if png:
+        print("wrote", plot(args, png))
     text = "\n".join(table(p) for p in args)
+    if png and not into:
+        sys.exit(0)
     if into:
         doc, _, name = into.rpartition(":")
         write_into(doc, name, text)
