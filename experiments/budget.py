@@ -207,12 +207,19 @@ def calibrate(out: str, s: Settings) -> dict:
 # ------------------------------------------------------------------------------------------------- plan
 
 
+def charged(step_s: dict[str, float]) -> dict[str, float]:
+    """The seconds per step a variant is charged: its calibrated time, never below the work it contains.
+
+    No variant is cheaper than the in-batch work it contains, nor than a variant whose work it all does
+    (CONTAINS): a calibrated time below is timing noise and is raised (so the noise never buys extra steps).
+    """
+    out = {v: max(t, step_s["in_batch"]) for v, t in step_s.items()}
+    return out | {v: max(out[v], out[inner]) for v, inner in CONTAINS.items() if v in out and inner in out}
+
+
 def plan(s: Settings, step_s: dict[str, float]) -> list[dict]:
     """Every run with its step count and evaluation period (the same training seconds per variant)."""
-    # No variant is cheaper than the in-batch work it contains: a calibrated time below in-batch's is
-    # timing noise and is raised to it (so the noise never buys a variant extra steps).
-    step_s = {v: max(t, step_s["in_batch"]) for v, t in step_s.items()}
-    step_s |= {v: max(step_s[v], step_s[inner]) for v, inner in CONTAINS.items() if v in step_s and inner in step_s}
+    step_s = charged(step_s)
     runs = []
     groups = [("large", s.steps, s.seeds, s.variants), ("small", s.small_steps, s.small_seeds, s.small_variants)]
     for item in s.later_variants:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import ablation
+from experiments import ablation, budget
 
 REPO = ablation.REPO
 RESULTS = os.path.join(REPO, "docs", "RESULTS.md")
@@ -42,7 +42,7 @@ def _metrics(workdir: str) -> list[dict]:
 def collect(out: str) -> dict[str, Any]:
     plan = ablation.read_json(os.path.join(out, "plan.json"))
     calibration = ablation.read_json(os.path.join(out, "calibration.json"))
-    step_s = {v: max(t, calibration["step_s"]["in_batch"]) for v, t in calibration["step_s"].items()}
+    step_s = budget.charged(calibration["step_s"])
     runs = []
     for run in plan:
         workdir = os.path.join(out, run["workdir"])
@@ -105,7 +105,7 @@ def render(data: dict, tag: str = "budget") -> str:
     lines.append(f"Calibration (`{cal['command']}`, {cal['time']}, load average before/after "
                  f"{cal['loadavg_before'][0]} / {cal['loadavg_after'][0]}; {cal['machine'].get('cpu', '')}):")
     lines.append("")
-    lines.append("| variant | s/step measured (median of timed steps) | used (never below in-batch) | x in-batch | compile s |")
+    lines.append("| variant | s/step measured (median of timed steps) | used (never below in-batch, nor below a variant whose work it does) | x in-batch | compile s |")
     lines.append("|---|---:|---:|---:|---:|")
     added = cal.get("added", [])  # variants timed later, beside in-batch, and carried over as ratios
     compile_s = {row["variant"]: row["compile_s"] for m in [cal, *added] for row in m["rows"]
