@@ -128,17 +128,24 @@ def block(x: Any) -> Any:
         return x
 
 
-def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1,
+                rotate: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each function, measured round-robin: round r runs every function once.
 
     ``warmup`` untimed rounds first (compilation, allocator warm-up). Each call's result is blocked on.
+    ``rotate``: round r starts at a different function (the order shifted by r * n / rounds), so that no
+    function always runs right after the same other one (a call after another framework's can be slower:
+    caches, the allocator, freed pages).
     """
     for _ in range(warmup):
         for fn in fns.values():
             block(fn())
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        shift = (r * len(names)) // max(rounds, 1) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             t = time.perf_counter()
             block(fn())
             times[name].append(time.perf_counter() - t)

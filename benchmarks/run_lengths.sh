@@ -32,3 +32,10 @@ python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p
 # And our padded step alone at batch 2 (how much the length-aware step gains over it there).
 python -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
     --rounds 2 --length_buckets 0 --reference_padding= --out $R/train_step_lengths_codet5p_b2_k10_128_256_padded.json
+# One encode call alone, forward + backward (what the steps above spend their time on): our padded and
+# length-aware encoders against PyTorch on the same rows, and the length-aware forward alone (the share
+# of the custom VJP's second forward). Tables: printed, and in the JSON files.
+python -m benchmarks.encoder_grad --model minilm --rows 48 --length 256 --rounds 3 --out $R/encoder_grad_minilm_r48_l256.json
+python -m benchmarks.encoder_grad --model codet5p-110m --rows 16 --length 256 --rounds 3 --out $R/encoder_grad_codet5p_r16_l256.json
+python -m benchmarks.encoder_grad --model codet5p-110m --rows 16 --length 256 --rounds 3 --buckets 8 \
+    --only "ours padded,ours length-aware,ours length-aware fwd" --out $R/encoder_grad_codet5p_r16_l256_b8.json

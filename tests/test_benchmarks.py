@@ -203,3 +203,42 @@ def test_isolated_children_merge_into_one_row_and_table(tmp_path):
     text = lt.table(str(path))
     assert "| ours length-aware (4) | 2.00 | 2.0, 2.1 | 20.0% | 90 | 2.50x | 1.50x | 2.00x | 3.0 |" in text
     assert "| reference (cap) | 5.00 | 5.0, 5.5 | 8.0% |  |  |  | 0.80x | 15.0 |" in text
+
+
+def test_encoder_grad_smoke(tmp_path, cache):
+    """benchmarks/encoder_grad.py: every function of one encode call (ours padded, length-aware and its
+    forward alone, PyTorch at the cap and at the longest row) timed with positive, finite figures."""
+    out = str(tmp_path / "encoder_grad.json")
+    payload = _script("encoder_grad").main(["--smoke", "--out", out])
+    data = _check(out, payload, "rows")
+    names = [r["function"] for r in data["rows"]]
+    assert names[:4] == ["ours one call", "ours padded", "ours length-aware", "ours length-aware fwd"]
+    assert set(names[4:]) == {"torch cap", "torch longest"}
+    for row in data["rows"]:
+        assert 0 < row["real_token_mfu"] and len(row["rounds_s"]) == 1
+        assert (row["function"] == "torch cap") == ("vs_torch_cap" not in row)
+
+
+def test_interleaved_rotation_changes_who_runs_after_whom():
+    """common.interleaved(rotate=True): each round starts at another function, the rounds stay paired."""
+    common = _script("common")
+    order = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    times = common.interleaved(fns, rounds=3, warmup=0, rotate=True)
+    assert order == list("abc") + list("bca") + list("cab")
+    assert {name: len(ts) for name, ts in times.items()} == {"a": 3, "b": 3, "c": 3}
+    order.clear()
+    common.interleaved(fns, rounds=2, warmup=1)
+    assert order == list("abc") * 3
+
+
+def test_lengths_plot_draws_every_configuration(tmp_path):
+    pytest.importorskip("matplotlib")
+    lt = _script("lengths_table")
+    row = {"model": "minilm", "batch": 8, "k": 10, "lq": 128, "lc": 256, "ours_b4_step_s": 2.0,
+           "ours_b4_real_mfu": 0.25, "reference_step_s": 4.0, "reference_real_mfu": 0.12,
+           "reference_longest_failed": "killed by signal 9 (out of memory)"}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"machine": {}, "results": [row, dict(row, model="codet5p-110m")]}))
+    png = lt.plot([str(path)], str(tmp_path / "p.png"))
+    assert os.path.getsize(png) > 1000

@@ -1,0 +1,161 @@
+"""Where the train step's encoder time goes: one encode call, forward + backward, ours against PyTorch.
+
+The train step's cost is its encoder calls. This script times one such call alone (the gradient of the
+sum of the embeddings of ``--rows`` real standard-library functions at the ``--length`` cap, dropout on,
+w.r.t. every parameter), so that the differences between the step benchmarks
+(`benchmarks/train_step.py`) can be taken apart:
+
+- ``torch cap`` / ``torch longest``: the PyTorch model (the same weights) on the rows padded to the cap,
+  or cut to the longest row (the two references of the step benchmark);
+- ``ours one call``: ``module.apply`` on all rows at the cap, one dropout key (the plainest JAX program);
+- ``ours padded``: `reencode.encode_rows` at the cap, a dropout key per row (what our padded step runs);
+- ``ours length-aware``: `reencode.encode_rows_bucketed` (what our default step runs: sorted chunks,
+  `lax.switch` over bucket lengths, the custom VJP that re-runs the chosen branch's forward);
+- ``ours length-aware fwd``: the same, forward only (so the backward's re-run forward can be read off).
+
+Every function runs in one process, interleaved round by round on the same rows, each round starting at
+another function (``common.interleaved(rotate=True)``: a PyTorch call right after JAX's was measured up
+to 20% slower than the same call right after PyTorch's); ratios are paired per round. When the longest
+row reaches the cap, ``torch longest`` is the same computation as ``torch cap``: the two are then a
+measure of the timing noise. Model FLOPs (2 per multiply-add, forward + backward = 3x forward) count
+real tokens only for the real-token MFU, against the float32 matmul peak measured in the same run.
+
+    python -m benchmarks.encoder_grad --model codet5p-110m --rows 16 --length 256 --rounds 3
+    python -m benchmarks.encoder_grad --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from typing import Any
+
+from benchmarks import common
+
+
+def main(argv=None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="codet5p-110m", help="minilm, codet5p-110m, codet5p-tiny")
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--length", type=int, default=256, help="the cap (256: the paper's code cap)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--buckets", type=int, default=4, help="length buckets per cap (StepConfig.length_buckets)")
+    parser.add_argument("--chunk", type=int, default=8, help="rows per length chunk (StepConfig.length_chunk)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", default="", help="comma-separated names of the functions to time (default all)")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, few rows: seconds")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.model, args.rows, args.length, args.rounds = "codet5p-tiny", 6, 32, 1
+    threads = common.pin_threads(args.threads)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    import cocohanere_jax
+    from cocohanere_jax import reencode
+
+    folder = common.model_folder(args.model, os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))
+    enc = cocohanere_jax.load_encoder(folder)
+    model, pooling = common.load_torch_model(folder)
+    model.train()
+    family = "t5" if pooling == "codet5p" else "bert"
+    config = enc.config
+    vocab = getattr(config, "vocab_size", None)
+
+    tokenizer = AutoTokenizer.from_pretrained(common.minilm_folder())
+    pairs = common.stdlib_pairs(4000)
+    pick = np.random.default_rng(0).choice(len(pairs), args.rows, replace=False)
+    ids = common.token_rows(tokenizer, [pairs[i][1] for i in pick], args.length, vocab)
+    ids = np.where(ids == tokenizer.pad_token_id, enc.pad_id, ids).astype(np.int32)
+    real = ids != enc.pad_id
+    lengths = real.sum(1)
+    longest = int(reencode.row_lengths(jnp.asarray(ids), enc.pad_id).max())
+
+    apply_fn = reencode.as_apply_fn(enc.module)
+    ids_j = jnp.asarray(ids)
+    key = jax.random.key_data(jax.random.key(0))
+    keys = reencode.row_keys(key, 0, jnp.arange(args.rows))
+    buckets = reencode.bucket_lengths((args.length,), args.buckets)
+
+    def one_call(p):
+        mask = (ids_j != enc.pad_id).astype(jnp.int32)
+        return jnp.sum(apply_fn(p, ids_j, mask, False, key))
+
+    def padded(p):
+        return jnp.sum(reencode.encode_rows(apply_fn, p, ids_j, keys, pad_id=enc.pad_id))
+
+    def aware(p):
+        return jnp.sum(reencode.encode_rows_bucketed(apply_fn, p, ids_j, keys, pad_id=enc.pad_id,
+                                                     buckets=buckets, chunk=args.chunk))
+
+    compiled, compile_s = {}, {}
+    jax_fns = {"ours one call": jax.grad(one_call), "ours padded": jax.grad(padded),
+               "ours length-aware": jax.grad(aware), "ours length-aware fwd": aware}
+    only = [s for s in args.only.split(",") if s]
+    for name, fn in jax_fns.items():
+        if only and name not in only:
+            continue
+        t = time.perf_counter()
+        compiled[name] = jax.jit(fn).lower(enc.params).compile()
+        compile_s[name] = round(time.perf_counter() - t, 1)
+        print(f"{name}: compiled in {compile_s[name]} s", flush=True)
+
+    ids_t = torch.from_numpy(ids).long()
+    ids_longest = ids_t[:, :longest]
+
+    def torch_grad(rows):
+        def run():
+            model.zero_grad(set_to_none=True)
+            mask = (rows != enc.pad_id).long()
+            if pooling == "codet5p":
+                out = model(input_ids=rows, attention_mask=mask)
+            else:
+                out = model(input_ids=rows, attention_mask=mask).last_hidden_state[:, 0]
+            out.sum().backward()
+            return None
+        return run
+
+    fns = {name: (lambda f=f: f(enc.params)) for name, f in compiled.items()}
+    for name, rows in (("torch cap", ids_t), ("torch longest", ids_longest)):
+        if not only or name in only:
+            fns[name] = torch_grad(rows)
+    load_before = common.load_average()
+    peak = common.measure_matmul_peak()
+    times = common.interleaved(fns, args.rounds, rotate=True)
+    load_after = common.load_average()
+
+    peak_flops = max(peak.get("xla_gflops", 0.0), peak.get("torch_gflops", 0.0)) * 1e9
+    real_flops = 3.0 * sum(common.encoder_flops(family, config, 1, int(n)) for n in lengths)
+    reference = times.get("torch cap")
+    rows_out = []
+    for name, ts in times.items():
+        s = common.summary(ts)
+        flops = real_flops / 3.0 if name.endswith("fwd") else real_flops
+        row = {"function": name, "median_s": round(s["median_s"], 3), "rounds_s": [round(t, 2) for t in ts],
+               "real_token_mfu": round(flops / s["median_s"] / peak_flops, 3) if peak_flops else None,
+               "compile_s": compile_s.get(name)}
+        if reference and name != "torch cap":
+            row["vs_torch_cap"] = round(common.paired_ratio(ts, reference), 3)
+        rows_out.append(row)
+    title = (f"{args.model}, {args.rows} rows at a {args.length}-token cap (real tokens {real.mean():.0%}, longest "
+             f"row {longest}), forward + backward, dropout on; {threads} threads; float32 {peak['size']}^3 matmul: "
+             f"XLA {peak.get('xla_gflops', 0):.0f}, PyTorch {peak.get('torch_gflops', 0):.0f} GFLOP/s; "
+             f"load {load_before} -> {load_after}")
+    common.print_table(rows_out, ["function", "median_s", "rounds_s", "real_token_mfu", "compile_s", "vs_torch_cap"],
+                       title)
+    payload = {"benchmark": "encoder_grad", "smoke": args.smoke, "title": title, "args": vars(args), "machine": common.machine_info(threads), "matmul_peak": peak,
+               "load_before": load_before, "load_after": load_after, "rows": rows_out}
+    out = args.out or common.default_out(f"encoder_grad_{args.model}_r{args.rows}_l{args.length}", args.smoke)
+    common.write_json(out, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
