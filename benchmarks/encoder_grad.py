@@ -138,7 +138,7 @@ def main(argv=None) -> dict[str, Any]:
     for name, ts in times.items():
         s = common.summary(ts)
         flops = real_flops / 3.0 if name.endswith("fwd") else real_flops
-        row = {"function": name, "median_s": round(s["median_s"], 3), "rounds_s": [round(t, 2) for t in ts],
+        row = {"function": name, "median_s": s["median_s"], "rounds_s": list(ts),
                "real_token_mfu": round(flops / s["median_s"] / peak_flops, 3) if peak_flops else None,
                "compile_s": compile_s.get(name)}
         if reference and name != "torch cap":
@@ -148,8 +148,8 @@ def main(argv=None) -> dict[str, Any]:
              f"row {longest}), forward + backward, dropout on; {threads} threads; float32 {peak['size']}^3 matmul: "
              f"XLA {peak.get('xla_gflops', 0):.0f}, PyTorch {peak.get('torch_gflops', 0):.0f} GFLOP/s; "
              f"load {load_before} -> {load_after}")
-    common.print_table(rows_out, ["function", "median_s", "rounds_s", "real_token_mfu", "compile_s", "vs_torch_cap"],
-                       title)
+    shown = [dict(r, rounds_s=", ".join(f"{t:.3g}" for t in r["rounds_s"])) for r in rows_out]
+    common.print_table(shown, ["function", "median_s", "rounds_s", "real_token_mfu", "compile_s", "vs_torch_cap"], title)
     payload = {"benchmark": "encoder_grad", "smoke": args.smoke, "title": title, "args": vars(args), "machine": common.machine_info(threads), "matmul_peak": peak,
                "load_before": load_before, "load_after": load_after, "rows": rows_out}
     out = args.out or common.default_out(f"encoder_grad_{args.model}_r{args.rows}_l{args.length}", args.smoke)
