@@ -242,3 +242,12 @@ def test_lengths_plot_draws_every_configuration(tmp_path):
     path.write_text(json.dumps({"machine": {}, "results": [row, dict(row, model="codet5p-110m")]}))
     png = lt.plot([str(path)], str(tmp_path / "p.png"))
     assert os.path.getsize(png) > 1000
+
+
+def test_update_step_smoke(tmp_path):
+    """benchmarks/update_step.py: our clip + AdamW update against PyTorch's on the same parameters."""
+    out = str(tmp_path / "update_step.json")
+    payload = _script("update_step").main(["--smoke", "--out", out])
+    data = _check(out, payload, "rows")
+    assert [r["function"] for r in data["rows"]] == ["ours", "torch"] and data["rows"][0]["vs_torch"] > 0
+    assert data["parameters"]["ours"] == data["parameters"]["torch"]
