@@ -39,3 +39,6 @@ python -m benchmarks.encoder_grad --model minilm --rows 48 --length 256 --rounds
 python -m benchmarks.encoder_grad --model codet5p-110m --rows 16 --length 256 --rounds 3 --out $R/encoder_grad_codet5p_r16_l256.json
 python -m benchmarks.encoder_grad --model codet5p-110m --rows 16 --length 256 --rounds 3 --buckets 8 \
     --only "ours padded,ours length-aware,ours length-aware fwd" --out $R/encoder_grad_codet5p_r16_l256_b8.json
+# The optimizer update alone (clip + AdamW over every parameter), ours against PyTorch's.
+python -m benchmarks.update_step --model codet5p-110m --rounds 5 --out $R/update_step_codet5p-110m.json
+python -m benchmarks.update_step --model minilm --rounds 5 --out $R/update_step_minilm.json
