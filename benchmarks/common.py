@@ -133,9 +133,9 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, warmup: int =
     """Seconds per call of each function, measured round-robin: round r runs every function once.
 
     ``warmup`` untimed rounds first (compilation, allocator warm-up). Each call's result is blocked on.
-    ``rotate``: round r starts at a different function (the order shifted by r * n / rounds), so that no
-    function always runs right after the same other one (a call after another framework's can be slower:
-    caches, the allocator, freed pages).
+    ``rotate``: round r starts at a different function (the order shifted by r * n / rounds) and odd rounds
+    run in reverse, so that no function always runs right after the same other one (a call right after
+    another framework's can be slower: caches, the allocator, freed pages).
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -144,7 +144,8 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int, warmup: int =
     names = list(fns)
     for r in range(rounds):
         shift = (r * len(names)) // max(rounds, 1) if rotate else 0
-        for name in names[shift:] + names[:shift]:
+        order = names[shift:] + names[:shift]
+        for name in (order[::-1] if rotate and r % 2 else order):
             fn = fns[name]
             t = time.perf_counter()
             block(fn())

@@ -107,18 +107,33 @@ def main(argv=None) -> dict[str, Any]:
         compile_s[name] = round(time.perf_counter() - t, 1)
         print(f"{name}: compiled in {compile_s[name]} s", flush=True)
 
+    def torch_embed(rows, mask):
+        """The PyTorch model's embeddings, pooled as ours (benchmarks/reference_torch.py)."""
+        if pooling == "codet5p":
+            return model(input_ids=rows, attention_mask=mask)  # pooled, projected, L2-normalised
+        hidden = model(input_ids=rows, attention_mask=mask).last_hidden_state
+        if pooling == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        else:
+            pooled = hidden[:, 0]
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
     ids_t = torch.from_numpy(ids).long()
+    # Both sides compute the same thing: the embeddings without dropout agree (recorded in the result).
+    model.eval()
+    with torch.no_grad():
+        theirs = torch_embed(ids_t, (ids_t != enc.pad_id).long()).numpy()
+    model.train()
+    mask_j = (ids_j != enc.pad_id).astype(jnp.int32)
+    embedding_max_abs_diff = float(np.max(np.abs(np.asarray(apply_fn(enc.params, ids_j, mask_j, True, key)) - theirs)))
     ids_longest = ids_t[:, :longest]
 
     def torch_grad(rows):
         def run():
             model.zero_grad(set_to_none=True)
             mask = (rows != enc.pad_id).long()
-            if pooling == "codet5p":
-                out = model(input_ids=rows, attention_mask=mask)
-            else:
-                out = model(input_ids=rows, attention_mask=mask).last_hidden_state[:, 0]
-            out.sum().backward()
+            torch_embed(rows, mask).sum().backward()
             return None
         return run
 
@@ -151,7 +166,7 @@ def main(argv=None) -> dict[str, Any]:
     shown = [dict(r, rounds_s=", ".join(f"{t:.3g}" for t in r["rounds_s"])) for r in rows_out]
     common.print_table(shown, ["function", "median_s", "rounds_s", "real_token_mfu", "compile_s", "vs_torch_cap"], title)
     payload = {"benchmark": "encoder_grad", "smoke": args.smoke, "title": title, "args": vars(args), "machine": common.machine_info(threads), "matmul_peak": peak,
-               "load_before": load_before, "load_after": load_after, "rows": rows_out}
+               "embedding_max_abs_diff": embedding_max_abs_diff, "load_before": load_before, "load_after": load_after, "rows": rows_out}
     out = args.out or common.default_out(f"encoder_grad_{args.model}_r{args.rows}_l{args.length}", args.smoke)
     common.write_json(out, payload)
     return payload

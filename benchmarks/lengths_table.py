@@ -106,8 +106,11 @@ def write_into(doc: str, name: str, text: str) -> None:
         f.write(f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
 
 
-def plot(paths: list[str], out: str) -> str:
-    """Grouped bars: the real-token MFU of every step of every result row (one group per configuration)."""
+def plot(paths: list[str], out: str) -> dict[str, list]:
+    """Grouped bars: the real-token MFU of every step of every result row (one group per configuration).
+
+    Returns what was drawn: ``{"bars": [(configuration, step, MFU)], "marked": [(configuration, step, text)]}``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +124,10 @@ def plot(paths: list[str], out: str) -> str:
                     for key, name in labels(row) if f"{key}_step_s" in row or f"{key}_failed" in row]
             groups.append((f"{model}\nB {row['batch']}, k {row['k']}\n{row['lq']}/{row['lc']}", bars))
     names = list(dict.fromkeys(name for _, bars in groups for name, _, _ in bars))
+    if not names:
+        raise SystemExit(f"lengths_table --plot: no step results in {', '.join(paths) or 'no files'}")
     width = 0.8 / len(names)
+    drawn: dict[str, list] = {"bars": [], "marked": []}
     fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 2.5, 4.2))
     for j, name in enumerate(names):
         for i, (_, bars) in enumerate(groups):
@@ -130,10 +136,13 @@ def plot(paths: list[str], out: str) -> str:
                 continue
             x = i + (j - (len(names) - 1) / 2) * width
             _, mfu, failed = hit[0]
+            config = groups[i][0].replace("\n", " ")
             if mfu is None:
-                ax.text(x, 0.005, "OOM" if "out of memory" in failed else "failed", rotation=90, ha="center",
-                        va="bottom", fontsize=7)
+                text = "OOM" if "out of memory" in failed else "failed"
+                ax.text(x, 0.005, text, rotation=90, ha="center", va="bottom", fontsize=7)
+                drawn["marked"].append((config, name, text))
             else:
+                drawn["bars"].append((config, name, mfu))
                 ax.bar(x, 100 * mfu, width, color=f"C{j}", label=name if i == min(
                     k for k, (_, b) in enumerate(groups) if any(n == name and m is not None for n, m, _ in b)) else None)
     ax.set_xticks(range(len(groups)), [g for g, _ in groups], fontsize=8)
@@ -144,7 +153,7 @@ def plot(paths: list[str], out: str) -> str:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return out
+    return drawn
 
 
 if __name__ == "__main__":
@@ -157,7 +166,8 @@ if __name__ == "__main__":
             png = args[1]
         args = args[2:]
     if png:
-        print("wrote", plot(args, png))
+        plot(args, png)
+        print("wrote", png)
     text = "\n".join(table(p) for p in args)
     if png and not into:
         sys.exit(0)

@@ -440,24 +440,29 @@ def test_budget_multi_setting_variant_calibrates_and_later_runs_can_be_added(tmp
     assert "," not in spec and spec.split("+")[0] == "bank_negatives"
     assert budget.calibration_spec("in_batch") == "in_batch"
     s = budget.Settings(variants=("in_batch",), small_variants=(), later_variants=("small/lookahead_bank_w025@2",))
-    # Timed itself, and never charged less than look-ahead batches alone (all of whose work it does).
-    assert budget.calibrated_variants(s) == ("in_batch", "lookahead_bank_w025", "lookahead_batch")
+    # Timed itself, and never charged less than look-ahead batches or bank negatives alone (it does all of
+    # the work of each); a floor whose variant was not timed is skipped.
+    assert budget.calibrated_variants(s) == ("in_batch", "bank_negatives", "lookahead_bank_w025", "lookahead_batch")
     (run,) = [r for r in budget.plan(s, {"in_batch": 1.0, "lookahead_bank_w025": 1.1, "lookahead_batch": 1.05})
               if r["seed"] == 2]
     assert (run["budget"], run["steps"]) == ("small", round(100 / 1.1))
-    (run,) = [r for r in budget.plan(s, {"in_batch": 1.0, "lookahead_bank_w025": 0.95, "lookahead_batch": 1.07})
-              if r["seed"] == 2]
+    (run,) = [r for r in budget.plan(s, {"in_batch": 1.0, "lookahead_bank_w025": 0.95, "lookahead_batch": 1.07,
+                                         "bank_negatives": 1.02}) if r["seed"] == 2]
     assert run["steps"] == round(100 / 1.07)
+    assert budget.charged({"in_batch": 1.0, "lookahead_bank_w025": 0.9, "bank_negatives": 1.2}) == {
+        "in_batch": 1.0, "lookahead_bank_w025": 1.2, "bank_negatives": 1.2}
     c = registry.get_config(budget.run_argument(s, run, ""))
     assert (c.train.lookahead_batches, c.train.lookahead_group, c.step.negatives_in_group,
             c.step.hard_negative_weight, c.step.reencode_top) == (32, 4, True, 0.25, 0)
 
     out = str(tmp_path)
     budget.ablation.write_json(os.path.join(out, "calibration.json"),
-                               {"step_s": {"in_batch": 1.0, "lookahead_bank_w025": 1.1, "lookahead_batch": 1.05}})
+                               {"step_s": {"in_batch": 1.0, "lookahead_bank_w025": 1.1, "lookahead_batch": 1.05,
+                                           "bank_negatives": 1.0}})
     budget.ablation.write_json(os.path.join(out, "settings.json"), budget._json_settings(s))
     more = dataclasses.replace(s, later_variants=s.later_variants + ("small/lookahead_bank_w025@0",))
     assert len(budget.run_all(out, more, dry_run=True)) == 3  # the large in-batch run and both later ones
+    assert sorted(os.listdir(out)) == ["calibration.json", "settings.json"]  # a dry run wrote nothing
     with pytest.raises(SystemExit, match="batch"):
         budget.run_all(out, dataclasses.replace(s, batch=64), dry_run=True)
 
