@@ -35,21 +35,14 @@ MAX_LENGTH = {"query": 128, "code": 256}
 
 def torch_embedder(model: Any, pooling: str, pad_id: int):
     import torch
-    import torch.nn.functional as F
+
+    from benchmarks import reference_torch  # imports torch: after pin_threads
 
     model.eval()
 
     def embed(ids: Any, mask: Any) -> Any:
         with torch.inference_mode():
-            if pooling == "codet5p":
-                return model(input_ids=ids, attention_mask=mask).numpy()
-            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-            if pooling == "mean":
-                m = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            else:
-                pooled = hidden[:, 0]
-            return F.normalize(pooled, dim=-1).numpy()
+            return reference_torch.embed(model, pooling, ids, mask).numpy()
 
     return embed
 

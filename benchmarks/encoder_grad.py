@@ -59,6 +59,7 @@ def main(argv=None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     import cocohanere_jax
+    from benchmarks import reference_torch
     from cocohanere_jax import reencode
 
     folder = common.model_folder(args.model, os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))
@@ -107,17 +108,8 @@ def main(argv=None) -> dict[str, Any]:
         compile_s[name] = round(time.perf_counter() - t, 1)
         print(f"{name}: compiled in {compile_s[name]} s", flush=True)
 
-    def torch_embed(rows, mask):
-        """The PyTorch model's embeddings, pooled as ours (benchmarks/reference_torch.py)."""
-        if pooling == "codet5p":
-            return model(input_ids=rows, attention_mask=mask)  # pooled, projected, L2-normalised
-        hidden = model(input_ids=rows, attention_mask=mask).last_hidden_state
-        if pooling == "mean":
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        else:
-            pooled = hidden[:, 0]
-        return torch.nn.functional.normalize(pooled, dim=-1)
+    def torch_embed(rows, mask):  # pooled as ours
+        return reference_torch.embed(model, pooling, rows, mask)
 
     ids_t = torch.from_numpy(ids).long()
     # Both sides compute the same thing: the embeddings without dropout agree (recorded in the result).

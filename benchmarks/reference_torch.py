@@ -19,6 +19,20 @@ import torch
 import torch.nn.functional as F
 
 
+def embed(model: torch.nn.Module, pooling: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit-norm embeddings of a transformers model, pooled as ours: "codet5p" (the model pools, projects
+    and normalises), "mean" (masked mean, sentence-transformers' clamp) or the first token."""
+    if pooling == "codet5p":
+        return model(input_ids=ids, attention_mask=mask)  # already L2-normalised
+    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    else:
+        pooled = hidden[:, 0]
+    return F.normalize(pooled, dim=-1)
+
+
 class TorchReferenceStep:
     """One CoCoHaNeRe step per call; ``step(data_id, query_ids, code_ids) -> loss`` (a float)."""
 
@@ -75,16 +89,7 @@ class TorchReferenceStep:
             return self._encode(ids).float()
 
     def _encode(self, ids: torch.Tensor) -> torch.Tensor:
-        mask = (ids != self.pad_id).long()
-        if self.pooling == "codet5p":
-            return self.model(input_ids=ids, attention_mask=mask)  # already L2-normalised
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        if self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        else:
-            pooled = hidden[:, 0]
-        return F.normalize(pooled, dim=-1)
+        return embed(self.model, self.pooling, ids, (ids != self.pad_id).long())
 
     @torch.no_grad()
     def search(self, keys: torch.Tensor, bank: torch.Tensor, bank_ids: torch.Tensor, batch_ids: torch.Tensor):
