@@ -13,9 +13,9 @@ w.r.t. every parameter), so that the differences between the step benchmarks
   `lax.switch` over bucket lengths, the custom VJP that re-runs the chosen branch's forward);
 - ``ours length-aware fwd``: the same, forward only (so the backward's re-run forward can be read off).
 
-Every function runs in one process, interleaved round by round on the same rows, each round starting at
-another function (``common.interleaved(rotate=True)``: a PyTorch call right after JAX's was measured up
-to 20% slower than the same call right after PyTorch's); ratios are paired per round. When the longest
+Every function runs in one process, interleaved round by round on the same rows; the rounds rotate and
+odd rounds run in reverse (``common.interleaved(rotate=True)``: in a fixed order the same PyTorch call
+measured 3-15% slower right after a JAX call than right after a PyTorch one); ratios are paired per round. When the longest
 row reaches the cap, ``torch longest`` is the same computation as ``torch cap``: the two are then a
 measure of the timing noise. Model FLOPs (2 per multiply-add, forward + backward = 3x forward) count
 real tokens only for the real-token MFU, against the float32 matmul peak measured in the same run.
@@ -85,9 +85,10 @@ def main(argv=None) -> dict[str, Any]:
     keys = reencode.row_keys(key, 0, jnp.arange(args.rows))
     buckets = reencode.bucket_lengths((args.length,), args.buckets)
 
+    mask_j = (ids_j != enc.pad_id).astype(jnp.int32)
+
     def one_call(p):
-        mask = (ids_j != enc.pad_id).astype(jnp.int32)
-        return jnp.sum(apply_fn(p, ids_j, mask, False, key))
+        return jnp.sum(apply_fn(p, ids_j, mask_j, False, key))
 
     def padded(p):
         return jnp.sum(reencode.encode_rows(apply_fn, p, ids_j, keys, pad_id=enc.pad_id))
@@ -117,7 +118,6 @@ def main(argv=None) -> dict[str, Any]:
     with torch.no_grad():
         theirs = torch_embed(ids_t, (ids_t != enc.pad_id).long()).numpy()
     model.train()
-    mask_j = (ids_j != enc.pad_id).astype(jnp.int32)
     embedding_max_abs_diff = float(np.max(np.abs(np.asarray(apply_fn(enc.params, ids_j, mask_j, True, key)) - theirs)))
     ids_longest = ids_t[:, :longest]
 
