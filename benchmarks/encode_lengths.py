@@ -32,7 +32,7 @@ def make(mode, chunk):
             a = reencode.encode_rows(apply_fn, p, ids, keys[:48], pad_id=0)
             b = reencode.encode_rows(apply_fn, p, qids, keys[48:], pad_id=0)
         else:
-            a, b = reencode.encode_pool(apply_fn, p, [(ids, keys[:48]), (qids, keys[48:])], pad_id=0,
+            (a, b), _ = reencode.encode_pool(apply_fn, p, [(ids, keys[:48]), (qids, keys[48:])], pad_id=0,
                                         buckets=reencode.bucket_lengths((128, 256), 4), chunk=chunk)
         return jnp.sum(a) + jnp.sum(b)
     return jax.jit(jax.grad(f))

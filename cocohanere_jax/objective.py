@@ -59,6 +59,7 @@ class Aux(struct.PyTreeNode):
     ids: Array  # [n] DataIDs of the pairs trained on (the iterator's, or bank neighbours with neighbour_pairs)
     neighbour_rows: Array  # local rows that hold a bank neighbour's pair (neighbour_pairs; else 0)
     neighbour_score_sum: Array  # sum of cos(anchor query, neighbour code) over those rows
+    plan_misses: Array  # [] int32 pooled encode calls whose length plan did not hold (padded instead)
 
 
 def _search_bank(
@@ -122,6 +123,7 @@ class _HardNegatives(struct.PyTreeNode):
     valid_negatives: Array
     dropped_negatives: Array
     active: Array  # [] bool
+    plan_misses: Array  # [] int32 encode calls whose length plan did not hold
 
 
 def _no_hard_negatives(n: int, k: int, d: int, dtype) -> _HardNegatives:
@@ -135,6 +137,7 @@ def _no_hard_negatives(n: int, k: int, d: int, dtype) -> _HardNegatives:
         code_refresh=none, query_refresh=none, loss_rows=jnp.zeros((n,), dtype),
         negative_score_sum=jnp.zeros((), dtype), valid_negatives=jnp.zeros((), jnp.int32),
         dropped_negatives=jnp.zeros((), jnp.int32), active=jnp.zeros((), bool),
+        plan_misses=jnp.zeros((), jnp.int32),
     )
 
 
@@ -180,11 +183,11 @@ def _hard_negatives(
             # Unused budget slots borrow the first anchor's own (real) row; their outputs are unused.
             tokens = lookup(which, jnp.where(unique_ids >= 0, unique_ids, ids[0]))
             keys = reencode.row_keys(key, stream, jnp.maximum(unique_ids, 0))
-            return (tokens, keys), index, hits._replace(valid=kept), jnp.sum(hits.valid & ~kept)
+            return (tokens, keys, which), index, hits._replace(valid=kept), jnp.sum(hits.valid & ~kept)
 
         c_part, c_index, code_hits, dropped_c = distinct("code", code_hits, reencode.STREAM_DEDUP_CODE)
         q_part, q_index, query_hits, dropped_q = distinct("query", query_hits, reencode.STREAM_DEDUP_QUERY)
-        c_emb, q_emb = encode_parts([c_part, q_part], **negative_options)
+        (c_emb, q_emb), plan_misses = encode_parts([c_part, q_part], **negative_options)
         pad_row = jnp.zeros((1, d), c_emb.dtype)
         c_neg = jnp.concatenate([c_emb, pad_row])[c_index]  # [n, k, d]
         q_neg = jnp.concatenate([q_emb, pad_row])[q_index]
@@ -199,22 +202,27 @@ def _hard_negatives(
             code_tokens = lookup("code", jnp.where(code_hits.valid, code_hits.ids, own)[:, lo:hi])
             query_tokens = lookup("query", jnp.where(query_hits.valid, query_hits.ids, own)[:, lo:hi])
             rows = neg_rows[:, lo:hi].reshape(-1)
-            c_emb, q_emb = encode_parts([
-                (code_tokens.reshape(n * (hi - lo), -1), reencode.row_keys(key, reencode.STREAM_NEG_CODE, rows)),
-                (query_tokens.reshape(n * (hi - lo), -1), reencode.row_keys(key, reencode.STREAM_NEG_QUERY, rows)),
+            (c_emb, q_emb), missed = encode_parts([
+                (code_tokens.reshape(n * (hi - lo), -1), reencode.row_keys(key, reencode.STREAM_NEG_CODE, rows),
+                 "code"),
+                (query_tokens.reshape(n * (hi - lo), -1), reencode.row_keys(key, reencode.STREAM_NEG_QUERY, rows),
+                 "query"),
             ], params=part_params, **negative_options)
-            return c_emb.reshape(n, hi - lo, d), q_emb.reshape(n, hi - lo, d)
+            return c_emb.reshape(n, hi - lo, d), q_emb.reshape(n, hi - lo, d), missed
 
         m = config.top_m
         frozen = jax.lax.stop_gradient(params)
         parts_c, parts_q = [], []
+        plan_misses = jnp.zeros((), jnp.int32)
         if m:
-            c_top, q_top = encode_ranks(0, m, params if config.negative_gradient else frozen)
+            c_top, q_top, missed = encode_ranks(0, m, params if config.negative_gradient else frozen)
             parts_c.append(c_top)
             parts_q.append(q_top)
+            plan_misses += missed
         if m < k:
             if config.other_negatives == "fresh":  # forward-only: no VJP is traced for these rows
-                c_rest, q_rest = encode_ranks(m, k, frozen)
+                c_rest, q_rest, missed = encode_ranks(m, k, frozen)
+                plan_misses += missed
             else:  # the bank's stored embeddings (written when the neighbour was last pushed or refreshed)
                 def stored(bank, hits):
                     return bank.embeddings[jnp.maximum(hits.slots[:, m:], 0)].astype(x.q.dtype)
@@ -248,6 +256,7 @@ def _hard_negatives(
         code_refresh=code_refresh & code_hits.valid, query_refresh=query_refresh & query_hits.valid,
         loss_rows=loss_rows, negative_score_sum=jnp.sum(jnp.where(neg_valid, neg_scores, 0.0)),
         valid_negatives=jnp.sum(neg_valid), dropped_negatives=dropped_negatives, active=jnp.ones((), bool),
+        plan_misses=plan_misses,
     )
 
 
@@ -257,6 +266,7 @@ class _NeighbourBatch(struct.PyTreeNode):
     c: Array
     rows: Array  # [] int32 rows replaced by a neighbour's pair
     score_sum: Array  # sum of cos(anchor query, neighbour code) over them
+    plan_misses: Array  # [] int32
 
 
 def _neighbour_batch(
@@ -293,9 +303,9 @@ def _neighbour_batch(
 
     ids_g, rows_g = grid(ids), grid(rows)
     anchor_ids, anchor_rows = ids_g[:, 0], rows_g[:, 0]
-    qa, ca = encode_parts([
-        (grid(query_rows)[:, 0], reencode.row_keys(key, reencode.STREAM_QUERY, anchor_rows)),
-        (grid(code_rows)[:, 0], reencode.row_keys(key, reencode.STREAM_CODE, anchor_rows)),
+    (qa, ca), missed_a = encode_parts([
+        (grid(query_rows)[:, 0], reencode.row_keys(key, reencode.STREAM_QUERY, anchor_rows), "query"),
+        (grid(code_rows)[:, 0], reencode.row_keys(key, reencode.STREAM_CODE, anchor_rows), "code"),
     ])
     qas, cas = jax.lax.stop_gradient(qa), jax.lax.stop_gradient(ca)
     hits = _search_bank(
@@ -303,9 +313,9 @@ def _neighbour_batch(
         anchor_ids=anchor_ids, batch_ids=ids_all, hashes=hashes, config=config, groups=groups, k=j)
     chosen = jnp.where(hits.valid, hits.ids, ids_g[:, 1:])  # [a, j]: a missing neighbour keeps the row's pair
     other_rows = rows_g[:, 1:].reshape(-1)
-    qo, co = encode_parts([
-        (lookup("query", chosen.reshape(-1)), reencode.row_keys(key, reencode.STREAM_QUERY, other_rows)),
-        (lookup("code", chosen.reshape(-1)), reencode.row_keys(key, reencode.STREAM_CODE, other_rows)),
+    (qo, co), missed_o = encode_parts([
+        (lookup("query", chosen.reshape(-1)), reencode.row_keys(key, reencode.STREAM_QUERY, other_rows), "query"),
+        (lookup("code", chosen.reshape(-1)), reencode.row_keys(key, reencode.STREAM_CODE, other_rows), "code"),
     ])
     d = qa.shape[-1]
 
@@ -320,6 +330,7 @@ def _neighbour_batch(
         q=interleave(qa, qo), c=interleave(ca, co),
         rows=jnp.sum(hits.valid.astype(jnp.int32)),
         score_sum=jnp.sum(jnp.where(hits.valid, scores, 0.0)),
+        plan_misses=missed_a + missed_o,
     )
 
 
@@ -337,6 +348,7 @@ def loss_and_aux(
     host_table: TokenTable | None = None,
     axis_name: str | None = None,
     step: Array | int = 0,
+    length_stats: reencode.LengthStats | None = None,
 ) -> tuple[Array, Aux]:
     """This device's share of the CoCoHaNeRe loss, and the by-products the bank updates need.
 
@@ -357,6 +369,8 @@ def loss_and_aux(
       host_table: the host table when ``config.token_table == "host"``.
       axis_name: mesh axis of the data-parallel ``shard_map``, or None.
       step: the step counter (read only by the hard-negative schedule).
+      length_stats: the token table's length histograms (`reencode.LengthStats.from_table`); with
+        ``config.length_plan`` the length-aware pools are encoded along static plans made from them.
 
     Returns:
       ``(loss_share, aux)``.
@@ -380,15 +394,20 @@ def loss_and_aux(
         query_rows, code_rows = batch["query_ids"], batch["code_ids"]
     lq, lc = query_rows.shape[1], code_rows.shape[1]
 
+    plan_stats = length_stats if config.length_plan != "never" else None
+
     def encode_parts(parts, params=params, **padded_options):
-        """Embeddings of [(token_ids, keys), ...]: length-aware in one pooled call, or padded one by one."""
+        """Embeddings of [(token_ids, keys, "query"|"code"), ...], and the encode calls whose length plan
+        did not hold: length-aware in one pooled call, or padded one by one."""
         if config.length_buckets:
             return reencode.encode_pool(
-                apply_fn, params, parts, pad_id=pad_id, chunk=config.length_chunk,
+                apply_fn, params, [(t, k) for t, k, _ in parts], pad_id=pad_id, chunk=config.length_chunk,
                 buckets=reencode.bucket_lengths((lq, lc), config.length_buckets),
+                stats=plan_stats, kinds=[kind for _, _, kind in parts], margin=config.length_plan_margin,
+                plan_rule=config.length_plan,
             )
-        return [reencode.encode_rows(apply_fn, params, tokens, keys, pad_id=pad_id, **padded_options)
-                for tokens, keys in parts]
+        return ([reencode.encode_rows(apply_fn, params, tokens, keys, pad_id=pad_id, **padded_options)
+                 for tokens, keys, _ in parts], jnp.zeros((), jnp.int32))
 
     # 1-2. Encode the local batch; L^B against the global batch.
     if config.neighbour_pairs:
@@ -397,10 +416,10 @@ def loss_and_aux(
             groups=table.groups, key=key, config=config, encode_parts=encode_parts,
             lookup=functools.partial(lookup_rows, table=table, host_table=host_table, axis_name=axis_name))
         ids, q, c = nb.ids, nb.q, nb.c
-        neighbour_rows, neighbour_score_sum = nb.rows, nb.score_sum
+        neighbour_rows, neighbour_score_sum, plan_misses = nb.rows, nb.score_sum, nb.plan_misses
     else:
-        q, c = encode_parts([(query_rows, reencode.row_keys(key, reencode.STREAM_QUERY, rows)),
-                             (code_rows, reencode.row_keys(key, reencode.STREAM_CODE, rows))])
+        (q, c), plan_misses = encode_parts([(query_rows, reencode.row_keys(key, reencode.STREAM_QUERY, rows), "query"),
+                                            (code_rows, reencode.row_keys(key, reencode.STREAM_CODE, rows), "code")])
         neighbour_rows, neighbour_score_sum = jnp.zeros((), jnp.int32), jnp.zeros((), q.dtype)
     q_all, c_all, ids_all = gather(q), gather(c), gather(ids)
     # With mask_duplicates, same-text pairs of the global batch are not in-batch negatives either; with
@@ -476,6 +495,7 @@ def loss_and_aux(
         ids=ids,
         neighbour_rows=neighbour_rows,
         neighbour_score_sum=jax.lax.stop_gradient(neighbour_score_sum),
+        plan_misses=plan_misses + hn.plan_misses,
     )
     return loss_share, aux
 

@@ -7,6 +7,7 @@ the chunking (docs/METHOD.md, "Dropout rng").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -24,7 +25,7 @@ ApplyFn = Callable[[Params, Array, Array, bool, Array], Array]
 
 __all__ = [
     "ApplyFn", "as_apply_fn", "row_keys", "encode_rows", "bucket_lengths", "row_lengths", "encode_rows_bucketed",
-    "encode_pool", "dedup_neighbours",
+    "encode_pool", "dedup_neighbours", "LengthStats", "LengthPlan", "plan_lengths", "encode_rows_planned",
 ]
 
 # Dropout rng streams (folded into the step key before the global row index).
@@ -239,6 +240,207 @@ def _like_vma(x: Array, vma: frozenset) -> Array:
     return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
+@dataclasses.dataclass(frozen=True)
+class LengthStats:
+    """How long the token table's rows really are: ``query[l]`` / ``code[l]`` rows of ``l`` real tokens
+    (host, static; hashable so the step's plans are made once, when it is traced)."""
+
+    query: tuple[int, ...]
+    code: tuple[int, ...]
+
+    @classmethod
+    def from_lengths(cls, query_lengths, code_lengths) -> "LengthStats":
+        def hist(x):
+            x = np.asarray(x, np.int64).reshape(-1)
+            return tuple(int(v) for v in np.bincount(x)) if x.size else (1,)
+
+        return cls(query=hist(query_lengths), code=hist(code_lengths))
+
+    @classmethod
+    def from_table(cls, table) -> "LengthStats":
+        """From a `token_table.TokenTable` (its ``query_lengths`` and ``code_lengths``)."""
+        return cls.from_lengths(table.query_lengths, table.code_lengths)
+
+    def tail(self, kind: str, width: int) -> np.ndarray:
+        """[width + 1] float64: the share of ``kind`` rows ("query"/"code") longer than t, for t = 0..width."""
+        h = np.asarray(self.query if kind == "query" else self.code, np.float64)
+        counts = np.zeros(width + 1)
+        counts[: min(len(h), width + 1)] = h[: width + 1]
+        counts[width] += h[width + 1:].sum()  # rows cut at the width are as long as it
+        return 1.0 - np.cumsum(counts) / max(counts.sum(), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthPlan:
+    """A static layout for a pool of rows sorted longest first: ``sizes[j]`` rows encoded at
+    ``lengths[j]`` (descending; ``lengths[0]`` is at most the pool's width: below it when the table has
+    no longer row). It holds a pool when, for every j, at most ``sum(sizes[:j])`` rows are longer than
+    ``lengths[j]``."""
+
+    lengths: tuple[int, ...]
+    sizes: tuple[int, ...]
+
+    def cost(self) -> float:
+        return float(sum(n * _row_cost(length) for n, length in zip(self.sizes, self.lengths)))
+
+
+def _row_cost(length) -> np.ndarray | float:
+    # Encoder work of one row of `length` tokens, in token-layers: the matmuls grow with the length,
+    # attention with its square (about 5-10% of a token's FLOPs at 256 tokens for BERT-base/MiniLM shapes).
+    return length * (1.0 + length / 3072.0)
+
+
+def plan_lengths(parts: Sequence[tuple[int, str, int]], stats: LengthStats, *, margin: float = 3.0,
+                 max_groups: int = 6, multiple: int = 8) -> LengthPlan:
+    """The cheapest `LengthPlan` of at most ``max_groups`` lengths (multiples of ``multiple``, and the
+    width) for a pool of ``parts`` = [(rows, kind, width), ...] drawn from the table ``stats`` describes.
+
+    How many rows of the pool are longer than t is a sum of binomials over the parts; each group boundary
+    holds that count's mean + ``margin`` standard deviations + 1 (exactly 0 where the table has no row
+    longer than t), so a pool of rows drawn at random from the table breaks the plan rarely (per boundary
+    about the normal tail beyond ``margin``). A pool that breaks it is still encoded exactly, padded
+    (`encode_rows_planned`).
+    """
+    width = max(w for _, _, w in parts)
+    total = sum(n for n, _, _ in parts)
+    mean = np.zeros(width + 1)
+    var = np.zeros(width + 1)
+    for n, kind, w in parts:
+        tail = np.zeros(width + 1)
+        tail[: w + 1] = stats.tail(kind, w)
+        mean += n * tail
+        var += n * tail * (1.0 - tail)
+    # capacity[t]: the rows the groups longer than t hold, = an upper bound on the rows longer than t.
+    capacity = np.where(mean > 1e-12, np.ceil(mean + margin * np.sqrt(var) + 1.0), 0.0)
+    capacity = np.minimum(capacity, total).astype(np.int64)
+    cands = sorted({t for t in range(multiple, width, multiple)} | {width}, reverse=True)
+    cost = {t: float(_row_cost(t)) for t in cands}
+    # best[j][t]: the cheapest groups 1..j, the last at length t, holding the capacity[t] rows above t.
+    best: list[dict[int, tuple[float, tuple[int, ...]]]] = [{width: (0.0, (width,))}]
+    for _ in range(1, max_groups):
+        layer = {}
+        for t_prev, (c_prev, path) in best[-1].items():
+            for t in cands:
+                if t >= t_prev:
+                    continue
+                c = c_prev + (capacity[t] - capacity[t_prev]) * cost[t_prev]
+                if t not in layer or c < layer[t][0]:
+                    layer[t] = (c, path + (t,))
+        best.append(layer)
+    final = min(
+        (c + (total - capacity[t]) * cost[t], path) for layer in best for t, (c, path) in layer.items()
+    )[1]
+    bounds = [int(capacity[t]) for t in final[1:]] + [total]
+    sizes = np.diff([0] + bounds).tolist()
+    keep = [(length, n) for length, n in zip(final, sizes) if n > 0]
+    return LengthPlan(lengths=tuple(t for t, _ in keep), sizes=tuple(int(n) for _, n in keep))
+
+
+def encode_rows_planned(
+    apply_fn: ApplyFn,
+    params: Params,
+    token_ids: Array,
+    keys: Array,
+    *,
+    pad_id: int,
+    plan: LengthPlan,
+    deterministic: bool = False,
+    fallback_chunk: int = 8,
+    lengths: Array | None = None,
+) -> tuple[Array, Array]:
+    """`encode_rows` along a static `LengthPlan`: rows sorted longest first, group j of ``plan.sizes[j]``
+    rows encoded at ``plan.lengths[j]`` tokens, in one compiled program, with an ordinary backward pass
+    (each group's activations kept, so no second forward as in `encode_rows_bucketed`).
+
+    A pool the plan does not hold (more long rows than it has room for) is encoded padded to its width,
+    in remat'ed chunks of ``fallback_chunk`` rows, behind a ``lax.cond``: the result is the same either
+    way (up to float reassociation; with dropout too, for encoders whose dropout masks follow positions,
+    see `encode_rows_bucketed`). The backward pass is a ``jax.custom_vjp`` that applies the planned
+    groups' VJP (residuals carried out of the ``cond``; zeros when the padded branch ran) or re-runs the
+    padded branch.
+
+    Returns:
+      ([R, dim] embeddings, [] int32: 1 when the plan did not hold this pool and the padded branch ran).
+    """
+    r, width = token_ids.shape
+    if sum(plan.sizes) != r or plan.lengths[0] > width:
+        raise ValueError(f"reencode.py: plan {plan} does not lay out {r} rows of width {width}")
+    if lengths is None:
+        lengths = row_lengths(token_ids, pad_id)
+    lengths = lengths.astype(jnp.int32)
+    order = jnp.argsort(-lengths, stable=True)  # longest first
+    bounds = np.cumsum(plan.sizes)
+    # Group j starts at sorted row bounds[j - 1]: no more rows than that may be longer than lengths[j].
+    longer = jnp.sum(lengths[None, :] > jnp.asarray(plan.lengths, jnp.int32)[:, None], axis=1)
+    holds = jnp.all(longer <= jnp.asarray(np.concatenate([[0], bounds[:-1]]), jnp.int32))
+
+    def encode_many(p, ids, ks):
+        def encode_one(ids_row, key):
+            mask = (ids_row != pad_id).astype(jnp.int32)
+            return apply_fn(p, ids_row[None], mask[None], deterministic, key)[0]
+
+        return jax.vmap(encode_one)(ids, ks)
+
+    def planned(p, ids, ks):
+        starts = np.concatenate([[0], bounds[:-1]])
+        return jnp.concatenate([encode_many(p, ids[s: s + n, :length], ks[s: s + n])
+                                for s, n, length in zip(starts, plan.sizes, plan.lengths)])
+
+    def padded(p, ids, ks):
+        return encode_rows(apply_fn, p, ids, ks, pad_id=pad_id, deterministic=deterministic, remat=True,
+                           chunk=fallback_chunk)
+
+    # The planned branch's VJP residuals, less those that are the parameters themselves (not copied out).
+    layout: dict[str, Any] = {}
+
+    def planned_with_residuals(p, ids, ks):
+        out, vjp_fn = jax.vjp(lambda q: planned(q, ids, ks), p)
+        leaves, treedef = jax.tree.flatten(vjp_fn)
+        param_ids = {id(x): i for i, x in enumerate(jax.tree.leaves(p))}
+        layout["treedef"] = treedef
+        layout["from_params"] = [param_ids.get(id(x)) for x in leaves]
+        return out, [x for x in leaves if id(x) not in param_ids]
+
+    @jax.custom_vjp
+    def run(p, ids, ks, holds):
+        return jax.lax.cond(holds, planned, padded, p, ids, ks)
+
+    def run_fwd(p, ids, ks, holds):
+        out_s, res_s = jax.eval_shape(planned_with_residuals, p, ids, ks)
+
+        def fallback(p, ids, ks):
+            out = padded(p, ids, ks)
+            return out, [_like_vma(jnp.zeros(s.shape, s.dtype), _vma_of(s)) for s in res_s]
+
+        out, res = jax.lax.cond(holds, planned_with_residuals, fallback, p, ids, ks)
+        return out, (p, ids, ks, holds, res)
+
+    def run_bwd(saved, g):
+        p, ids, ks, holds, res = saved
+        p_leaves = jax.tree.leaves(p)
+
+        def apply_planned(g):
+            it = iter(res)
+            leaves = [next(it) if i is None else p_leaves[i] for i in layout["from_params"]]
+            return jax.tree.unflatten(layout["treedef"], leaves)(g)[0]
+
+        def apply_padded(g):
+            return jax.vjp(lambda q: padded(q, ids, ks), p)[1](g)[0]
+
+        grads = jax.lax.cond(holds, apply_planned, apply_padded, g)
+        return grads, None, None, None
+
+    run.defvjp(run_fwd, run_bwd)
+    out = run(params, token_ids[order], keys[order], holds)
+    return jnp.zeros_like(out).at[order].set(out), (~holds).astype(jnp.int32)
+
+
+def _vma_of(s) -> frozenset:
+    """The device-varying mesh axes of an abstract value (`jax.eval_shape` output) inside shard_map."""
+    mat = getattr(s, "manual_axis_type", None)
+    return frozenset(getattr(mat, "varying", None) or getattr(s, "vma", None) or ())
+
+
 def encode_pool(
     apply_fn: ApplyFn,
     params: Params,
@@ -248,16 +450,61 @@ def encode_pool(
     buckets: Sequence[int],
     chunk: int,
     deterministic: bool = False,
-) -> list[Array]:
-    """`encode_rows_bucketed` of several (token_ids [R_i, L_i], keys [R_i]) parts in one call (one switch,
-    so one compiled encoder per bucket for all of them); narrower rows are padded to the widest."""
+    stats: LengthStats | None = None,
+    kinds: Sequence[str] | None = None,
+    margin: float = 3.0,
+    plan_rule: str = "auto",
+) -> tuple[list[Array], Array]:
+    """Several (token_ids [R_i, L_i], keys [R_i]) parts encoded length-aware in one pooled call (narrower
+    rows padded to the widest): along a `LengthPlan` made from ``stats`` (the table's length histograms;
+    ``kinds[i]`` = "query" or "code") where one is given and (``plan_rule="auto"``) its work is expected
+    below that of the bucketed chunks with their second forward (``"always"``: wherever stats are given),
+    else `encode_rows_bucketed` (one switch, so one compiled encoder per bucket for all parts).
+
+    Returns:
+      (the parts' embeddings, [] int32: 1 when a plan was used and did not hold, see `encode_rows_planned`).
+    """
     width = max(t.shape[1] for t, _ in parts)
     ids = jnp.concatenate([jnp.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=pad_id) for t, _ in parts])
     keys = jnp.concatenate([k.reshape((t.shape[0],) + k.shape[t.ndim - 1:]) for t, k in parts])
-    out = encode_rows_bucketed(apply_fn, params, ids, keys, pad_id=pad_id, buckets=buckets, chunk=chunk,
-                               deterministic=deterministic)
+    plan = None
+    if stats is not None:
+        if kinds is None or len(kinds) != len(parts):
+            raise ValueError("reencode.py: encode_pool with stats= needs kinds= (\"query\" or \"code\" per part)")
+        spec = [(t.shape[0], kind, t.shape[1]) for (t, _), kind in zip(parts, kinds)]
+        lens = tuple(sorted({int(b) for b in buckets if 0 < int(b) < width} | {width}))
+        plan = plan_lengths(spec, stats, margin=margin, max_groups=len(lens))
+        if plan_rule == "auto" and plan.cost() * 3.0 > _bucketed_cost(spec, stats, lens, chunk) * 4.0:
+            plan = None  # small pools: the bucketed chunks follow their rows more closely
+    if plan is not None:
+        out, missed = encode_rows_planned(apply_fn, params, ids, keys, pad_id=pad_id, plan=plan,
+                                          deterministic=deterministic, fallback_chunk=chunk)
+    else:
+        out = encode_rows_bucketed(apply_fn, params, ids, keys, pad_id=pad_id, buckets=buckets, chunk=chunk,
+                                   deterministic=deterministic)
+        missed = jnp.zeros((), jnp.int32)
     splits = np.cumsum([t.shape[0] for t, _ in parts])[:-1]
-    return jnp.split(out, splits)
+    return jnp.split(out, splits), missed
+
+
+def _bucketed_cost(spec, stats: LengthStats, lens: Sequence[int], chunk: int, draws: int = 256) -> float:
+    """The expected encoder work of `encode_rows_bucketed` on a random pool of ``spec`` (a seeded simulation
+    from the length histograms): sorted chunks of ``chunk`` rows, each at the smallest bucket holding it."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for n, kind, w in spec:
+        h = np.asarray(stats.query if kind == "query" else stats.code, np.float64)
+        p = h / max(h.sum(), 1.0)
+        samples.append(np.minimum(rng.choice(len(h), size=(draws, n), p=p), w))
+    pool = np.sort(np.concatenate(samples, axis=1), axis=1)
+    r = pool.shape[1]
+    c = max(1, min(chunk, r))
+    n_chunks = -(-r // c)
+    pool = np.concatenate([np.repeat(pool[:, :1], n_chunks * c - r, axis=1), pool], axis=1)
+    chunk_max = pool.reshape(draws, n_chunks, c)[:, :, -1]
+    lens_a = np.asarray(lens)
+    bucket = lens_a[np.minimum(np.searchsorted(lens_a, chunk_max, side="left"), len(lens_a) - 1)]
+    return float(np.mean(np.sum(c * _row_cost(bucket), axis=1)))
 
 
 def dedup_neighbours(hit_ids: Array, valid: Array, budget: int) -> tuple[Array, Array, Array]:

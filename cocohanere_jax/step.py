@@ -111,6 +111,7 @@ def train_step_body(
     pad_id: int,
     host_table: TokenTable | None = None,
     axis_name: str | None = None,
+    length_stats: reencode.LengthStats | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One CoCoHaNeRe step on this device's share of the batch (the body that ``shard_map`` runs).
 
@@ -134,7 +135,9 @@ def train_step_body(
       in-batch baseline;
     * ``neighbour_rows``: with ``neighbour_pairs``, the share of the batch's rows that hold a bank
       neighbour's pair instead of the iterator's (0 otherwise); ``neighbour_score``: the mean cosine of
-      their anchors' queries with those neighbours' codes (as the bank held them).
+      their anchors' queries with those neighbours' codes (as the bank held them);
+    * ``length_plan_misses``: encode calls of this step (all devices) whose length plan did not hold, so
+      that they ran padded (``step.length_plan``; 0 without plans).
     """
     if axis_name is None:
         gather = psum = lambda x: x  # noqa: E731
@@ -147,7 +150,7 @@ def train_step_body(
     key = jax.random.fold_in(state.rng, state.step)
     loss_fn = functools.partial(
         objective.loss_and_aux, apply_fn=apply_fn, config=config, pad_id=pad_id, host_table=host_table,
-        axis_name=axis_name, step=state.step,
+        axis_name=axis_name, step=state.step, length_stats=length_stats,
     )
     # 6. Per-device gradients of this device's share, summed over devices: the gradient of the global
     # mean loss, identical on every device (docs/METHOD.md, "Gradient averaging"). Casting the replicated
@@ -215,6 +218,7 @@ def train_step_body(
         "neighbour_score": psum(aux.neighbour_score_sum) / jnp.maximum(psum(aux.neighbour_rows), 1),
         "query_bank_fill": bank_lib.num_valid(query_bank) / query_bank.size,
         "code_bank_fill": bank_lib.num_valid(code_bank) / code_bank.size,
+        "length_plan_misses": psum(aux.plan_misses),
     }
     metrics = {name: jnp.asarray(value, jnp.float32) for name, value in metrics.items()}
     new_state = state.replace(
@@ -233,6 +237,7 @@ def make_train_step(
     host_table: TokenTable | None = None,
     donate: bool = True,
     compiler_options: Mapping[str, Any] | None = None,
+    length_stats: reencode.LengthStats | None = None,
 ) -> Callable[[TrainState, Mapping[str, Array], DeviceTokenTable], tuple[TrainState, dict[str, Array]]]:
     """The jitted, data-parallel CoCoHaNeRe step ``(state, batch, table) -> (state, metrics)``.
 
@@ -251,12 +256,15 @@ def make_train_step(
       donate: donate the state buffers.
       compiler_options: passed to ``jax.jit`` (e.g. ``{"xla_backend_optimization_level": 0}`` to cut
         CPU compile time in tests).
+      length_stats: the token table's length histograms (`reencode.LengthStats.from_table`), for the
+        static length plans of ``config.length_plan``; None: the bucketed chunks everywhere.
     """
     if config.token_table == "host" and host_table is None:
         raise ValueError('step.py: token_table="host" needs make_train_step(..., host_table=<the TokenTable>).')
     body = functools.partial(
         train_step_body, apply_fn=reencode.as_apply_fn(encoder), optimizer=optimizer, config=config, pad_id=pad_id,
         host_table=host_table if config.token_table == "host" else None, axis_name=sharding.DATA_AXIS,
+        length_stats=length_stats,
     )
     sharded = jax.shard_map(
         body, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS), P()), out_specs=(P(), P()),

@@ -44,6 +44,18 @@ class StepConfig:
     # Chosen by measurement (benchmarks/RESULTS.md, "Length-aware step").
     length_buckets: int = 4
     length_chunk: int = 8
+    # With length_buckets > 0: encode each pool of rows whose lengths are well predicted by the token
+    # table's length histogram (the tens of rows of a step at k 10) along a static plan made from it
+    # (reencode.plan_lengths: rows sorted longest first, a few groups at fixed lengths, each group's
+    # activations kept for the backward pass) instead of the bucketed chunks, whose backward pass runs every
+    # chunk's forward again. A pool the plan does not hold (more long rows than the histogram predicts,
+    # beyond `length_plan_margin` standard deviations) is encoded padded, exactly, and counted in the
+    # `length_plan_misses` metric. "auto": where the plan's work is expected below the bucketed chunks'
+    # (small pools keep the chunks); "always"; "never" (memory bounded by one chunk's activations). Needs
+    # the table's histogram (train.py passes it); without one the bucketed chunks run.
+    # benchmarks/RESULTS.md, "Length plans".
+    length_plan: str = "auto"
+    length_plan_margin: float = 3.0
     # Re-encode each distinct retrieved DataID once per device and direction (the anchors that share a
     # neighbour share its embedding and gradient) instead of once per (anchor, rank).
     dedup_negatives: bool = False
@@ -109,6 +121,10 @@ class StepConfig:
             bad("length_buckets", self.length_buckets, "use 0 (padded to the cap) or a positive bucket count")
         if self.length_chunk < 1:
             bad("length_chunk", self.length_chunk, "use a positive row count")
+        if self.length_plan not in ("auto", "always", "never"):
+            bad("length_plan", self.length_plan, 'use "auto", "always" or "never"')
+        if not self.length_plan_margin >= 0:
+            bad("length_plan_margin", self.length_plan_margin, "use a non-negative number of standard deviations")
         if self.warmup_steps < 0:
             bad("warmup_steps", self.warmup_steps, "use warmup_steps >= 0")
         if not 0 < self.reencode_fraction <= 1:

@@ -21,7 +21,7 @@ import ml_collections
 
 from cocohanere_jax import checkpoints, clone_tasks, datasets, evaluate, input_pipeline, metrics, model_card, optim
 from cocohanere_jax import multilingual
-from cocohanere_jax import preemption
+from cocohanere_jax import preemption, reencode
 from cocohanere_jax import sharding
 from cocohanere_jax import step as step_lib
 from cocohanere_jax import token_table as token_table_lib
@@ -188,6 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_step = step_lib.make_train_step(
         enc.module, optimizer, step_config, mesh, pad_id=enc.pad_id,
         host_table=tokens if step_config.token_table == "host" else None,
+        length_stats=reencode.LengthStats.from_table(tokens),
     )
 
     ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)

@@ -6,7 +6,10 @@
 * with dropout (T5, masks drawn by position): 1 device and 4 devices give the same steps and banks, and
   the padded step gives the same steps too;
 * the compiled step is traced once over steps with different length mixes;
-* in device-table mode the step gathers the batch's rows by DataID (a batch of DataIDs only is enough).
+* in device-table mode the step gathers the batch's rows by DataID (a batch of DataIDs only is enough);
+* length plans (StepConfig.length_plan, reencode.encode_rows_planned): the same values and gradients as
+  the padded encoding when the plan holds and when it does not (padded fallback), and the same steps on
+  1 and 4 devices with dropout.
 """
 
 import functools
@@ -143,7 +146,7 @@ def test_bucketed_rows_equal_padded_rows_and_vjp():
             np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
 
 
-def _run(model, pad_id, params, dim, table, banks, config, devices, batches, token_rows=True):
+def _run(model, pad_id, params, dim, table, banks, config, devices, batches, token_rows=True, length_stats=None):
     mesh = sharding.make_mesh(jax.devices()[:devices])
     tx = optim.make_optimizer(config, total_steps=20)
     traces = []
@@ -152,7 +155,8 @@ def _run(model, pad_id, params, dim, table, banks, config, devices, batches, tok
         traces.append(ids.shape)
         return model.apply({"params": p}, ids, mask, deterministic=deterministic, rngs={"dropout": key})
 
-    step_fn = S.make_train_step(counting_apply, tx, config, mesh, pad_id=pad_id, compiler_options=FAST)
+    step_fn = S.make_train_step(counting_apply, tx, config, mesh, pad_id=pad_id, compiler_options=FAST,
+                                length_stats=length_stats)
     state = S.init_train_state(params, tx, config, dim, rng=0)
     state = sharding.replicate(state.replace(query_bank=banks[0], code_bank=banks[1]), mesh)
     view = sharding.replicate(table.device_view(), mesh)
@@ -226,3 +230,119 @@ def test_bucket_lengths():
     assert reencode.bucket_lengths((8, 24), 3) == (8, 16, 24)
     np.testing.assert_array_equal(reencode.row_lengths(jnp.array([[3, 4, 0, 0], [0, 0, 0, 0], [1, 0, 2, 0]]), 0),
                                   [2, 0, 3])
+
+
+PLANNED = with_(AWARE, length_plan="always")
+
+
+def test_plan_lengths():
+    rng = np.random.default_rng(0)
+    q_len, c_len = rng.integers(3, 40, size=500), np.minimum(rng.geometric(1 / 60, size=500), 256)
+    stats = reencode.LengthStats.from_lengths(q_len, c_len)
+    for parts in ([(40, "code", 256), (40, "query", 128)], [(7, "query", 128)], [(300, "code", 256)]):
+        plan = reencode.plan_lengths(parts, stats, max_groups=6)
+        total = sum(n for n, _, _ in parts)
+        assert sum(plan.sizes) == total and plan.lengths[0] <= max(w for _, _, w in parts)
+        assert list(plan.lengths) == sorted(plan.lengths, reverse=True) and len(plan.lengths) <= 6
+        assert all(n > 0 for n in plan.sizes)
+        # Pools drawn from the table: the plan holds (rarely a miss at 3 standard deviations).
+        starts = np.cumsum((0,) + plan.sizes[:-1])
+        misses = 0
+        for _ in range(200):
+            lens = np.concatenate([rng.choice(q_len if kind == "query" else c_len, n) for n, kind, _ in parts])
+            misses += any(np.sum(lens > t) > b for t, b in zip(plan.lengths, starts))
+        assert misses <= 6, (parts, plan, misses)
+        # It encodes far less than the padded pool (queries of 3-39 of 128 tokens, codes ~60 of 256).
+        padded = sum(n * reencode._row_cost(w) for n, _, w in parts)
+        assert plan.cost() < 0.6 * padded, (parts, plan)
+    # No row is longer than 16: every row is planned at 16 (nothing can break that plan).
+    short = reencode.LengthStats.from_lengths([5] * 10, [16] * 10)
+    assert reencode.plan_lengths([(9, "code", 64)], short, max_groups=4) == reencode.LengthPlan((16,), (9,))
+
+
+@pytest.mark.parametrize("plan", [reencode.LengthPlan((24, 16, 8), (9, 8, 6)), reencode.LengthPlan((24, 8), (2, 21))])
+def test_planned_rows_equal_padded_rows_and_vjp(plan):
+    """encode_rows_planned = encode_rows (deterministic, a T5 with rows past its relative max distance),
+    value and VJP, with a plan that holds the rows and one that does not (the padded fallback)."""
+    model, pad_id, params, _, table, _ = setup("t5", "mixed")
+    apply_fn = reencode.as_apply_fn(model)
+    rows = jnp.asarray(table.code_ids[:23])
+    keys = reencode.row_keys(jax.random.key_data(jax.random.key(3)), 2, jnp.arange(23))
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(23, 8)), jnp.float32)
+    lengths = np.asarray(reencode.row_lengths(rows, pad_id))
+    bounds = np.cumsum(plan.sizes)
+    holds = all(np.sum(lengths > t) <= b for t, b in zip(plan.lengths[1:], bounds[:-1]))
+
+    @functools.partial(jax.jit, static_argnums=(1,), compiler_options=FAST)
+    def vg(p, planned):
+        def f(p):
+            if planned:
+                e, missed = reencode.encode_rows_planned(apply_fn, p, rows, keys, pad_id=pad_id, plan=plan,
+                                                         deterministic=True, fallback_chunk=5)
+            else:
+                e, missed = reencode.encode_rows(apply_fn, p, rows, keys, pad_id=pad_id, deterministic=True), 0
+            return jnp.sum(e * weights), (e, missed)
+        return jax.value_and_grad(f, has_aux=True)(p)
+
+    (_, (e0, _)), g0 = vg(params, False)
+    (_, (e1, missed)), g1 = vg(params, True)
+    assert int(missed) == (0 if holds else 1)
+    np.testing.assert_allclose(e1, e0, rtol=1e-5, atol=1e-6)
+    scale = float(optax.tree.norm(g0))
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("model_name,mix,dedup,broken", [
+    ("t5", "mixed", False, False), ("tiny", "cap", True, False), ("roberta", "short", False, False),
+    ("t5", "mixed", True, True),
+])
+def test_plans_give_the_padded_loss_and_gradients(model_name, mix, dedup, broken):
+    """The step's pools along length plans (from the table's histogram, or, ``broken``, from a histogram
+    of short rows that the real rows break: the padded fallback) = the padded step, without dropout."""
+    model, pad_id, params, dim, table, banks = setup(model_name, mix)
+    qbank, cbank = jax.tree.map(jnp.asarray, banks)
+    batch = table.batch(np.arange(B, dtype=np.int32))
+    view = jax.tree.map(jnp.asarray, table.device_view())
+    key = jax.random.key_data(jax.random.key(7))
+    stats = (reencode.LengthStats.from_lengths([1] * 50 + [LQ], [2] * 50 + [LC]) if broken
+             else reencode.LengthStats.from_table(table))
+
+    @functools.partial(jax.jit, static_argnums=(0, 1), compiler_options=FAST)
+    def grad(config, stats, p):
+        f = functools.partial(objective_lib.loss_and_aux, apply_fn=reencode.as_apply_fn(model), config=config,
+                              pad_id=pad_id, length_stats=stats)
+        return jax.value_and_grad(f, has_aux=True)(p, qbank, cbank, batch, view, key)
+
+    (l0, a0), g0 = grad(with_(PADDED, dedup_negatives=dedup), None, params)
+    (l1, a1), g1 = grad(with_(PLANNED, dedup_negatives=dedup), stats, params)
+    assert int(a0.valid_negatives) > 0
+    if broken:  # both pools (the batch, the negatives) had more long rows than the plan's room
+        assert int(a1.plan_misses) == 2
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    for name in ("q", "c", "c_neg", "q_neg"):
+        np.testing.assert_allclose(getattr(a1, name), getattr(a0, name), rtol=1e-5, atol=2e-6, err_msg=name)
+    scale = float(optax.tree.norm(g0))
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_plans_one_device_equals_four_devices_with_dropout(dropout_runs):
+    """Length plans, dropout on: 1 and 4 devices (local pools of 8 and 2 anchors: different plans) give the
+    steps of the bucketed chunks, compiled once over short, capped and mixed batches."""
+    world, (snaps_chunks, metrics_chunks, _, _) = dropout_runs
+    stats = reencode.LengthStats.from_table(world[4])
+    # A histogram of short rows that every batch breaks: each pool runs the padded fallback, counted.
+    short = reencode.LengthStats.from_lengths([1] * 50 + [LQ], [2] * 50 + [LC])
+    for devices, stats in ((1, stats), (4, stats), (4, short)):
+        snaps, metrics, counts, cache_size = _run(*world, PLANNED, devices, BATCHES, length_stats=stats)
+        assert cache_size == 1 and counts == [counts[0]] * len(counts)
+        for s in range(3):
+            for name in ("loss", "loss_b", "loss_hn", "grad_norm", "valid_negatives"):
+                np.testing.assert_allclose(metrics[s][name], metrics_chunks[s][name], rtol=2e-5, err_msg=name)
+        for x, y in zip(jax.tree.leaves(snaps[-1].params), jax.tree.leaves(snaps_chunks[-1].params)):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+        misses = [float(m["length_plan_misses"]) for m in metrics]
+        assert all(0 <= x <= 2 * devices for x in misses), misses  # two pools per device and step
+        if stats is short:
+            assert sum(misses) > 0, misses
