@@ -11,7 +11,10 @@ w.r.t. every parameter), so that the differences between the step benchmarks
 - ``ours padded``: `reencode.encode_rows` at the cap, a dropout key per row (what our padded step runs);
 - ``ours length-aware``: `reencode.encode_rows_bucketed` (what our default step runs: sorted chunks,
   `lax.switch` over bucket lengths, the custom VJP that re-runs the chosen branch's forward);
-- ``ours length-aware fwd``: the same, forward only (so the backward's re-run forward can be read off).
+- ``ours length-aware fwd``: the same, forward only (so the backward's re-run forward can be read off);
+- ``ours length plan``: `reencode.encode_rows_planned` along the `LengthPlan` that `reencode.plan_lengths`
+  makes for ``--rows`` rows from the length histogram of the corpus the rows are drawn from (what the
+  step runs with ``step.length_plan``: a few static groups, an ordinary backward pass, no second forward).
 
 Every function runs in one process, interleaved round by round on the same rows; the rounds rotate and
 odd rounds run in reverse (``common.interleaved(rotate=True)``: in a fixed order the same PyTorch call
@@ -77,6 +80,11 @@ def main(argv=None) -> dict[str, Any]:
     ids = np.where(ids == tokenizer.pad_token_id, enc.pad_id, ids).astype(np.int32)
     real = ids != enc.pad_id
     lengths = real.sum(1)
+    corpus = common.token_rows(tokenizer, [p[1] for p in pairs], args.length, vocab)
+    stats = reencode.LengthStats.from_lengths([1], (corpus != tokenizer.pad_token_id).sum(1))
+    plan = reencode.plan_lengths([(args.rows, "code", args.length)], stats,
+                                 max_groups=len(reencode.bucket_lengths((args.length,), args.buckets)))
+    print(f"length plan for {args.rows} rows: {plan}", flush=True)
     longest = int(reencode.row_lengths(jnp.asarray(ids), enc.pad_id).max())
 
     apply_fn = reencode.as_apply_fn(enc.module)
@@ -97,9 +105,16 @@ def main(argv=None) -> dict[str, Any]:
         return jnp.sum(reencode.encode_rows_bucketed(apply_fn, p, ids_j, keys, pad_id=enc.pad_id,
                                                      buckets=buckets, chunk=args.chunk))
 
+    def planned(p):
+        return jnp.sum(reencode.encode_rows_planned(apply_fn, p, ids_j, keys, pad_id=enc.pad_id, plan=plan,
+                                                    fallback_chunk=args.chunk)[0])
+
+    # Whether these rows fit the plan (else the timed call is its padded fallback).
+    plan_held = all(int((lengths > t).sum()) <= s for t, s in zip(plan.lengths, np.cumsum((0,) + plan.sizes[:-1])))
     compiled, compile_s = {}, {}
     jax_fns = {"ours one call": jax.grad(one_call), "ours padded": jax.grad(padded),
-               "ours length-aware": jax.grad(aware), "ours length-aware fwd": aware}
+               "ours length-aware": jax.grad(aware), "ours length-aware fwd": aware,
+               "ours length plan": jax.grad(planned)}
     only = [s for s in args.only.split(",") if s]
     for name, fn in jax_fns.items():
         if only and name not in only:
@@ -152,13 +167,15 @@ def main(argv=None) -> dict[str, Any]:
             row["vs_torch_cap"] = round(common.paired_ratio(ts, reference), 3)
         rows_out.append(row)
     title = (f"{args.model}, {args.rows} rows at a {args.length}-token cap (real tokens {real.mean():.0%}, longest "
-             f"row {longest}), forward + backward, dropout on; {threads} threads; float32 {peak['size']}^3 matmul: "
+             f"row {longest}), forward + backward, dropout on; length plan {plan.lengths} x {plan.sizes} "
+             f"({'held' if plan_held else 'did not hold: the padded fallback'}); {threads} threads; float32 {peak['size']}^3 matmul: "
              f"XLA {peak.get('xla_gflops', 0):.0f}, PyTorch {peak.get('torch_gflops', 0):.0f} GFLOP/s; "
              f"load {load_before} -> {load_after}")
     shown = [dict(r, rounds_s=", ".join(f"{t:.3g}" for t in r["rounds_s"])) for r in rows_out]
     common.print_table(shown, ["function", "median_s", "rounds_s", "real_token_mfu", "compile_s", "vs_torch_cap"], title)
     payload = {"benchmark": "encoder_grad", "smoke": args.smoke, "title": title, "args": vars(args), "machine": common.machine_info(threads), "matmul_peak": peak,
-               "embedding_max_abs_diff": embedding_max_abs_diff, "load_before": load_before, "load_after": load_after, "rows": rows_out}
+               "embedding_max_abs_diff": embedding_max_abs_diff,
+               "length_plan": {"lengths": list(plan.lengths), "sizes": list(plan.sizes), "held": bool(plan_held)}, "load_before": load_before, "load_after": load_after, "rows": rows_out}
     out = args.out or common.default_out(f"encoder_grad_{args.model}_r{args.rows}_l{args.length}", args.smoke)
     common.write_json(out, payload)
     return payload

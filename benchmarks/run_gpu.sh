@@ -2,7 +2,7 @@
 # Run ON THE GPU MACHINE (device tool), after benchmarks/gpu_prepare.sh here, carrying .gpu:
 #     device run --carry .gpu --timeout_s 600 --command "bash benchmarks/run_gpu.sh"
 # The paper's configuration (CodeT5+ 110M shape, batch 32, k 10, bank 8096, 128/256 tokens, bf16) on real
-# standard-library rows: our padded and length-aware (scanned) steps against the PyTorch step padded to the
+# standard-library rows: our padded and length-aware (scanned; with and without length plans) steps against the PyTorch step padded to the
 # cap (the authors' way) and per encode call (the sentence-transformers way), each in its own process; step
 # time, real-token MFU, peak GPU memory. The rows come from the device's own Python standard library (3.12
 # there, 3.11 here): record that beside the figures. Writes $OUT/train_step_lengths_gpu.json (copy it to
@@ -20,7 +20,7 @@ export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import jax, flax, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'torch', torch.__version__)"
   python3 -m benchmarks.train_step --isolate --models codet5p-110m --sizes "codet5p-110m=32,10,128,256" \
-      --bank 8096 --dtype bfloat16 --rounds 3 --length_buckets 0,4+scan --reference_padding cap,longest \
+      --bank 8096 --dtype bfloat16 --rounds 3 --length_buckets 0,4+scan,4+scan+plan --reference_padding cap,longest \
       --out "$OUT/train_step_lengths_gpu.json"
   python3 -m benchmarks.lengths_table "$OUT/train_step_lengths_gpu.json"
 } 2>&1 | tee "$OUT/log"

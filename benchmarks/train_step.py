@@ -83,21 +83,27 @@ SMOKE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable
 SMOKE_PAIRS = 256  # text pairs tokenised for a smoke run
 
 
-def parse_variant(spec: int | str) -> tuple[int, bool]:
-    """``4`` / ``"4"`` -> (4, False); ``"4+scan"`` -> (4, True)."""
+def parse_variant(spec: int | str) -> tuple[int, bool, bool]:
+    """``4`` / ``"4"`` -> (4, False, False); ``"4+scan"`` -> (4, True, False); ``"4+plan"``, ``"4+scan+plan"``:
+    the same with length plans (``StepConfig.length_plan="auto"`` and the table's histogram)."""
     text = str(spec)
-    nb, _, option = text.partition("+")
-    if option not in ("", "scan") or not nb.isdigit():
-        raise SystemExit(f"--length_buckets: {text!r} is not N or N+scan (N = StepConfig.length_buckets, 0 = padded)")
-    return int(nb), option == "scan"
+    nb, *options = text.split("+")
+    if not nb.isdigit() or any(o not in ("scan", "plan") for o in options) or len(set(options)) != len(options) \
+            or (nb == "0" and "plan" in options):
+        raise SystemExit(f"--length_buckets: {text!r} is not N, N+scan, N+plan or N+scan+plan "
+                         "(N = StepConfig.length_buckets, 0 = padded, which has no plans)")
+    return int(nb), "scan" in options, "plan" in options
 
 
 def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None,
-              reencode_fraction: float | None = None, length_buckets: int = 0, length_chunk: int = 8):
+              reencode_fraction: float | None = None, length_buckets: int = 0, length_chunk: int = 8,
+              length_plan: bool = False):
     """Our compiled step and a closure that runs step ``s``; returns (run, compile_seconds).
 
     ``reencode_fraction``: de-duplicate the retrieved neighbours and re-encode at most this fraction of
     the batch's B*k rows per direction (``StepConfig.dedup_negatives`` / ``reencode_fraction``).
+    ``length_plan``: the length-aware pools along static length plans from the table's histogram
+    (``StepConfig.length_plan="auto"``, as train.py runs it), else the bucketed chunks alone.
     """
     import jax
     import jax.numpy as jnp
@@ -105,7 +111,7 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
 
     from cocohanere_jax import bank as bank_lib
     from cocohanere_jax import sharding
-    from cocohanere_jax import optim
+    from cocohanere_jax import optim, reencode
     from cocohanere_jax import step as S
     from cocohanere_jax.step_config import StepConfig
     from cocohanere_jax.token_table import TokenTable
@@ -113,7 +119,7 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     config = StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0,
                         mask_duplicates=False, dedup_negatives=reencode_fraction is not None,
                         reencode_fraction=reencode_fraction or 1.0, length_buckets=length_buckets,
-                        length_chunk=length_chunk)
+                        length_chunk=length_chunk, length_plan="auto" if length_plan else "never")
     tx = optim.make_optimizer(config, total_steps=100_000)
     mesh = sharding.make_mesh(jax.devices()[:1])
     state = S.init_train_state(enc.params, tx, config, enc.dim, rng=0)
@@ -128,7 +134,8 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     def batch(s):
         return sharding.shard_batch(tokens.batch(work.batch_ids(s), token_rows=False), mesh)
 
-    fn = S.make_train_step(enc.module, tx, config, mesh, pad_id=enc.pad_id, compiler_options=compiler_options)
+    fn = S.make_train_step(enc.module, tx, config, mesh, pad_id=enc.pad_id, compiler_options=compiler_options,
+                           length_stats=reencode.LengthStats.from_table(tokens) if length_plan else None)
     t = time.perf_counter()
     compiled = fn.lower(state, batch(0), table).compile()
     compile_s = time.perf_counter() - t
@@ -197,7 +204,7 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     """One configuration: every implementation, interleaved round by round; returns the result row.
 
     ``length_buckets``: one of our steps per value (0 = padded to the cap; n = `StepConfig.length_buckets`;
-    "n+scan" = the same with the encoder's layers scanned, `model.scan_layers`);
+    "n+scan" = the same with the encoder's layers scanned, `model.scan_layers`; "+plan": with length plans);
     ``reference_padding``: one PyTorch reference per value ("cap" = the authors' way, "longest" = each
     encode call padded to its longest row). The first of each is ``ours`` / ``reference`` (ratio columns).
     ``dtype``: compute dtype of both encoders ("bfloat16": our ``load_encoder(dtype=...)`` with float32
@@ -214,12 +221,12 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     fns, compile_s, checks = {}, {}, {}
     scanned = None
     for spec in length_buckets:
-        nb, scan = parse_variant(spec)
+        nb, scan, plan = parse_variant(spec)
         label = implementation_label("--length_buckets", spec)
         if scan and scanned is None:
             scanned = cocohanere_jax.load_encoder(folder, dtype=getattr(jnp, dtype), scan_layers=True)
         fns[label], compile_s[label], checks[label] = make_ours(scanned if scan else enc, work, k, compiler_options,
-                                                                reencode_fraction, nb, length_chunk)
+                                                                reencode_fraction, nb, length_chunk, plan)
     if reference:
         for padding in reference_padding:
             label = implementation_label("--reference_padding", padding)
@@ -247,6 +254,8 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
             m = checks[label]()
             row[f"{label}_loss_after"] = m["loss"]
             row[f"{label}_valid_negatives"] = m["valid_negatives"]
+            if label.endswith("_plan"):  # pooled encode calls of that step whose plan did not hold
+                row[f"{label}_length_plan_misses"] = m["length_plan_misses"]
     ours_labels = [label for label in times if label.startswith("ours")]
     ref_labels = [label for label in times if label.startswith("reference")]
     for o in ours_labels:
@@ -270,10 +279,11 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
 
 
 def implementation_label(flag: str, value: str) -> str:
-    """The result-row label of one implementation: ours, ours_b4, ours_b4_scan, reference, reference_longest."""
+    """The result-row label of one implementation: ours, ours_b4, ours_b4_scan, ours_b4_plan, ours_b4_scan_plan,
+    reference, reference_longest."""
     if flag == "--length_buckets":
-        nb, scan = parse_variant(value)
-        return ("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "")
+        nb, scan, plan = parse_variant(value)
+        return ("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "") + ("_plan" if plan else "")
     return "reference" if value == "cap" else f"reference_{value}"
 
 

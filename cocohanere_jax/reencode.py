@@ -305,14 +305,16 @@ def plan_lengths(parts: Sequence[tuple[int, str, int]], stats: LengthStats, *, m
     total = sum(n for n, _, _ in parts)
     mean = np.zeros(width + 1)
     var = np.zeros(width + 1)
+    possible = np.zeros(width + 1)  # rows of parts that have rows longer than t at all
     for n, kind, w in parts:
         tail = np.zeros(width + 1)
         tail[: w + 1] = stats.tail(kind, w)
         mean += n * tail
         var += n * tail * (1.0 - tail)
+        possible += n * (tail > 1e-12)
     # capacity[t]: the rows the groups longer than t hold, = an upper bound on the rows longer than t.
     capacity = np.where(mean > 1e-12, np.ceil(mean + margin * np.sqrt(var) + 1.0), 0.0)
-    capacity = np.minimum(capacity, total).astype(np.int64)
+    capacity = np.minimum(capacity, possible).astype(np.int64)
     cands = sorted({t for t in range(multiple, width, multiple)} | {width}, reverse=True)
     cost = {t: float(_row_cost(t)) for t in cands}
     # best[j][t]: the cheapest groups 1..j, the last at length t, holding the capacity[t] rows above t.

@@ -34,6 +34,7 @@ def get_config(arg=None):
     c.step.k = 2
     c.step.bank_size = 512
     c.step.learning_rate = 5e-5
+    c.step.length_plan = "never"  # MiniLM: the bucketed chunks measured faster (benchmarks/RESULTS.md)
     c.train.global_batch_size = 16
     c.step.hard_negative_weight = 0.0  # in-batch loss on look-ahead batches (preset lookahead_batch)
     c.train.lookahead_batches = 32

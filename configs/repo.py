@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.step.k = 2
     c.step.bank_size = 512
     c.step.learning_rate = 5e-5
+    c.step.length_plan = "never"  # MiniLM: the bucketed chunks measured faster (benchmarks/RESULTS.md)
     c.train.global_batch_size = 16
     c.train.num_epochs = 2.0
     c.train.num_steps = 0

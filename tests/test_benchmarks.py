@@ -129,12 +129,17 @@ def test_growth_smoke_and_plots(tmp_path, cache):
 
 def test_length_variants_and_their_table_labels():
     ts, lt = _script("train_step"), _script("lengths_table")
-    assert ts.parse_variant("4+scan") == (4, True) and ts.parse_variant(0) == (0, False)
-    with pytest.raises(SystemExit, match="N or N\\+scan"):
-        ts.parse_variant("4+remat")
+    assert ts.parse_variant("4+scan") == (4, True, False) and ts.parse_variant(0) == (0, False, False)
+    assert ts.parse_variant("4+scan+plan") == (4, True, True) == ts.parse_variant("4+plan+scan")
+    for bad in ("4+remat", "0+plan", "4+plan+plan"):
+        with pytest.raises(SystemExit, match="N, N\\+scan"):
+            ts.parse_variant(bad)
+    assert ts.implementation_label("--length_buckets", "4+scan+plan") == "ours_b4_scan_plan"
     # Without a padded step (no ours_compile_s), "ours_*" is measure()'s alias of the first step: no row.
-    row = {"ours_b4_step_s": 1.0, "ours_b4_scan_step_s": 1.0, "ours_step_s": 1.0, "ours_b4_compile_s": 9.0}
-    assert [k for k, _ in lt.labels(row)] == ["ours_b4", "ours_b4_scan", "reference", "reference_longest"]
+    row = {"ours_b4_step_s": 1.0, "ours_b4_scan_step_s": 1.0, "ours_b4_plan_step_s": 1.0, "ours_step_s": 1.0,
+           "ours_b4_compile_s": 9.0}
+    assert lt.labels(row) == [("ours_b4", "ours length-aware (4)"), ("ours_b4_plan", "ours length-aware (4, length plans)"),
+                              ("ours_b4_scan", "ours length-aware (4, layers scanned)")] + lt.REFERENCES
     row["ours_compile_s"] = 3.0
     assert "ours" in [k for k, _ in lt.labels(row)]
 
