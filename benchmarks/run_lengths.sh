@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The length-aware step against both PyTorch references on real token rows (issue 16), CPU.
 # Each run writes benchmarks/results/train_step_lengths_*.json; `python -m benchmarks.lengths_table FILE`
-# prints its table. About an hour on 2 cores; run on a machine with nothing else running.
+# prints its table. About two hours on 2 cores; run on a machine with nothing else running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results
@@ -42,3 +42,19 @@ python -m benchmarks.encoder_grad --model codet5p-110m --rows 16 --length 256 --
 # The optimizer update alone (clip + AdamW over every parameter), ours against PyTorch's.
 python -m benchmarks.update_step --model codet5p-110m --rounds 5 --out $R/update_step_codet5p-110m.json
 python -m benchmarks.update_step --model minilm --rounds 5 --out $R/update_step_minilm.json
+# Length plans (step.length_plan) against the bucketed chunks: one encode call, then the step (paired per
+# round, one process each), and finer buckets (8 per cap) for comparison.
+PLAN_FNS="ours padded,ours length-aware,ours length plan,ours length-aware fwd"
+python -m benchmarks.encoder_grad --model minilm --rows 48 --length 256 --rounds 3 --only "$PLAN_FNS" \
+    --out $R/encoder_grad_minilm_r48_l256_plan.json
+python -m benchmarks.encoder_grad --model codet5p-110m --rows 32 --length 256 --rounds 3 --only "$PLAN_FNS" \
+    --out $R/encoder_grad_codet5p_r32_l256_plan.json
+python -m benchmarks.train_step --models minilm --sizes "minilm=8,10,128,256" --bank 512 --rounds 3 \
+    --length_buckets 4,4+plan --reference_padding= --out $R/train_step_lengths_minilm_b8_k10_128_256_plan.json
+python -m benchmarks.train_step --models minilm --sizes "minilm=8,10,128,256" --bank 512 --rounds 3 \
+    --length_buckets 4,8 --reference_padding= --out $R/train_step_lengths_minilm_b8_k10_128_256_buckets8.json
+python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 --rounds 3 \
+    --length_buckets 4,4+plan --reference_padding= --out $R/train_step_lengths_codet5p_b2_k10_128_256_plan.json
+python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 --rounds 3 \
+    --length_buckets 4+scan,4+scan+plan --reference_padding= \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_plan_scan.json

@@ -52,10 +52,10 @@ class StepConfig:
     # beyond `length_plan_margin` standard deviations) is encoded padded, exactly, and counted in the
     # `length_plan_misses` metric. "auto": where the plan's work is expected below the bucketed chunks'
     # (small pools keep the chunks); "always"; "never" (memory bounded by one chunk's activations). Needs
-    # the table's histogram (train.py passes it); without one the bucketed chunks run. Off by default: on
-    # CPU an ordinary backward pass over kept activations measured slower per token than the chunks'
-    # recompute, so plans did not pay there (benchmarks/RESULTS.md, "Length plans"); for accelerators.
-    length_plan: str = "never"
+    # the table's histogram (train.py passes it); without one the bucketed chunks run. Measured on CPU: the
+    # CodeT5+ shape's step 1.21-1.23x faster, MiniLM's 0.97x (benchmarks/RESULTS.md, "Length plans"), so
+    # "auto" here (the paper's model) and "never" in the MiniLM configs (configs/default.py, repo.py, registry.py).
+    length_plan: str = "auto"
     length_plan_margin: float = 3.0
     # Re-encode each distinct retrieved DataID once per device and direction (the anchors that share a
     # neighbour share its embedding and gradient) instead of once per (anchor, rank).

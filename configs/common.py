@@ -50,9 +50,6 @@ def base() -> ml_collections.ConfigDict:
     # defaults: temperature 0.05, k 10, bank 8,096, bi-knn, AdamW lr 3e-5 eps 1e-8 wd 0.01, linear decay
     # without warmup, clip 1.0, duplicate masking on.
     c.step = step_config.config_dict()
-    # Length plans (docs/METHOD.md): measured 1.21-1.23x the bucketed chunks' step on the CodeT5+ 110M shape
-    # (benchmarks/RESULTS.md, "Length plans"); the MiniLM configs set "never" (0.97x there).
-    c.step.length_plan = "auto"
 
     c.train = ml_collections.ConfigDict()
     c.train.global_batch_size = 32  # over all devices and processes

@@ -212,13 +212,17 @@ def test_isolated_children_merge_into_one_row_and_table(tmp_path):
 
 def test_encoder_grad_smoke(tmp_path, cache):
     """benchmarks/encoder_grad.py: every function of one encode call (ours padded, length-aware and its
-    forward alone, PyTorch at the cap and at the longest row) timed with positive, finite figures."""
+    forward alone, along a length plan, PyTorch at the cap and at the longest row) timed with positive,
+    finite figures."""
     out = str(tmp_path / "encoder_grad.json")
     payload = _script("encoder_grad").main(["--smoke", "--out", out])
     data = _check(out, payload, "rows")
     names = [r["function"] for r in data["rows"]]
-    assert names[:4] == ["ours one call", "ours padded", "ours length-aware", "ours length-aware fwd"]
-    assert set(names[4:]) == {"torch cap", "torch longest"}
+    assert names[:5] == ["ours one call", "ours padded", "ours length-aware", "ours length-aware fwd",
+                         "ours length plan"]
+    assert set(names[5:]) == {"torch cap", "torch longest"}
+    plan = data["length_plan"]
+    assert sum(plan["sizes"]) == 6 and plan["lengths"][0] <= 32  # the smoke run: 6 rows, 32-token cap
     assert data["embedding_max_abs_diff"] < 1e-4  # ours and PyTorch compute the same embeddings
     for row in data["rows"]:
         assert 0 < row["real_token_mfu"] and len(row["rounds_s"]) == 1
