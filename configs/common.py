@@ -88,6 +88,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.step.k = 2
     c.step.bank_size = 32
     c.step.length_buckets = 1  # one length per cap (still length-aware: queries 16, codes 32): compiles fast
+    c.step.length_plan = "never"  # plans compile a program per group; tests/test_train.py:test_smoke_run keeps one
     c.train.global_batch_size = 8
     c.train.num_steps = 6
     c.train.log_every = 2

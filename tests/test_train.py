@@ -46,12 +46,14 @@ def _saved_state(workdir, step):
 def test_smoke_run(inputs, tmp_path):
     c = smoke_config(inputs, zero_shot_eval=True)
     c.model.scan_layers = True  # the scanned-layer path end to end: stacked params checkpointed, exported per layer
+    c.step.length_plan = "always"  # and the length plans (smoke turns them off elsewhere to keep CI short)
     summary = train.train_and_evaluate(c, str(tmp_path))
     train_records = metrics.read_metrics(str(tmp_path), "train")
     assert [r["step"] for r in train_records] == [2, 4, 6]
     for r in train_records:
         assert np.isfinite(r["loss"]) and r["loss"] > 0 and r["grad_norm"] > 0 and r["lr"] > 0
         assert r["steps_per_sec"] > 0 and "eta_sec" in r and "loss_hn" in r
+        assert r["length_plan_misses"] >= 0  # counted (a miss runs padded, exactly; see test_length_buckets.py)
     # The banks filled and hard negatives were found by the end.
     assert train_records[-1]["valid_negatives"] > 0
     assert [r["step"] for r in metrics.read_metrics(str(tmp_path), "valid")] == [3, 6]
