@@ -453,9 +453,7 @@ def loss_and_aux(
         shapes = jax.eval_shape(hn_fn, params, hn_inputs)
 
         def like(x, s):  # the true branch's dtype and, inside shard_map, its device-varying axes
-            x = x.astype(s.dtype)
-            varying = tuple(sorted(s.manual_axis_type.varying)) if s.manual_axis_type else ()
-            return jax.lax.pcast(x, varying, to="varying") if varying else x
+            return reencode.make_varying(x.astype(s.dtype), reencode.varying_axes(s))
 
         def skip(params, inputs):
             return jax.tree.map(like, _no_hard_negatives(n, k, d, q.dtype), shapes)

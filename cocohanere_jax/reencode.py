@@ -218,7 +218,7 @@ def encode_rows_bucketed(
             acc = jax.lax.switch(b, [branch(n) for n in lens], acc)
             return acc, None
 
-        zero = jax.tree.map(lambda x: _like_vma(jnp.zeros(x.shape, x.dtype), _vma(x)), p)
+        zero = jax.tree.map(lambda x: make_varying(jnp.zeros(x.shape, x.dtype), varying_axes(x)), p)
         grads, _ = jax.lax.scan(body, zero, (ids_all, keys_all, buckets_all, g))
         return grads, None, None, None
 
@@ -228,15 +228,18 @@ def encode_rows_bucketed(
     return jnp.zeros_like(out).at[order].set(out)
 
 
-def _vma(x) -> frozenset:
-    """The mesh axes along which ``x`` varies (inside shard_map; empty outside)."""
-    t = jax.typeof(x)
+def varying_axes(x) -> frozenset:
+    """The mesh axes along which ``x`` varies inside shard_map (empty outside): ``x`` an array, a tracer or
+    an abstract value (`jax.eval_shape` output)."""
+    t = x if isinstance(x, jax.ShapeDtypeStruct) else jax.typeof(x)
     mat = getattr(t, "manual_axis_type", None)
     return frozenset(getattr(mat, "varying", None) or getattr(t, "vma", None) or ())
 
 
-def _like_vma(x: Array, vma: frozenset) -> Array:
-    missing = tuple(sorted(vma - _vma(x)))
+def make_varying(x: Array, axes: frozenset) -> Array:
+    """``x`` cast to vary along ``axes`` too (what one branch of a `lax.cond` inside shard_map needs when
+    the other branch's value varies per device)."""
+    missing = tuple(sorted(axes - varying_axes(x)))
     return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
@@ -412,7 +415,7 @@ def encode_rows_planned(
 
         def fallback(p, ids, ks):
             out = padded(p, ids, ks)
-            return out, [_like_vma(jnp.zeros(s.shape, s.dtype), _vma_of(s)) for s in res_s]
+            return out, [make_varying(jnp.zeros(s.shape, s.dtype), varying_axes(s)) for s in res_s]
 
         out, res = jax.lax.cond(holds, planned_with_residuals, fallback, p, ids, ks)
         return out, (p, ids, ks, holds, res)
@@ -435,12 +438,6 @@ def encode_rows_planned(
     run.defvjp(run_fwd, run_bwd)
     out = run(params, token_ids[order], keys[order], holds)
     return jnp.zeros_like(out).at[order].set(out), (~holds).astype(jnp.int32)
-
-
-def _vma_of(s) -> frozenset:
-    """The device-varying mesh axes of an abstract value (`jax.eval_shape` output) inside shard_map."""
-    mat = getattr(s, "manual_axis_type", None)
-    return frozenset(getattr(mat, "varying", None) or getattr(s, "vma", None) or ())
 
 
 def encode_pool(
