@@ -289,6 +289,37 @@ def neighbour_groups(embeddings: np.ndarray, group_size: int, groups: np.ndarray
     return np.asarray(order, np.int32), stats
 
 
+def language_batches(languages: np.ndarray, group_size: int, batch_size: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Batches of one language each, from a grouped window: (order [W] int, statistics).
+
+    ``languages`` [W] is the language of each row of a window already laid out in groups of ``group_size``
+    (`neighbour_groups`' order; 1: no groups). Groups stay whole: they are sorted by their anchor's (first
+    row's) language, stably, languages in order of first appearance, and cut into batches of
+    ``batch_size`` rows, so every batch is one language except where a language's rows run out inside a
+    batch (at most one such batch per language boundary, counted in ``language_batches_mixed``, the
+    fraction of the window's batches with more than one language). The batches are then interleaved,
+    each language's batches spread evenly over the window (a stable sort on (rank within its language +
+    1/2) / its language's batches), so that no language waits for the others. Deterministic.
+    """
+    w = len(languages)
+    if group_size < 1 or batch_size % group_size or w % batch_size:
+        raise ValueError(f"a window of {w} rows in groups of {group_size} does not cut into batches of {batch_size}")
+    anchors = np.asarray(languages)[::group_size]
+    _, first, inverse = np.unique(anchors, return_index=True, return_inverse=True)
+    units = np.argsort(np.argsort(first)[inverse], kind="stable")  # groups, one language after another
+    rows = (units[:, None] * group_size + np.arange(group_size)).reshape(-1)
+    batches = rows.reshape(-1, batch_size)
+    lang = np.asarray(languages)[batches]
+    mixed = int(np.sum(np.any(lang != lang[:, :1], axis=1)))
+    primary = lang[:, 0]
+    rank = np.zeros(len(batches))
+    for value in np.unique(primary):
+        where = np.flatnonzero(primary == value)
+        rank[where] = (np.arange(len(where)) + 0.5) / len(where)
+    order = batches[np.argsort(rank, kind="stable")].reshape(-1)
+    return order.astype(np.int32), {"language_batches_mixed": mixed / len(batches)}
+
+
 def _nearest(row: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
     """Indices of the (at most) n largest entries of ``row`` where ``allowed``, most similar first."""
     idx = np.flatnonzero(allowed)
@@ -316,7 +347,7 @@ class LookaheadBatches:
 
     def __init__(self, inner: BatchIterator, window_batches: int, group_size: int,
                  embed: Callable[[np.ndarray], np.ndarray], groups: np.ndarray | None = None,
-                 keys: Sequence[np.ndarray] = ()):
+                 keys: Sequence[np.ndarray] = (), languages: np.ndarray | None = None):
         if window_batches < 1:
             raise ValueError(f"config.train.lookahead_batches={window_batches} must be >= 1 (0 turns it off)")
         if group_size < 1 or inner.global_batch_size % group_size:
@@ -324,6 +355,7 @@ class LookaheadBatches:
                              f"config.train.global_batch_size={inner.global_batch_size}")
         self.inner, self.window_batches, self.group_size = inner, window_batches, group_size
         self.embed, self.groups, self.keys = embed, groups, tuple(keys)
+        self.languages = languages  # [N] per DataID: every batch one language (`language_batches`); None: off
         self.window = np.empty(0, np.int32)  # regrouped global DataIDs of the current window
         self.drawn = 0  # batches of the window drawn so far
         self.start_state = inner.state()  # the inner position at the window's start
@@ -344,12 +376,19 @@ class LookaheadBatches:
         ids = np.concatenate([inner.global_batch(inner.epoch, inner.position + i) for i in range(n)])
         for _ in range(n):
             next(inner)
-        emb = np.asarray(self.embed(ids))
-        if emb.shape[0] != len(ids):
-            raise ValueError(f"embed returned {emb.shape[0]} rows for a window of {len(ids)} DataIDs")
-        order, self.stats = neighbour_groups(
-            emb, self.group_size, None if self.groups is None else self.groups[ids], [k[ids] for k in self.keys])
-        self.window, self.drawn = ids[order], 0
+        if self.group_size > 1:  # groups of 1 are the window as it is: nothing to embed
+            emb = np.asarray(self.embed(ids))
+            if emb.shape[0] != len(ids):
+                raise ValueError(f"embed returned {emb.shape[0]} rows for a window of {len(ids)} DataIDs")
+            order, self.stats = neighbour_groups(
+                emb, self.group_size, None if self.groups is None else self.groups[ids], [k[ids] for k in self.keys])
+            ids = ids[order]
+        else:
+            self.stats = {}
+        if self.languages is not None:
+            order, stats = language_batches(self.languages[ids], self.group_size, self.inner.global_batch_size)
+            ids, self.stats = ids[order], {**self.stats, **stats}
+        self.window, self.drawn = ids, 0
 
     def __next__(self) -> np.ndarray:
         b = self.inner.global_batch_size
@@ -368,6 +407,7 @@ class LookaheadBatches:
         else:
             epoch, position = self.inner.epoch, self.inner.position
         return {"version": self._VERSION, "lookahead": [self.window_batches, self.group_size],
+                "language_batches": self.languages is not None,
                 "epoch": epoch, "position": position,
                 "inner": self.start_state, "after_window": self.inner.state(),
                 "window": [int(i) for i in self.window], "drawn": self.drawn}
@@ -380,6 +420,9 @@ class LookaheadBatches:
             raise ValueError(f"checkpoint written with look-ahead (window batches, group) = {state['lookahead']}, "
                              f"this run has {[self.window_batches, self.group_size]}: resuming would change "
                              "the data order")
+        if state.get("language_batches", False) != (self.languages is not None):
+            raise ValueError(f"checkpoint written with config.train.language_batches={state.get('language_batches', False)}, "
+                             f"this run has {self.languages is not None}: resuming would change the data order")
         self.inner.restore(state["after_window"])
         self.start_state = state["inner"]
         self.window = np.asarray(state["window"], np.int32)

@@ -74,8 +74,22 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> StepCon
     if lookahead and (group < 1 or batch % group):
         raise ValueError(f"config.train.lookahead_group={group} must divide config.train.global_batch_size={batch} "
                          "(each batch is whole groups of an anchor and its nearest neighbours).")
+    if config.train.get("language_batches", False) and not lookahead:
+        raise ValueError("config.train.language_batches=True draws each window's batches per language: set "
+                         "config.train.lookahead_batches (the window, e.g. 32) too, with lookahead_group=1 to "
+                         "keep the iterator's pairs ungrouped (nothing is embedded then).")
     datasets.check(config)
     return step_config
+
+
+def _languages(config, tokens: token_table_lib.TokenTable):
+    """The language of each DataID when config.train.language_batches asks for batches of one language."""
+    if not config.train.get("language_batches", False):
+        return None
+    if tokens.groups is None:
+        raise ValueError("config.train.language_batches=True needs a job with several languages "
+                         "(config.data.language=all); this one has one. Set it to False.")
+    return tokens.groups
 
 
 def _local(tree: Any) -> Any:
@@ -169,7 +183,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         iterator = input_pipeline.LookaheadBatches(
             iterator, config.train.lookahead_batches, config.train.lookahead_group, embed_window,
             groups=tokens.groups if step_config.negatives_in_group else None,
-            keys=[h for h in (tokens.query_hash, tokens.code_hash) if h is not None])
+            keys=[h for h in (tokens.query_hash, tokens.code_hash) if h is not None],
+            languages=_languages(config, tokens))
     total_steps = 0 if evaluate_only else (
         config.train.num_steps or math.ceil(config.train.num_epochs * iterator.steps_per_epoch))
     summary: dict[str, Any] = {"data": data.description, "train_pairs": len(tokens), "total_steps": total_steps,

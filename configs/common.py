@@ -71,12 +71,14 @@ def base() -> ml_collections.ConfigDict:
     # Look-ahead neighbour batches (docs/METHOD.md section 9): every lookahead_batches batches, the coming
     # window's queries are embedded by the model being trained and the window regrouped so that each batch is
     # groups of lookahead_group pairs, an anchor and its nearest neighbours (in its language with
-    # step.negatives_in_group). 0: batches in the iterator's order.
+    # step.negatives_in_group). 0: batches in the iterator's order. language_batches (several languages):
+    # each window's batches are of one language each (groups kept whole; lookahead_group=1: no grouping,
+    # nothing embedded), the negatives a per-language metric sees.
     c.train.update(ITERATOR_ORDER)
     return c
 
 
-ITERATOR_ORDER = dict(lookahead_batches=0, lookahead_group=2)  # batches as the iterator gives them
+ITERATOR_ORDER = dict(lookahead_batches=0, lookahead_group=2, language_batches=False)  # the iterator's batches
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -82,6 +82,12 @@ VARIANTS = {
     "lookahead_bank_w025": ("bank_negatives", "train.lookahead_batches=32,train.lookahead_group=4,"
                             "step.negatives_in_group=True,step.hard_negative_weight=0.25",
                             "look-ahead batches (groups within a language) plus bank negatives at L^HN weight 0.25"),
+    # Batches of one language (train.language_batches): every in-batch negative is of the anchor's language,
+    # the only negatives the per-language metric sees; the same step program as the variant it modifies.
+    "in_batch_lang_batches": ("in_batch", "train.lookahead_batches=32,train.lookahead_group=1,"
+                              "train.language_batches=True", "in-batch, every batch one language"),
+    "lookahead_lang_batches": ("lookahead_batch", "step.negatives_in_group=True,train.language_batches=True",
+                               "look-ahead neighbour batches within a language, every batch one language"),
     "late_full": ("full", "", "in-batch for the first half of the in-batch budget's steps, then the paper's step"),
     "full_equal_steps": ("full", "", "the paper's step, as many steps as in-batch (equal steps, not seconds)"),
     "in_batch_long": ("in_batch", "", "in-batch given full_equal_steps' training seconds (where is the crossing?)"),
@@ -89,7 +95,9 @@ VARIANTS = {
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
 COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's program up to a constant
            "neighbour_batch_in_lang": "neighbour_batch", "lookahead_batch_in_lang": "lookahead_batch",
-           "lookahead_batch8_in_lang": "lookahead_batch"}
+           "lookahead_batch8_in_lang": "lookahead_batch",
+           # the order of the same pairs changes, not the step (groups of 1 embed nothing)
+           "in_batch_lang_batches": "in_batch", "lookahead_lang_batches": "lookahead_batch"}
 # A variant that does all of another's work and more is never charged less than it (a lower measured time is
 # timing noise, as with in-batch below).
 CONTAINS = {"lookahead_bank_w025": ("lookahead_batch", "bank_negatives")}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cocohanere_jax import input_pipeline, metrics, train
-from cocohanere_jax.input_pipeline import BatchIterator, LookaheadBatches, neighbour_groups
+from cocohanere_jax.input_pipeline import BatchIterator, LookaheadBatches, language_batches, neighbour_groups
 
 import tiny_setup
 from test_train import _batches, _poison_data_id, _run_killed_before_batch, _saved_state, smoke_config
@@ -122,6 +122,63 @@ def test_processes_slice_the_same_global_batches():
         np.testing.assert_array_equal(next(one), np.concatenate([next(t) for t in two]))
 
 
+@pytest.mark.parametrize("group", [1, 4])
+def test_language_batches_keep_groups_whole_and_mix_only_at_language_boundaries(group):
+    rng = np.random.default_rng(group)
+    w, b = 24 * 8, 8
+    # A grouped window: groups of `group` rows, each group one language (as neighbour_groups lays it out).
+    langs = np.repeat(rng.choice(4, size=w // group, p=[.5, .3, .15, .05]), group)
+    order, stats = language_batches(langs, group, b)
+    assert sorted(order.tolist()) == list(range(w))
+    if group > 1:  # each group's rows stay together, in their order
+        starts = order.reshape(-1, group)
+        assert np.all(starts[:, 0] % group == 0) and np.all(starts == starts[:, :1] + np.arange(group))
+    batches = langs[order].reshape(-1, b)
+    mixed = sum(len(set(x.tolist())) > 1 for x in batches)
+    assert mixed <= len(set(langs.tolist())) - 1  # one at most per boundary between languages
+    assert stats["language_batches_mixed"] == mixed / len(batches)
+    # Plainly: a language's rows, cut into batches, are whole batches but for one boundary batch.
+    for lang in set(langs.tolist()):
+        pure = sum(np.all(x == lang) for x in batches)
+        assert pure == np.sum(langs == lang) // b or pure == np.sum(langs == lang) // b - 1
+    # Spread over the window: the majority language is not all at the start.
+    first = batches[:, 0]
+    major = np.flatnonzero(first == 0)
+    assert major.min() < len(batches) // 4 and major.max() > 3 * len(batches) // 4
+
+
+def test_language_batches_need_whole_batches_of_groups():
+    with pytest.raises(ValueError, match="groups of 3"):
+        language_batches(np.zeros(24, int), 3, 8)
+
+
+def test_language_batches_iterator_embeds_nothing_for_groups_of_one_and_resumes_exactly():
+    n, b, w = 200, 8, 4
+    langs = np.random.default_rng(0).integers(0, 3, n)
+
+    def no_embed(ids):
+        raise AssertionError("groups of 1 embed nothing")
+
+    plain = BatchIterator(n, b, seed=1)
+    it = LookaheadBatches(BatchIterator(n, b, seed=1), w, 1, no_embed, languages=langs)
+    for _ in range(plain.steps_per_epoch // w):
+        window_plain = np.concatenate([next(plain) for _ in range(w)])
+        window = [next(it) for _ in range(w)]
+        assert sorted(window_plain) == sorted(np.concatenate(window))  # the same pairs, once each
+        assert sum(len(set(langs[x].tolist())) > 1 for x in window) == round(it.stats["language_batches_mixed"] * w)
+    it = LookaheadBatches(BatchIterator(n, b, seed=1), w, 1, no_embed, languages=langs)
+    for _ in range(6):
+        next(it)
+    saved = it.state()
+    expected = [next(it) for _ in range(5)]
+    resumed = LookaheadBatches(BatchIterator(n, b, seed=1), w, 1, no_embed, languages=langs)
+    resumed.restore(saved)
+    for x, y in zip(expected, [next(resumed) for _ in range(5)]):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="language_batches=True, this run has False"):
+        LookaheadBatches(BatchIterator(n, b, seed=1), w, 1, no_embed).restore(saved)
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     base = tmp_path_factory.mktemp("inputs")
@@ -181,4 +238,10 @@ def test_config_errors(inputs, tmp_path):
         train.train_and_evaluate(c, str(tmp_path))
     c = smoke_config(inputs, lookahead_batches=-1)
     with pytest.raises(ValueError, match=r"config\.train\.lookahead_batches=-1"):
+        train.train_and_evaluate(c, str(tmp_path))
+    c = smoke_config(inputs, language_batches=True)
+    with pytest.raises(ValueError, match=r"config\.train\.language_batches=True draws .*lookahead_batches"):
+        train.train_and_evaluate(c, str(tmp_path))
+    c = smoke_config(inputs, language_batches=True, lookahead_batches=2, lookahead_group=1)
+    with pytest.raises(ValueError, match=r"language_batches=True needs a job with several languages"):
         train.train_and_evaluate(c, str(tmp_path))

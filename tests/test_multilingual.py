@@ -78,10 +78,11 @@ def test_language_tasks_metrics_are_per_language_and_their_mean(tmp_path):
 
 
 def test_all_languages_train_end_to_end_with_bank_negatives_on_a_schedule(tmp_path):
-    """configs/registry.py:bank_negatives,language=all with an in-batch first step and same-language
-    negatives: trains, validates and tests per language; the switches reach the step from the config
+    """configs/registry.py:bank_negatives,language=all with an in-batch first step, same-language
+    negatives and batches of one language: trains, validates and tests per language; the switches reach the step from the config
     argument (negatives_in_group would fail to compile without the languages in the token table)."""
-    c = _config("all", "smoke,bank_negatives,hard_negative_start=1,negatives_in_group=True", max_eval_queries=16)
+    c = _config("all", "smoke,bank_negatives,hard_negative_start=1,negatives_in_group=True,"
+                "train.lookahead_batches=2,train.lookahead_group=1,train.language_batches=True", max_eval_queries=16)
     step = StepConfig.from_config(c.step)
     assert (step.reencode_top, step.other_negatives, step.hard_negative_start) == (0, "bank", 1)
     assert step.negatives_in_group  # the languages reach the step as the token table's groups
@@ -93,6 +94,8 @@ def test_all_languages_train_end_to_end_with_bank_negatives_on_a_schedule(tmp_pa
     train_steps = [r for r in records if r["kind"] == "train"]
     # Logged values are means over the log interval: steps 0-1 (in-batch, then hard negatives), then step 2.
     assert [(r["step"], r["hard_negative_step"]) for r in train_steps] == [(2, 0.5), (3, 1.0)]
+    # Batches of one language (train.language_batches): the window's share of mixed batches is logged.
+    assert all(0 <= r["language_batches_mixed"] <= 1 for r in train_steps)
     for lang in multilingual.ALL_LANGUAGES:
         assert 0 < summary["test"][f"{lang}/mrr"] <= 1
     assert summary["test"]["mrr"] == pytest.approx(
