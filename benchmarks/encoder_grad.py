@@ -160,8 +160,9 @@ def main(argv=None) -> dict[str, Any]:
     for name, ts in times.items():
         s = common.summary(ts)
         flops = real_flops / 3.0 if name.endswith("fwd") else real_flops
+        # MFU to 3 significant digits (not decimals: a smoke model's is below 0.001 on a busy machine).
         row = {"function": name, "median_s": s["median_s"], "rounds_s": list(ts),
-               "real_token_mfu": round(flops / s["median_s"] / peak_flops, 3) if peak_flops else None,
+               "real_token_mfu": float(f"{flops / s['median_s'] / peak_flops:.3g}") if peak_flops else None,
                "compile_s": compile_s.get(name)}
         if reference and name != "torch cap":
             row["vs_torch_cap"] = round(common.paired_ratio(ts, reference), 3)
