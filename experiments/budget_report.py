@@ -203,11 +203,13 @@ def plot(data: dict, tag: str = "budget") -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     ax = axes[-1]
+    # The large budget's runs; an experiment of small-budget runs only shows those.
+    shown = "large" if any(r["budget"] == "large" and r["in_batch_accuracy"] for r in runs) else "small"
     for r in runs:
-        if r["budget"] == "large" and r["in_batch_accuracy"]:
+        if r["budget"] == shown and r["in_batch_accuracy"]:
             steps, acc = zip(*r["in_batch_accuracy"])
             ax.plot(steps, acc, label=f"{r['variant']} seed {r['seed']}")
-    ax.set_title("in-batch accuracy during training (large budget)")
+    ax.set_title(f"in-batch accuracy during training ({shown} budget)")
     ax.set_xlabel("step")
     ax.set_ylabel(f"in-batch accuracy (batch {data['settings']['batch']})")
     ax.grid(alpha=0.3)
