@@ -65,6 +65,12 @@ def check(config: ml_collections.ConfigDict) -> None:
                 f"config.data.src={src!r} is not a directory. Set --config.data.src to the source tree to train on "
                 "(configs/repo.py), e.g. a git checkout of your repository."
             )
+        from cocohanere_data.source_tree.languages import LANGUAGES
+
+        unknown = [lang for lang in multilingual.languages(d.language) if lang not in LANGUAGES]
+        if unknown:
+            raise ValueError(f"config.data.language={d.language!r}: {unknown} not supported by the source-tree "
+                             f"builder; use one or several of {list(LANGUAGES)} (comma-separated), or all.")
     if d.get("eval_candidates", "codebase") not in ("codebase", "targets"):
         raise ValueError(f"config.data.eval_candidates={d.eval_candidates!r}: use \"codebase\" (every query against "
                          "the whole codebase) or \"targets\" (against the queries' own target codes only).")
@@ -83,21 +89,50 @@ def _task(split, max_queries: int, candidates: str = "codebase") -> RetrievalTas
     return evaluate.targets_only(task) if candidates == "targets" else task
 
 
-def _build_tree_corpus(d: ml_collections.ConfigDict, workdir: str):
-    """The corpus of ``config.data.src`` (built, or reused when neither the tree nor the settings changed)."""
+def _build_tree_corpus(d: ml_collections.ConfigDict, workdir: str, lang: str | None = None):
+    """The corpus of ``config.data.src`` in one language (built, or reused when neither the tree nor the
+    settings changed): ``<root>/<lang>/``, root ``config.data.root`` or ``<workdir>/corpus``."""
     from cocohanere_data.records import BadInputError
     from cocohanere_data.source_tree.build import BuildConfig, build_corpus_cached
 
-    cfg = BuildConfig(lang=d.language, split_depth=d.get("split_depth", 0) or None,
+    cfg = BuildConfig(lang=lang or d.language, split_depth=d.get("split_depth", 0) or None,
                       min_groups=d.get("min_groups", 10), jobs=os.cpu_count() or 1)
     out = d.root or os.path.join(workdir, "corpus")
     try:
         return build_corpus_cached(os.path.expanduser(d.src), out, cfg)
     except BadInputError as e:
         raise BadInputError(
-            f"config.data.src={d.src!r}: {e} For a small tree try --config.data.min_groups=3 or "
+            f"config.data.src={d.src!r} ({cfg.lang}): {e} For a small tree try --config.data.min_groups=3 or "
             "--config.data.split_depth=1 (group files by top-level directory)."
         ) from None
+
+
+def _build_tree_corpora(d: ml_collections.ConfigDict, workdir: str) -> tuple[str, list[str], dict[str, str]]:
+    """The corpora of a source tree in several languages: (root, the languages built, {language: why it was
+    left out}). A named list builds every language or fails naming it; ``"all"`` builds each language the
+    tree has source files of, and leaves out (reported, not silently) those whose functions are too few to
+    split. Each language is split by its own directory groups (`cocohanere_data.source_tree.build`)."""
+    from cocohanere_data.records import BadInputError
+    from cocohanere_data.source_tree.build import has_source_files
+
+    names = multilingual.languages(d.language)
+    if d.language.strip() != "all":
+        roots = [str(_build_tree_corpus(d, workdir, lang)) for lang in names]
+        return roots[0], names, {}
+    built, skipped, root = [], {}, None
+    for lang in names:
+        if not has_source_files(os.path.expanduser(d.src), lang):
+            skipped[lang] = "no source files"
+            continue
+        try:
+            root = str(_build_tree_corpus(d, workdir, lang))
+            built.append(lang)
+        except BadInputError as e:
+            skipped[lang] = str(e)
+    if not built:
+        raise BadInputError(f"config.data.src={d.src!r}: config.data.language='all' found no language to train on: "
+                            + "; ".join(f"{lang}: {why}" for lang, why in skipped.items()))
+    return root, built, skipped
 
 
 def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
@@ -122,19 +157,24 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
         test = xlcost.load_xlcost_eval(d.root, d.language, "test", level, strict=strict)
         where = f"XLCoST {level}-level {xlcost.language_folder(d.language)} at {d.root}"
     elif d.source == "codesearchnet" and len(multilingual.languages(d.language)) > 1:
-        return _load_languages(d, strict)
+        return _load_languages(d, strict, d.root, multilingual.languages(d.language))
     else:
-        root, lang = d.root, d.language
+        root, lang, skipped = d.root, d.language, {}
         if d.source == "stdlib":
             from cocohanere_data import stdlib_corpus
 
             root, lang = str(stdlib_corpus.build_stdlib_corpus(d.root or None)), "python"
+        elif d.source == "source_tree" and (d.language.strip() == "all" or "," in d.language):
+            root, names, skipped = _build_tree_corpora(d, workdir)
+            if len(names) > 1:
+                return _load_languages(d, strict, root, names, skipped)
+            lang = names[0]
         elif d.source == "source_tree":
             root = str(_build_tree_corpus(d, workdir))
         train = codesearchnet.load_pairs(root, lang, "train", strict=strict)
         valid = codesearchnet.load_eval_split(root, lang, "valid", strict=strict)
         test = codesearchnet.load_eval_split(root, lang, "test", strict=strict)
-        where = f"{d.source} {lang} at {root}"
+        where = f"{d.source} {lang} at {root}{_left_out(skipped)}"
     if d.max_train_pairs and len(train) > d.max_train_pairs:
         train = records.Pairs(list(train)[: d.max_train_pairs], train.report)
     candidates = d.get("eval_candidates", "codebase")
@@ -146,20 +186,25 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
     )
 
 
-def _load_languages(d: ml_collections.ConfigDict, strict: bool) -> Datasets:
+def _left_out(skipped: dict[str, str]) -> str:
+    """The languages a source tree's ``language='all'`` left out, and why, for the data description."""
+    return "".join(f"; {lang} left out: {why}" for lang, why in skipped.items())
+
+
+def _load_languages(d: ml_collections.ConfigDict, strict: bool, root: str, names: list[str],
+                    skipped: dict[str, str] | None = None) -> Datasets:
     """Several languages of one corpus root: concatenated training pairs, per-language evaluation
     (`cocohanere_jax.multilingual`). ``max_train_pairs`` and ``max_eval_queries`` apply per language."""
     from cocohanere_data import codesearchnet, records
 
-    names = multilingual.languages(d.language)
     parts, valid, test = [], {}, {}
     for lang in names:
-        pairs = codesearchnet.load_pairs(d.root, lang, "train", strict=strict)
+        pairs = codesearchnet.load_pairs(root, lang, "train", strict=strict)
         if d.max_train_pairs and len(pairs) > d.max_train_pairs:
             pairs = records.Pairs(list(pairs)[: d.max_train_pairs], pairs.report)
         parts.append(pairs)
         for split, tasks in (("valid", valid), ("test", test)):
-            tasks[lang] = _task(codesearchnet.load_eval_split(d.root, lang, split, strict=strict), d.max_eval_queries,
+            tasks[lang] = _task(codesearchnet.load_eval_split(root, lang, split, strict=strict), d.max_eval_queries,
                                 d.get("eval_candidates", "codebase"))
     sizes = ", ".join(f"{lang} {len(p)}" for lang, p in zip(names, parts))
     groups = np.concatenate([np.full(len(p), i, np.int32) for i, p in enumerate(parts)])
@@ -168,7 +213,7 @@ def _load_languages(d: ml_collections.ConfigDict, strict: bool) -> Datasets:
         train=multilingual.concat_pairs(parts),
         valid=multilingual.LanguageTasks(valid),
         test=multilingual.LanguageTasks(test),
-        description=f"{d.source} {','.join(names)} at {d.root} (train pairs: {sizes}; mixed batches)",
+        description=f"{d.source} {','.join(names)} at {root} (train pairs: {sizes}){_left_out(skipped or {})}",
     )
 
 

@@ -8,6 +8,8 @@
 Functions with a doc comment become (summary, code) pairs (tree-sitter, the CodeSearchNet filters, split
 by directory so no file is in two splits); the build is cached in `<workdir>/corpus` and redone when the
 tree changes. Sized like the embedded default (2 CPU cores); on a GPU raise the batch, lengths and k.
+A tree in several languages: `--config.data.language=all` (every language it has source files of) or a list
+such as `python,javascript`; one model for all, each language evaluated against its own codebase.
 """
 
 from configs import common
@@ -19,7 +21,7 @@ def get_config(arg=None):
     c.data.source = "source_tree"
     c.data.src = ""  # the source tree (required)
     c.data.root = ""  # corpus cache; "" = <workdir>/corpus
-    c.data.language = "python"  # python, java, javascript, go, php, ruby
+    c.data.language = "python"  # python, java, javascript, go, php, ruby; a list of them, or all
     c.data.split_depth = 0  # directory depth of the split groups; 0 = the shallowest with >= min_groups groups
     c.data.min_groups = 10
     c.data.query_length = 32

@@ -5,6 +5,7 @@ import os
 import shutil
 import sysconfig
 
+import numpy as np
 import pytest
 
 from cocohanere_jax import datasets, metrics, train
@@ -56,9 +57,37 @@ def test_tree_corpus_is_built_once_and_rebuilt_when_the_tree_changes(tree, tmp_p
     assert '"func_name": "added"' in written
 
 
+def test_a_tree_in_several_languages_trains_one_model(tree, tmp_path):
+    """`data.language=all` on a source tree: every language it has source files of, one table, evaluated per
+    language; languages it lacks are named as left out; a named language it lacks is an error naming it."""
+    from cocohanere_data.records import BadInputError
+    from test_data_source_tree import make_tree
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tree, mixed)
+    make_tree(mixed, "java")
+    data = datasets.load(_config(mixed, tmp_path / "corpus", language="all"), str(tmp_path))
+    assert set(data.valid.tasks) == set(data.test.tasks) == {"python", "java"}
+    python_only = datasets.load(_config(mixed, tmp_path / "corpus"), str(tmp_path))
+    assert list(data.train)[: len(python_only.train)] == [p for p in python_only.train]
+    assert {p.language for p in data.train} == {"python", "java"}
+    np.testing.assert_array_equal(data.train_groups, [p.language == "java" for p in data.train])
+    for lang in ("go", "javascript", "php", "ruby"):
+        assert f"{lang} left out: no source files" in data.description
+    same = datasets.load(_config(mixed, tmp_path / "corpus", language="java,python"), str(tmp_path))
+    assert list(same.test.tasks) == ["java", "python"] and "left out" not in same.description
+    with pytest.raises(BadInputError, match=r"\(ruby\).*no ruby function"):
+        datasets.load(_config(mixed, tmp_path / "corpus", language="python,ruby"), str(tmp_path))
+    with pytest.raises(BadInputError, match="found no language"):
+        datasets.load(_config(tmp_path / "corpus", tmp_path / "corpus2", language="all"), str(tmp_path))
+
+
 def test_missing_source_tree_is_a_clear_error(tmp_path):
     c = _config(tmp_path / "nowhere", tmp_path / "corpus")
     with pytest.raises(FileNotFoundError, match="config.data.src"):
+        datasets.check(c)
+    c = _config(tmp_path, tmp_path / "corpus", language="python,rust")
+    with pytest.raises(ValueError, match=r"config.data.language='python,rust': \['rust'\] not supported"):
         datasets.check(c)
 
 

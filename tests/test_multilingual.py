@@ -48,7 +48,7 @@ def test_several_languages_one_table_and_per_language_tasks(tmp_path):
             mine, theirs = getattr(data, split).tasks[lang], getattr(single, split)
             assert list(mine.queries) == list(theirs.queries) and list(mine.codebase) == list(theirs.codebase)
             np.testing.assert_array_equal(mine.targets, theirs.targets)
-    assert "mixed batches" in data.description
+    assert "train pairs: " + ", ".join(f"{lang} {len(d.train)}" for lang, d in singles.items()) in data.description
 
 
 def test_targets_only_ranks_each_query_against_the_queries_own_codes(tmp_path):

@@ -334,6 +334,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def has_source_files(src: str | os.PathLike, lang: str) -> bool:
+    """Whether the tree holds a file `build_corpus` would read for ``lang``."""
+    return bool(walk_source_files(Path(src).resolve(), lang, _Counter(0)))
+
+
 _STAMP = "build_stamp.json"
 _BUILDER_VERSION = 1
 
