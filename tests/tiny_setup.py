@@ -4,6 +4,7 @@ GraphCodeBERT-layout CodeSearchNet directory of real (docstring, function) pairs
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import shutil
@@ -27,7 +28,13 @@ def tiny_bert_folder(folder: str, **overrides) -> str:
 
 def stdlib_pairs(modules=("json", "textwrap", "csv", "shlex", "fractions", "statistics", "heapq", "bisect",
                           "string", "calendar", "glob", "fnmatch", "base64", "difflib", "ipaddress")):
-    """(docstring tokens, code tokens, url) from real standard-library functions, via ast."""
+    """(docstring tokens, code tokens, url, module) from real standard-library functions, via ast (read once
+    per test session; each call returns fresh lists)."""
+    return [(list(summary), list(code), url, mod) for summary, code, url, mod in _stdlib_pairs(tuple(modules))]
+
+
+@functools.lru_cache(maxsize=None)
+def _stdlib_pairs(modules: tuple[str, ...]) -> tuple:
     lib = sysconfig.get_paths()["stdlib"]
     out = []
     for mod in modules:
@@ -43,8 +50,8 @@ def stdlib_pairs(modules=("json", "textwrap", "csv", "shlex", "fractions", "stat
                 summary = doc.strip().split("\n\n")[0].split()
                 code = ast.get_source_segment(src, node).split()
                 if len(summary) >= 3 and len(code) >= 8:
-                    out.append((summary, code, f"stdlib/{mod}.py#{node.name}@{node.lineno}", mod))
-    return out
+                    out.append((tuple(summary), tuple(code), f"stdlib/{mod}.py#{node.name}@{node.lineno}", mod))
+    return tuple(out)
 
 
 def csn_dir(root: str, language: str = "python") -> str:
