@@ -86,9 +86,10 @@ def _languages(config, tokens: token_table_lib.TokenTable):
     """The language of each DataID when config.train.language_batches asks for batches of one language."""
     if not config.train.get("language_batches", False):
         return None
-    if tokens.groups is None:
-        raise ValueError("config.train.language_batches=True needs a job with several languages "
-                         "(config.data.language=all); this one has one. Set it to False.")
+    if tokens.groups is None:  # configs/repo.py sets it for whatever language(s) the tree turns out to have
+        logging.info("config.train.language_batches=True: this job has one language, so its batches are of one "
+                     "language already; the iterator's order is kept.")
+        return None
     return tokens.groups
 
 
@@ -182,7 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         iterator = input_pipeline.LookaheadBatches(
             iterator, config.train.lookahead_batches, config.train.lookahead_group, embed_window,
-            groups=tokens.groups if step_config.negatives_in_group else None,
+            # Neighbour groups within a language: asked for (negatives_in_group), or implied by batches of one
+            # language (a group across languages would make its batch a mixed one).
+            groups=tokens.groups if step_config.negatives_in_group or config.train.get("language_batches") else None,
             keys=[h for h in (tokens.query_hash, tokens.code_hash) if h is not None],
             languages=_languages(config, tokens))
     total_steps = 0 if evaluate_only else (

@@ -31,6 +31,17 @@ def tree(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def mixed_tree(tree, tmp_path_factory):
+    """The same 'repository' with a Java part beside its Python (six packages of two documented methods)."""
+    from test_data_source_tree import make_tree
+
+    root = tmp_path_factory.mktemp("mixed") / "repo"
+    shutil.copytree(tree, root)
+    make_tree(root, "java")
+    return root
+
+
 def _config(tree, cache, **data):
     c = repo.get_config("smoke")
     c.data.src, c.data.root, c.data.min_groups = str(tree), str(cache), 4
@@ -57,15 +68,12 @@ def test_tree_corpus_is_built_once_and_rebuilt_when_the_tree_changes(tree, tmp_p
     assert '"func_name": "added"' in written
 
 
-def test_a_tree_in_several_languages_trains_one_model(tree, tmp_path):
+def test_a_tree_in_several_languages_is_one_table(mixed_tree, tmp_path):
     """`data.language=all` on a source tree: every language it has source files of, one table, evaluated per
     language; languages it lacks are named as left out; a named language it lacks is an error naming it."""
     from cocohanere_data.records import BadInputError
-    from test_data_source_tree import make_tree
 
-    mixed = tmp_path / "mixed"
-    shutil.copytree(tree, mixed)
-    make_tree(mixed, "java")
+    mixed = mixed_tree
     data = datasets.load(_config(mixed, tmp_path / "corpus", language="all"), str(tmp_path))
     assert set(data.valid.tasks) == set(data.test.tasks) == {"python", "java"}
     python_only = datasets.load(_config(mixed, tmp_path / "corpus"), str(tmp_path))
@@ -91,15 +99,20 @@ def test_missing_source_tree_is_a_clear_error(tmp_path):
         datasets.check(c)
 
 
-def test_train_on_a_source_tree_end_to_end(tree, tmp_path):
-    """configs/repo.py:smoke with a tiny model: corpus built from the tree, trained, exported with its card."""
-    c = _config(tree, "")
+def test_train_on_a_source_tree_end_to_end(mixed_tree, tmp_path):
+    """configs/repo.py:smoke with a tiny model on a tree of two languages: corpora built from the tree, trained
+    with its defaults (look-ahead batches of one language each), exported with its card."""
+    c = _config(mixed_tree, "", language="all")
+    assert c.train.language_batches and c.train.lookahead_batches and c.step.hard_negative_weight == 0
     c.model.path = tiny_setup.tiny_bert_folder(str(tmp_path / "model"))
     c.train.export_best, c.train.zero_shot_eval = True, False
     summary = train.train_and_evaluate(c, str(tmp_path / "run"))
-    assert os.path.isfile(tmp_path / "run" / "corpus" / "python" / "train.jsonl")
-    assert 0 < summary["test"]["mrr"] <= 1
-    assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "run"), "train")][-1] == c.train.num_steps
+    for lang in ("python", "java"):
+        assert os.path.isfile(tmp_path / "run" / "corpus" / lang / "train.jsonl")
+        assert 0 < summary["test"][f"{lang}/mrr"] <= 1
+    logged = metrics.read_metrics(str(tmp_path / "run"), "train")
+    assert [r["step"] for r in logged][-1] == c.train.num_steps
+    assert any("language_batches_mixed" in r for r in logged)  # the window was laid out by language
     card = (tmp_path / "run" / "export" / "README.md").read_text()
     assert "base_model:" in card and f"{summary['test']['mrr']:.4f}" in card and "AutoModel.from_pretrained" in card
 

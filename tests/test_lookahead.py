@@ -232,6 +232,24 @@ def test_nonfinite_rollback_skips_the_regrouped_batch(inputs, tmp_path, monkeypa
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
+def test_language_batches_in_a_one_language_job_keep_the_iterators_order(caplog):
+    """configs/repo.py sets train.language_batches whatever languages the tree has: with one, nothing is laid out
+    (the iterator's order; said in the log), with several, each DataID's language is what lays the window out."""
+    import logging
+    import types
+
+    import ml_collections
+
+    c = ml_collections.ConfigDict({"train": {"language_batches": True}})
+    with caplog.at_level(logging.INFO):
+        assert train._languages(c, types.SimpleNamespace(groups=None)) is None
+    assert "one language" in caplog.text
+    groups = np.array([0, 1, 1, 0], np.int32)
+    assert train._languages(c, types.SimpleNamespace(groups=groups)) is groups
+    c.train.language_batches = False
+    assert train._languages(c, types.SimpleNamespace(groups=groups)) is None
+
+
 def test_config_errors(inputs, tmp_path):
     c = smoke_config(inputs, lookahead_batches=2, lookahead_group=3)
     with pytest.raises(ValueError, match=r"config\.train\.lookahead_group=3 must divide"):
@@ -242,6 +260,4 @@ def test_config_errors(inputs, tmp_path):
     c = smoke_config(inputs, language_batches=True)
     with pytest.raises(ValueError, match=r"config\.train\.language_batches=True draws .*lookahead_batches"):
         train.train_and_evaluate(c, str(tmp_path))
-    c = smoke_config(inputs, language_batches=True, lookahead_batches=2, lookahead_group=1)
-    with pytest.raises(ValueError, match=r"language_batches=True needs a job with several languages"):
-        train.train_and_evaluate(c, str(tmp_path))
+
