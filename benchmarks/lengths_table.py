@@ -59,8 +59,11 @@ def table(path: str) -> str:
         model = {"minilm": "MiniLM", "codet5p-110m": "CodeT5+ 110M shape"}.get(row["model"], row["model"])
         isolated = row.get("isolated", False)
         present = [(key, name) for key, name in labels(row) if f"{key}_step_s" in row]
-        memory = (f"each step in its own process, one after another (`--isolate`; ratios of medians), peak RSS "
-                  "in the table" if isolated else f"peak RSS {row['process_max_rss_gb']:.1f} GB")
+        order = ("each step in its own process, twice, in mirrored order A B C C B A (`--isolate --isolate_order "
+                 "mirror`: a drifting machine weighs on every step alike; ratios of medians)"
+                 if payload.get("isolate_order") == "mirror" else
+                 "each step in its own process, one after another (`--isolate`; ratios of medians)")
+        memory = f"{order}, peak RSS in the table" if isolated else f"peak RSS {row['process_max_rss_gb']:.1f} GB"
         lines.append(f"{model}, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}; "
                      f"real tokens {row['real_token_fraction']['query']:.0%} of a query row, "
                      f"{row['real_token_fraction']['code']:.0%} of a code row; load average "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -329,7 +330,7 @@ def merge_isolated(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-ISOLATE_OWN = ("--isolate", "--out", "--length_buckets", "--reference_padding")
+ISOLATE_OWN = ("--isolate", "--isolate_order", "--rounds", "--out", "--length_buckets", "--reference_padding")
 
 
 def child_argv(argv: list[str]) -> list[str]:
@@ -356,12 +357,15 @@ def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[s
     import sys
 
     base = child_argv(argv)
+    rounds = args.rounds or (1 if args.smoke else 5)
     rows = []
-    for flag, value in implementations(args.length_buckets, args.reference_padding):
+    for flag, value, child_rounds in isolated_schedule(
+            implementations(args.length_buckets, args.reference_padding), rounds, args.isolate_order):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "child.json")
             other = "--reference_padding=" if flag == "--length_buckets" else "--length_buckets="
-            cmd = [sys.executable, "-m", "benchmarks.train_step", *base, f"{flag}={value}", other, f"--out={out}"]
+            cmd = [sys.executable, "-m", "benchmarks.train_step", *base, f"{flag}={value}", other, f"--out={out}",
+                   f"--rounds={child_rounds}"]
             print("$", " ".join(cmd), flush=True)
             result = subprocess.run(cmd, check=False)
             label = implementation_label(flag, value)
@@ -374,6 +378,8 @@ def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[s
                 rows.append({"label": label, "failed": why})
             else:
                 rows.append(dict(json.load(open(out)), label=label))
+    peaks = [child.get("matmul_peak") for child in rows]  # every child's, in the order they ran
+    rows = combine_passes(rows)
     per_model = max(len(child.get("results", [])) for child in rows)
     if not per_model:
         raise SystemExit("train_step --isolate: every implementation failed: "
@@ -381,7 +387,55 @@ def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[s
     merged = [merge_isolated([dict(child["results"][i], label=child["label"]) if "results" in child else child
                               for child in rows])
               for i in range(per_model)]
-    return merged, [child.get("matmul_peak") for child in rows]
+    return merged, peaks
+
+
+def isolated_schedule(impls: list[tuple[str, str]], rounds: int, order: str) -> list[tuple[str, str, int]]:
+    """(flag, value, timed rounds) of every ``--isolate`` child, in the order they run.
+
+    "forward": each implementation once, all ``rounds`` in one child. "mirror": every implementation twice,
+    in the order A B C C B A, half the rounds each time, so that a machine that drifts slower or faster
+    over the run (measured: the matmul probe fell from 126 to 76 GFLOP/s between children) weighs on every
+    implementation alike; a linear drift cancels in the medians.
+    """
+    if order == "forward":
+        return [(flag, value, rounds) for flag, value in impls]
+    if order != "mirror":
+        raise ValueError(f"train_step: --isolate_order={order!r}; use forward or mirror")
+    first, second = -(-rounds // 2), max(1, rounds // 2)
+    return [(f, v, first) for f, v in impls] + [(f, v, second) for f, v in reversed(impls)]
+
+
+def combine_passes(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One child payload per implementation from its passes (``--isolate_order mirror`` runs each twice).
+
+    Per result row: the passes' timed rounds concatenated in the order they ran, the median and pairs/s of
+    them all, the MFU columns over the passes' mean matmul peak, the larger peak memory, the first pass's
+    compile time. An implementation that failed in any pass is recorded as failed (with the first reason)."""
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for child in children:
+        by_label.setdefault(child["label"], []).append(child)
+    out = []
+    for label, passes in by_label.items():
+        failed = [p for p in passes if "failed" in p]
+        if len(passes) == 1 or failed:
+            out.append(failed[0] if failed else passes[0])
+            continue
+        results = []
+        for rows in zip(*(p["results"] for p in passes)):
+            row = dict(rows[0])
+            for key in [k[: -len("_times_s")] for k in rows[0] if k.endswith("_times_s")]:
+                times = [t for r in rows for t in r[f"{key}_times_s"]]
+                med = statistics.median(times)
+                row.update({f"{key}_times_s": times, f"{key}_step_s": med, f"{key}_pairs_per_s": row["batch"] / med})
+                for mfu in ("mfu", "real_mfu"):  # mfu x seconds = FLOPs / peak: averaged over the passes' peaks
+                    if f"{key}_{mfu}" in rows[0]:
+                        row[f"{key}_{mfu}"] = sum(r[f"{key}_{mfu}"] * r[f"{key}_step_s"] for r in rows) / len(rows) / med
+            row["process_max_rss_gb"] = max(r["process_max_rss_gb"] for r in rows)
+            row["passes"] = len(rows)
+            results.append(row)
+        out.append(dict(passes[0], results=results))
+    return out
 
 
 def _max_rss_gb() -> float:
@@ -435,6 +489,9 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--isolate", action="store_true",
                         help="run each implementation in its own process, one after another (peak memory one "
                              "implementation's; ratios of medians instead of paired rounds)")
+    parser.add_argument("--isolate_order", default="forward", choices=("forward", "mirror"),
+                        help="with --isolate: forward = each implementation once, one after another; mirror = "
+                             "each twice, A B C C B A, half the rounds each (cancels a machine's drift)")
     args = parser.parse_args(argv)
     threads = common.pin_threads(args.threads)
     if args.isolate:
@@ -442,8 +499,8 @@ def main(argv=None) -> dict[str, Any]:
 
         machine = common.machine_info(threads)
         rows, peaks = run_isolated(list(sys.argv[1:] if argv is None else argv), args)
-        payload = {"benchmark": "train_step", "isolated": True, "machine": machine, "matmul_peak": peaks,
-                   "results": rows}
+        payload = {"benchmark": "train_step", "isolated": True, "isolate_order": args.isolate_order,
+                   "machine": machine, "matmul_peak": peaks, "results": rows}
         common.write_json(args.out or common.default_out("train_step", args.smoke), payload)
         common.print_table(rows, ["model", "batch", "k", "lq", "lc"] + sorted(
             c for c in rows[0] if c.endswith(("_step_s", "_max_rss_gb")) or c.startswith("ratio_")))

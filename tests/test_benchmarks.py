@@ -148,7 +148,49 @@ def test_isolated_child_command_line_drops_the_parent_flags():
     ts = _script("train_step")
     argv = ["--isolate", "--models", "minilm", "--length_buckets", "0,4", "--reference_padding=cap,longest",
             "--out", "x.json", "--rounds=2", "--bank", "512"]
-    assert ts.child_argv(argv) == ["--models", "minilm", "--rounds=2", "--bank", "512"]
+    assert ts.child_argv(argv) == ["--models", "minilm", "--bank", "512"]  # each child gets its own --rounds
+
+
+def test_mirrored_isolation_runs_each_step_twice_and_pools_its_rounds(tmp_path):
+    """--isolate_order mirror: A B C C B A with half the rounds each; a step's passes pool their rounds (the
+    median of all), so a machine that slows down during the run weighs on every step alike."""
+    ts, lt = _script("train_step"), _script("lengths_table")
+    impls = ts.implementations("4", "cap,longest")
+    assert ts.isolated_schedule(impls, 3, "forward") == [(f, v, 3) for f, v in impls]
+    assert ts.isolated_schedule(impls, 3, "mirror") == [
+        ("--length_buckets", "4", 2), ("--reference_padding", "cap", 2), ("--reference_padding", "longest", 2),
+        ("--reference_padding", "longest", 1), ("--reference_padding", "cap", 1), ("--length_buckets", "4", 1)]
+    with pytest.raises(ValueError, match="isolate_order"):
+        ts.isolated_schedule(impls, 2, "random")
+    assert "--rounds=2" not in ts.child_argv(["--isolate", "--isolate_order", "mirror", "--rounds=2", "--bank=8"])
+    shared = dict(model="minilm", batch=8, k=10, lq=128, lc=256, bank=512, model_gflops_per_step=1.0,
+                  real_token_gflops_per_step=0.5, reencode_fraction=None, dtype="float32", length_chunk=8,
+                  real_token_fraction={"query": 0.15, "code": 0.56})
+
+    def child(label, times, rss, peak):  # one pass: times in seconds; real MFU against this pass's peak
+        step = sorted(times)[len(times) // 2]
+        return {"label": label, "matmul_peak": {"xla_gflops": peak}, "results": [dict(
+            shared, **{f"{label}_step_s": step, f"{label}_times_s": times, f"{label}_real_mfu": 0.5 / step / peak},
+            process_max_rss_gb=rss)]}
+
+    # The machine ran at 100 GFLOP/s, then at half that: our first pass fast, the references' second slow.
+    passes = [child("ours_b4", [2.0], 3.0, 100.0), child("reference", [5.0], 15.0, 100.0),
+              child("reference", [10.0], 14.0, 50.0), child("ours_b4", [4.0], 3.5, 50.0)]
+    combined = ts.combine_passes(passes)
+    assert [c["label"] for c in combined] == ["ours_b4", "reference"]
+    ours = combined[0]["results"][0]
+    assert ours["ours_b4_times_s"] == [2.0, 4.0] and ours["ours_b4_step_s"] == 3.0 and ours["passes"] == 2
+    assert ours["process_max_rss_gb"] == 3.5 and ours["ours_b4_pairs_per_s"] == 8 / 3.0
+    assert ours["ours_b4_real_mfu"] == pytest.approx(0.5 * (1 / 100 + 1 / 50) / 2 / 3.0)
+    row = ts.merge_isolated([dict(c["results"][0], label=c["label"]) for c in combined])
+    assert row["ratio_ours_b4_over_reference"] == 7.5 / 3.0  # forward order would have said 5.0 / 2.0 or 10 / 4
+    # A step that failed in either pass is recorded as failed.
+    failed = ts.combine_passes([child("ours_b4", [2.0], 3.0, 100.0), {"label": "reference", "failed": "exit status 1"},
+                                child("reference", [10.0], 14.0, 50.0), child("ours_b4", [4.0], 3.5, 50.0)])
+    assert failed[1] == {"label": "reference", "failed": "exit status 1"}
+    path = tmp_path / "mirror.json"
+    path.write_text(json.dumps({"machine": {}, "isolate_order": "mirror", "results": [row]}))
+    assert "twice, in mirrored order A B C C B A" in lt.table(str(path))
 
 
 def test_isolated_children_merge_into_one_row_and_table(tmp_path):
