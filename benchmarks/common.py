@@ -103,6 +103,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "memory_gib": mem_gib,
         "python": platform.python_version(),
         "load_average_start": load_average(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # XLA:CPU backend options change the timings
     }
     for module in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers", "faiss"):
         info[module] = _version(module)

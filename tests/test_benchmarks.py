@@ -313,3 +313,19 @@ def test_update_step_smoke(tmp_path):
     data = _check(out, payload, "rows")
     assert [r["function"] for r in data["rows"]] == ["ours", "torch"]
     assert data["parameters"]["ours"] == data["parameters"]["torch"]  # the same model on both sides
+
+
+def test_xla_flags_table_names_each_runs_flags_and_its_speed_against_the_default(tmp_path):
+    xt = _script("xla_flags_table")
+    paths = []
+    for i, (flags, padded, aware) in enumerate([("", 16.0, 8.0), ("--xla_cpu_use_onednn=true", 17.0, 10.0)]):
+        run = {"machine": {"date": f"2026-12-03T23:0{i}:00", "xla_flags": flags},
+               "matmul_peak": {"xla_gflops": 150.0}, "load_before": [1.5], "load_after": [1.8],
+               "rows": [{"function": "ours padded", "median_s": padded, "rounds_s": [padded, padded]},
+                        {"function": "ours length-aware", "median_s": aware, "rounds_s": [aware, aware + 1]}]}
+        paths.append(tmp_path / f"xla_flags_{i}.json")
+        paths[-1].write_text(json.dumps(run))
+    text = xt.table([str(p) for p in reversed(paths)])  # rows follow the runs' dates, not the argument order
+    lines = text.splitlines()
+    assert lines[2].startswith("| `(default)` | 16.00 (16.0, 16.0) | 8.00 (8.0, 9.0) | 150 | 1.5 -> 1.8 | 1.00x |")
+    assert lines[3].startswith("| `--xla_cpu_use_onednn=true` | 17.00") and lines[3].endswith("| 0.80x |")
