@@ -22,11 +22,11 @@ def labels(row: dict) -> list[tuple[str, str]]:
     """(key, name) of every step in a result row: ours length-aware (scanned or not), ours padded, the references."""
     ours = sorted({k.removesuffix("_step_s").removesuffix("_failed") for k in row
                    if k.startswith("ours_b") and k.endswith(("_step_s", "_failed"))},
-                  key=lambda k: ("_scan" in k, "_plan" in k, k))
+                  key=lambda k: ("_scan" in k, "_plan" in k, "_tuned" in k, k))
     out = []
     for key in ours:
         nb, *options = key[len("ours_b"):].split("_")
-        notes = [{"scan": "layers scanned", "plan": "length plans"}[o] for o in options]
+        notes = [{"scan": "layers scanned", "plan": "length plans", "tuned": "margin per pool"}[o] for o in options]
         out.append((key, f"ours length-aware ({', '.join([nb] + notes)})"))
     # "ours_*" without "ours_compile_s" is measure()'s alias of the first step, not a padded step.
     padded = [("ours", "ours padded")] if "ours_compile_s" in row or "ours_failed" in row else []

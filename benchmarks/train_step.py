@@ -84,27 +84,30 @@ SMOKE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable
 SMOKE_PAIRS = 256  # text pairs tokenised for a smoke run
 
 
-def parse_variant(spec: int | str) -> tuple[int, bool, bool]:
+def parse_variant(spec: int | str) -> tuple[int, bool, bool | str]:
     """``4`` / ``"4"`` -> (4, False, False); ``"4+scan"`` -> (4, True, False); ``"4+plan"``, ``"4+scan+plan"``:
-    the same with length plans (``StepConfig.length_plan="auto"`` and the table's histogram)."""
+    the same with length plans (``StepConfig.length_plan="auto"`` and the table's histogram; True), and
+    ``"...+plan+tuned"`` with each plan's margin chosen per pool (``length_plan_margin=None``; "tuned")."""
     text = str(spec)
     nb, *options = text.split("+")
-    if not nb.isdigit() or any(o not in ("scan", "plan") for o in options) or len(set(options)) != len(options) \
-            or (nb == "0" and "plan" in options):
-        raise SystemExit(f"--length_buckets: {text!r} is not N, N+scan, N+plan or N+scan+plan "
-                         "(N = StepConfig.length_buckets, 0 = padded, which has no plans)")
-    return int(nb), "scan" in options, "plan" in options
+    if not nb.isdigit() or any(o not in ("scan", "plan", "tuned") for o in options) \
+            or len(set(options)) != len(options) or (nb == "0" and "plan" in options) \
+            or ("tuned" in options and "plan" not in options):
+        raise SystemExit(f"--length_buckets: {text!r} is not N, N+scan, N+plan, N+scan+plan or one of those "
+                         "with +tuned after +plan (N = StepConfig.length_buckets, 0 = padded, which has no plans)")
+    return int(nb), "scan" in options, ("tuned" if "tuned" in options else "plan" in options)
 
 
 def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None,
               reencode_fraction: float | None = None, length_buckets: int = 0, length_chunk: int = 8,
-              length_plan: bool = False):
+              length_plan: bool | str = False):
     """Our compiled step and a closure that runs step ``s``; returns (run, compile_seconds).
 
     ``reencode_fraction``: de-duplicate the retrieved neighbours and re-encode at most this fraction of
     the batch's B*k rows per direction (``StepConfig.dedup_negatives`` / ``reencode_fraction``).
     ``length_plan``: the length-aware pools along static length plans from the table's histogram
-    (``StepConfig.length_plan="auto"``, as train.py runs it), else the bucketed chunks alone.
+    (``StepConfig.length_plan="auto"``, as train.py runs it), else the bucketed chunks alone; ``"tuned"``:
+    with each pool's plan margin chosen by its expected work (``length_plan_margin=None``).
     """
     import jax
     import jax.numpy as jnp
@@ -120,7 +123,8 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     config = StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0,
                         mask_duplicates=False, dedup_negatives=reencode_fraction is not None,
                         reencode_fraction=reencode_fraction or 1.0, length_buckets=length_buckets,
-                        length_chunk=length_chunk, length_plan="auto" if length_plan else "never")
+                        length_chunk=length_chunk, length_plan="auto" if length_plan else "never",
+                        length_plan_margin=None if length_plan == "tuned" else 3.0)
     tx = optim.make_optimizer(config, total_steps=100_000)
     mesh = sharding.make_mesh(jax.devices()[:1])
     state = S.init_train_state(enc.params, tx, config, enc.dim, rng=0)
@@ -255,7 +259,7 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
             m = checks[label]()
             row[f"{label}_loss_after"] = m["loss"]
             row[f"{label}_valid_negatives"] = m["valid_negatives"]
-            if label.endswith("_plan"):  # pooled encode calls of that step whose plan did not hold
+            if "_plan" in label:  # pooled encode calls of that step whose plan did not hold
                 row[f"{label}_length_plan_misses"] = m["length_plan_misses"]
     ours_labels = [label for label in times if label.startswith("ours")]
     ref_labels = [label for label in times if label.startswith("reference")]
@@ -284,7 +288,8 @@ def implementation_label(flag: str, value: str) -> str:
     reference, reference_longest."""
     if flag == "--length_buckets":
         nb, scan, plan = parse_variant(value)
-        return ("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "") + ("_plan" if plan else "")
+        return (("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "") + ("_plan" if plan else "")
+                + ("_tuned" if plan == "tuned" else ""))
     return "reference" if value == "cap" else f"reference_{value}"
 
 

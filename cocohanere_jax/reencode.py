@@ -25,7 +25,8 @@ ApplyFn = Callable[[Params, Array, Array, bool, Array], Array]
 
 __all__ = [
     "ApplyFn", "as_apply_fn", "row_keys", "encode_rows", "bucket_lengths", "row_lengths", "encode_rows_bucketed",
-    "encode_pool", "dedup_neighbours", "LengthStats", "LengthPlan", "plan_lengths", "encode_rows_planned",
+    "encode_pool", "dedup_neighbours", "LengthStats", "LengthPlan", "plan_lengths", "choose_plan", "plan_miss_rate",
+    "encode_rows_planned",
 ]
 
 # Dropout rng streams (folded into the step key before the global row index).
@@ -451,14 +452,15 @@ def encode_pool(
     deterministic: bool = False,
     stats: LengthStats | None = None,
     kinds: Sequence[str] | None = None,
-    margin: float = 3.0,
+    margin: float | None = 3.0,
     plan_rule: str = "auto",
 ) -> tuple[list[Array], Array]:
     """Several (token_ids [R_i, L_i], keys [R_i]) parts encoded length-aware in one pooled call (narrower
     rows padded to the widest): along a `LengthPlan` made from ``stats`` (the table's length histograms;
-    ``kinds[i]`` = "query" or "code") where one is given and (``plan_rule="auto"``) its work is expected
-    below that of the bucketed chunks with their second forward (``"always"``: wherever stats are given),
-    else `encode_rows_bucketed` (one switch, so one compiled encoder per bucket for all parts).
+    ``kinds[i]`` = "query" or "code"; ``margin``: see `choose_plan`) where one is given and
+    (``plan_rule="auto"``) its work is expected below that of the bucketed chunks with their second forward
+    (``"always"``: wherever stats are given), else `encode_rows_bucketed` (one switch, so one compiled
+    encoder per bucket for all parts).
 
     Returns:
       (the parts' embeddings, [] int32: 1 when a plan was used and did not hold, see `encode_rows_planned`).
@@ -472,8 +474,8 @@ def encode_pool(
             raise ValueError("reencode.py: encode_pool with stats= needs kinds= (\"query\" or \"code\" per part)")
         spec = [(t.shape[0], kind, t.shape[1]) for (t, _), kind in zip(parts, kinds)]
         lens = tuple(sorted({int(b) for b in buckets if 0 < int(b) < width} | {width}))
-        plan = plan_lengths(spec, stats, margin=margin, max_groups=len(lens))
-        if plan_rule == "auto" and plan.cost() * 3.0 > _bucketed_cost(spec, stats, lens, chunk) * 4.0:
+        plan, expected = choose_plan(spec, stats, margin=margin, max_groups=len(lens))
+        if plan_rule == "auto" and expected * 3.0 > _bucketed_cost(spec, stats, lens, chunk) * 4.0:
             plan = None  # small pools: the bucketed chunks follow their rows more closely
     if plan is not None:
         out, missed = encode_rows_planned(apply_fn, params, ids, keys, pad_id=pad_id, plan=plan,
@@ -486,16 +488,56 @@ def encode_pool(
     return jnp.split(out, splits), missed
 
 
-def _bucketed_cost(spec, stats: LengthStats, lens: Sequence[int], chunk: int, draws: int = 256) -> float:
-    """The expected encoder work of `encode_rows_bucketed` on a random pool of ``spec`` (a seeded simulation
-    from the length histograms): sorted chunks of ``chunk`` rows, each at the smallest bucket holding it."""
+def _sample_pools(spec, stats: LengthStats, draws: int) -> np.ndarray:
+    """[draws, rows] int: the real lengths of ``draws`` random pools of ``spec`` = [(rows, kind, width)]
+    drawn from the length histograms (each part's rows cut at its width); seeded, so every process that
+    traces the step makes the same choices from the same table."""
     rng = np.random.default_rng(0)
     samples = []
     for n, kind, w in spec:
         h = np.asarray(stats.query if kind == "query" else stats.code, np.float64)
         p = h / max(h.sum(), 1.0)
         samples.append(np.minimum(rng.choice(len(h), size=(draws, n), p=p), w))
-    pool = np.sort(np.concatenate(samples, axis=1), axis=1)
+    return np.concatenate(samples, axis=1)
+
+
+# The margins (standard deviations) `choose_plan` weighs when `StepConfig.length_plan_margin` is None.
+PLAN_MARGINS = (1.0, 1.5, 2.0, 2.5, 3.0)
+
+
+def plan_miss_rate(plan: LengthPlan, spec, stats: LengthStats, draws: int = 2048) -> float:
+    """The share of random pools of ``spec`` drawn from ``stats`` that ``plan`` does not hold (a seeded
+    simulation of `encode_rows_planned`'s check: at most ``sum(sizes[:j])`` rows longer than ``lengths[j]``)."""
+    pools = _sample_pools(spec, stats, draws)
+    room = np.cumsum((0,) + plan.sizes[:-1])
+    longer = (pools[:, None, :] > np.asarray(plan.lengths)[None, :, None]).sum(axis=2)  # [draws, groups]
+    return float(np.mean(np.any(longer > room[None, :], axis=1)))
+
+
+def choose_plan(spec, stats: LengthStats, *, margin: float | None, max_groups: int) -> tuple[LengthPlan, float]:
+    """The `LengthPlan` of a pool of ``spec`` and its expected encoder work (`_row_cost` units).
+
+    A given ``margin``: `plan_lengths` at it. ``None``: of the plans at each of `PLAN_MARGINS`, the one with
+    the least expected work, counting a pool that breaks its plan (`plan_miss_rate`) at the padded
+    fallback's work (every row at the pool's width, its forward run twice: remat'ed chunks). A tight plan
+    saves work on every pool and pays for the padded pool on the few it misses (`benchmarks/RESULTS.md`,
+    "Length plans", has the trade on real lengths)."""
+    width = max(w for _, _, w in spec)
+    fallback = sum(n for n, _, _ in spec) * float(_row_cost(width)) * 4.0 / 3.0
+    best = None
+    for m in ((margin,) if margin is not None else PLAN_MARGINS[::-1]):  # ties keep the larger margin
+        plan = plan_lengths(spec, stats, margin=m, max_groups=max_groups)
+        miss = plan_miss_rate(plan, spec, stats)
+        expected = (1.0 - miss) * plan.cost() + miss * fallback
+        if best is None or expected < best[1]:
+            best = (plan, expected)
+    return best
+
+
+def _bucketed_cost(spec, stats: LengthStats, lens: Sequence[int], chunk: int, draws: int = 256) -> float:
+    """The expected encoder work of `encode_rows_bucketed` on a random pool of ``spec`` (a seeded simulation
+    from the length histograms): sorted chunks of ``chunk`` rows, each at the smallest bucket holding it."""
+    pool = np.sort(_sample_pools(spec, stats, draws), axis=1)
     r = pool.shape[1]
     c = max(1, min(chunk, r))
     n_chunks = -(-r // c)

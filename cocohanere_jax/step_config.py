@@ -56,7 +56,9 @@ class StepConfig:
     # CodeT5+ shape's step 1.21-1.23x faster, MiniLM's 0.97x (benchmarks/RESULTS.md, "Length plans"), so
     # "auto" here (the paper's model) and "never" in the MiniLM configs (configs/default.py, repo.py, registry.py).
     length_plan: str = "auto"
-    length_plan_margin: float = 3.0
+    # None: per pool, the margin of reencode.PLAN_MARGINS with the least expected work, a miss counted at the
+    # padded pool's work (reencode.choose_plan: a seeded simulation from the histogram when the step is traced).
+    length_plan_margin: float | None = 3.0
     # Re-encode each distinct retrieved DataID once per device and direction (the anchors that share a
     # neighbour share its embedding and gradient) instead of once per (anchor, rank).
     dedup_negatives: bool = False
@@ -124,8 +126,8 @@ class StepConfig:
             bad("length_chunk", self.length_chunk, "use a positive row count")
         if self.length_plan not in ("auto", "always", "never"):
             bad("length_plan", self.length_plan, 'use "auto", "always" or "never"')
-        if not self.length_plan_margin >= 0:
-            bad("length_plan_margin", self.length_plan_margin, "use a non-negative number of standard deviations")
+        if self.length_plan_margin is not None and not self.length_plan_margin >= 0:
+            bad("length_plan_margin", self.length_plan_margin, "use a non-negative number of standard deviations, or None (chosen per pool)")
         if self.warmup_steps < 0:
             bad("warmup_steps", self.warmup_steps, "use warmup_steps >= 0")
         if not 0 < self.reencode_fraction <= 1:

@@ -131,10 +131,14 @@ def test_length_variants_and_their_table_labels():
     ts, lt = _script("train_step"), _script("lengths_table")
     assert ts.parse_variant("4+scan") == (4, True, False) and ts.parse_variant(0) == (0, False, False)
     assert ts.parse_variant("4+scan+plan") == (4, True, True) == ts.parse_variant("4+plan+scan")
-    for bad in ("4+remat", "0+plan", "4+plan+plan"):
+    assert ts.parse_variant("4+scan+plan+tuned") == (4, True, "tuned")  # the plans' margin chosen per pool
+    for bad in ("4+remat", "0+plan", "4+plan+plan", "4+tuned"):
         with pytest.raises(SystemExit, match="N, N\\+scan"):
             ts.parse_variant(bad)
     assert ts.implementation_label("--length_buckets", "4+scan+plan") == "ours_b4_scan_plan"
+    assert ts.implementation_label("--length_buckets", "4+scan+plan+tuned") == "ours_b4_scan_plan_tuned"
+    assert lt.labels({"ours_b4_scan_plan_tuned_step_s": 1.0})[0] == (
+        "ours_b4_scan_plan_tuned", "ours length-aware (4, layers scanned, length plans, margin per pool)")
     # Without a padded step (no ours_compile_s), "ours_*" is measure()'s alias of the first step: no row.
     row = {"ours_b4_step_s": 1.0, "ours_b4_scan_step_s": 1.0, "ours_b4_plan_step_s": 1.0, "ours_step_s": 1.0,
            "ours_b4_compile_s": 9.0}
