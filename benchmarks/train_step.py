@@ -354,7 +354,7 @@ def child_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[str, Any]], list]:
+def run_isolated(argv: list[str], args: argparse.Namespace, rounds: int) -> tuple[list[dict[str, Any]], list]:
     """``--isolate``: each implementation in its own child process, one after another (peak memory is then
     one implementation's, not the sum), merged into one row per model; also each child's matmul peak."""
     import json
@@ -362,7 +362,6 @@ def run_isolated(argv: list[str], args: argparse.Namespace) -> tuple[list[dict[s
     import sys
 
     base = child_argv(argv)
-    rounds = args.rounds or (1 if args.smoke else 5)
     rows = []
     for flag, value, child_rounds in isolated_schedule(
             implementations(args.length_buckets, args.reference_padding), rounds, args.isolate_order):
@@ -499,11 +498,12 @@ def main(argv=None) -> dict[str, Any]:
                              "each twice, A B C C B A, half the rounds each (cancels a machine's drift)")
     args = parser.parse_args(argv)
     threads = common.pin_threads(args.threads)
+    rounds = args.rounds or (1 if args.smoke else 5)
     if args.isolate:
         import sys
 
         machine = common.machine_info(threads)
-        rows, peaks = run_isolated(list(sys.argv[1:] if argv is None else argv), args)
+        rows, peaks = run_isolated(list(sys.argv[1:] if argv is None else argv), args, rounds)
         payload = {"benchmark": "train_step", "isolated": True, "isolate_order": args.isolate_order,
                    "machine": machine, "matmul_peak": peaks, "results": rows}
         common.write_json(args.out or common.default_out("train_step", args.smoke), payload)
@@ -514,7 +514,6 @@ def main(argv=None) -> dict[str, Any]:
     sizes = parse_sizes(args.sizes, SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
     models = args.models.split(",") if args.models else list(sizes)
     bank = args.bank or (64 if args.smoke else 8096)
-    rounds = args.rounds or (1 if args.smoke else 5)
     machine = common.machine_info(threads)
     peak = common.measure_matmul_peak(256 if args.smoke else 2048, dtype=args.dtype)
     print(f"threads {threads}; {args.dtype} matmul peak {peak['peak_gflops']:.1f} GFLOP/s; load {machine['load_average_start']}")
