@@ -26,7 +26,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks import common
 
@@ -354,15 +354,19 @@ def child_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def run_isolated(argv: list[str], args: argparse.Namespace, rounds: int) -> tuple[list[dict[str, Any]], list]:
+def run_isolated(argv: list[str], args: argparse.Namespace, rounds: int,
+                 on_child: Callable[[list[dict[str, Any]], list], None] | None = None
+                 ) -> tuple[list[dict[str, Any]], list]:
     """``--isolate``: each implementation in its own child process, one after another (peak memory is then
-    one implementation's, not the sum), merged into one row per model; also each child's matmul peak."""
+    one implementation's, not the sum), merged into one row per model; also each child's matmul peak.
+    ``on_child(rows, peaks)`` gets the rows merged so far after every child that leaves one (main writes
+    them as a partial result file, so a run stopped by a time limit keeps the children it finished)."""
     import json
     import subprocess
     import sys
 
     base = child_argv(argv)
-    rows = []
+    children = []
     for flag, value, child_rounds in isolated_schedule(
             implementations(args.length_buckets, args.reference_padding), rounds, args.isolate_order):
         with tempfile.TemporaryDirectory() as tmp:
@@ -379,19 +383,29 @@ def run_isolated(argv: list[str], args: argparse.Namespace, rounds: int) -> tupl
                 why = (f"killed by signal {-result.returncode}" + (" (out of memory)" if result.returncode == -9 else "")
                        if result.returncode < 0 else f"exit status {result.returncode}")
                 print(f"train_step --isolate: {label} failed: {why}", flush=True)
-                rows.append({"label": label, "failed": why})
+                children.append({"label": label, "failed": why})
             else:
-                rows.append(dict(json.load(open(out)), label=label))
-    peaks = [child.get("matmul_peak") for child in rows]  # every child's, in the order they ran
-    rows = combine_passes(rows)
+                children.append(dict(json.load(open(out)), label=label))
+        merged = _merge_children(children)
+        if merged and on_child is not None:
+            on_child(*merged)
+    merged = _merge_children(children)
+    if not merged:
+        raise SystemExit("train_step --isolate: every implementation failed: "
+                         + "; ".join(f"{c['label']}: {c['failed']}" for c in children))
+    return merged
+
+
+def _merge_children(children: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list] | None:
+    """(one merged row per model, every child's matmul peak in run order), or None while no child has rows."""
+    peaks = [child.get("matmul_peak") for child in children]
+    rows = combine_passes(children)
     per_model = max(len(child.get("results", [])) for child in rows)
     if not per_model:
-        raise SystemExit("train_step --isolate: every implementation failed: "
-                         + "; ".join(f"{c['label']}: {c['failed']}" for c in rows))
-    merged = [merge_isolated([dict(child["results"][i], label=child["label"]) if "results" in child else child
-                              for child in rows])
-              for i in range(per_model)]
-    return merged, peaks
+        return None
+    return [merge_isolated([dict(child["results"][i], label=child["label"]) if "results" in child else child
+                            for child in rows])
+            for i in range(per_model)], peaks
 
 
 def isolated_schedule(impls: list[tuple[str, str]], rounds: int, order: str) -> list[tuple[str, str, int]]:
@@ -503,10 +517,16 @@ def main(argv=None) -> dict[str, Any]:
         import sys
 
         machine = common.machine_info(threads)
-        rows, peaks = run_isolated(list(sys.argv[1:] if argv is None else argv), args, rounds)
-        payload = {"benchmark": "train_step", "isolated": True, "isolate_order": args.isolate_order,
-                   "machine": machine, "matmul_peak": peaks, "results": rows}
-        common.write_json(args.out or common.default_out("train_step", args.smoke), payload)
+        out = args.out or common.default_out("train_step", args.smoke)
+
+        def write(rows, peaks, partial=True):
+            payload = {"benchmark": "train_step", "isolated": True, "isolate_order": args.isolate_order,
+                       "machine": machine, "matmul_peak": peaks, "results": rows}
+            common.write_json(out, dict(payload, partial=True) if partial else payload)
+            return payload
+
+        rows, peaks = run_isolated(list(sys.argv[1:] if argv is None else argv), args, rounds, on_child=write)
+        payload = write(rows, peaks, partial=False)
         common.print_table(rows, ["model", "batch", "k", "lq", "lc"] + sorted(
             c for c in rows[0] if c.endswith(("_step_s", "_max_rss_gb")) or c.startswith("ratio_")))
         return payload

@@ -2,6 +2,7 @@
 sizes) and writes well-formed JSON with positive timings. faiss and matplotlib are optional: without them
 the scripts skip those parts and say so."""
 
+import argparse
 import importlib
 import json
 import math
@@ -254,6 +255,42 @@ def test_isolated_children_merge_into_one_row_and_table(tmp_path):
     text = lt.table(str(path))
     assert "| ours length-aware (4) | 2.00 | 2.0, 2.1 | 20.0% | 90 | 2.50x | 1.50x | 2.00x | 3.0 |" in text
     assert "| reference (cap) | 5.00 | 5.0, 5.5 | 8.0% |  |  |  | 0.80x | 15.0 |" in text
+
+
+def test_isolated_run_hands_over_what_it_has_after_every_child(monkeypatch):
+    """--isolate writes a partial result after every child (a GPU run cut by its time limit keeps the children
+    it finished): the first child failing leaves nothing to write; each later one adds its columns."""
+    import subprocess
+
+    ts = _script("train_step")
+    shared = dict(model="codet5p-110m", batch=32, k=10, lq=128, lc=256, bank=8096, model_gflops_per_step=1.0,
+                  real_token_gflops_per_step=0.5, reencode_fraction=None, dtype="bfloat16", length_chunk=8,
+                  real_token_fraction={"query": 0.15, "code": 0.56}, process_max_rss_gb=1.0)
+    step_s = {"ours_b4_scan_plan": 2.0, "reference": 5.0}
+
+    def fake_run(cmd, check=False):
+        flag, value = next(a.split("=") for a in cmd if a.startswith(("--length_buckets=", "--reference_padding="))
+                           and not a.endswith("="))
+        label = ts.implementation_label(flag, value)
+        if label not in step_s:
+            return subprocess.CompletedProcess(cmd, -9)
+        out = next(a for a in cmd if a.startswith("--out="))[len("--out="):]
+        with open(out, "w") as f:
+            json.dump({"matmul_peak": None, "results": [dict(shared, **{f"{label}_step_s": step_s[label],
+                                                                        f"{label}_times_s": [step_s[label]]})]}, f)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    seen = []
+    argv = ["--isolate", "--length_buckets=0,4+scan+plan", "--reference_padding=cap"]
+    args = argparse.Namespace(length_buckets="0,4+scan+plan", reference_padding="cap", isolate_order="forward")
+    rows, peaks = ts.run_isolated(argv, args, 2, on_child=lambda rows, peaks: seen.append(rows[0]))
+    assert len(seen) == 2 and "ours_failed" in seen[0] and "reference_step_s" not in seen[0]
+    assert seen[1] == rows[0] and rows[0]["ratio_ours_b4_scan_plan_over_reference"] == 2.5 and len(peaks) == 3
+    only_failed = argparse.Namespace(length_buckets="0", reference_padding="", isolate_order="forward")
+    with pytest.raises(SystemExit, match="every implementation failed"):
+        ts.run_isolated(["--isolate"], only_failed, 1, on_child=lambda rows, peaks: seen.append(rows[0]))
+    assert len(seen) == 2
 
 
 def test_encoder_grad_smoke(tmp_path, cache):
