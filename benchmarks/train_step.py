@@ -124,6 +124,7 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
                         mask_duplicates=False, dedup_negatives=reencode_fraction is not None,
                         reencode_fraction=reencode_fraction or 1.0, length_buckets=length_buckets,
                         length_chunk=length_chunk, length_plan="auto" if length_plan else "never",
+                        length_aware_on="all",  # the step this label names, on any device (a GPU's default is padded)
                         length_plan_margin=None if length_plan == "tuned" else 3.0)
     tx = optim.make_optimizer(config, total_steps=100_000)
     mesh = sharding.make_mesh(jax.devices()[:1])

@@ -249,7 +249,7 @@ def make_train_step(
     Args:
       encoder: a linen Module honouring the encoder contract, or an ``apply_fn``.
       optimizer: from :func:`optim.make_optimizer` (or any optax transformation).
-      config: step options.
+      config: step options (as ``config.for_platform`` of the mesh's devices: padded off the CPU by default).
       mesh: from ``sharding.make_mesh``.
       pad_id: the encoder's pad id (T5: 0, RoBERTa: 1).
       host_table: the host `TokenTable`, required with ``config.token_table == "host"``.
@@ -261,6 +261,7 @@ def make_train_step(
     """
     if config.token_table == "host" and host_table is None:
         raise ValueError('step.py: token_table="host" needs make_train_step(..., host_table=<the TokenTable>).')
+    config = config.for_platform(mesh.devices.flat[0].platform)  # length-aware on CPU only, by default
     body = functools.partial(
         train_step_body, apply_fn=reencode.as_apply_fn(encoder), optimizer=optimizer, config=config, pad_id=pad_id,
         host_table=host_table if config.token_table == "host" else None, axis_name=sharding.DATA_AXIS,

@@ -232,6 +232,23 @@ def test_bucket_lengths():
                                   [2, 0, 3])
 
 
+def test_length_aware_on_cpu_only_by_default(monkeypatch):
+    """`length_aware_on="cpu"` (the default): the step encodes every row padded to its cap on GPUs and TPUs
+    (measured there: the padded step faster), length-aware on CPU; "all" keeps it everywhere; the step applies
+    the rule to its mesh's platform."""
+    assert AWARE.length_aware_on == "cpu" and AWARE.for_platform("cpu") == AWARE
+    assert AWARE.for_platform("gpu") == with_(AWARE, length_buckets=0) == AWARE.for_platform("tpu")
+    assert with_(AWARE, length_aware_on="all").for_platform("gpu").length_buckets == 3
+    with pytest.raises(ValueError, match="length_aware_on"):
+        with_(AWARE, length_aware_on="gpu")
+    seen = []
+    original = StepConfig.for_platform
+    monkeypatch.setattr(StepConfig, "for_platform", lambda self, platform: seen.append(platform) or original(self, platform))
+    model = TinyEncoder(vocab_size=VOCAB, hidden=32, dim=16, dropout_rate=0.0)
+    S.make_train_step(model, optax.sgd(0.1), AWARE, sharding.make_mesh(jax.devices()[:1]), pad_id=0)
+    assert seen == ["cpu"]
+
+
 PLANNED = with_(AWARE, length_plan="always")
 
 
