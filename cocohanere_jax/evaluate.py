@@ -158,8 +158,11 @@ def _sharded_embedder(encoder, mesh, width: int, length_buckets: int, chunk: int
 
         def body(params, ids):
             keys = jnp.zeros((ids.shape[0], 2), jnp.uint32)  # no dropout: the keys are never read
-            emb = reencode.encode_rows_bucketed(apply_fn, params, ids, keys, pad_id=encoder.pad_id,
-                                                buckets=buckets, chunk=chunk, deterministic=True)
+            if length_buckets:
+                emb = reencode.encode_rows_bucketed(apply_fn, params, ids, keys, pad_id=encoder.pad_id,
+                                                    buckets=buckets, chunk=chunk, deterministic=True)
+            else:  # one call per block at the width
+                emb = reencode.encode_rows(apply_fn, params, ids, keys, pad_id=encoder.pad_id, deterministic=True)
             return jax.lax.all_gather(emb, sharding.DATA_AXIS, tiled=True)
 
         _EMBEDDERS[key] = encoder.module, jax.jit(jax.shard_map(
@@ -168,10 +171,14 @@ def _sharded_embedder(encoder, mesh, width: int, length_buckets: int, chunk: int
 
 
 def embed_ids_sharded(encoder, ids: np.ndarray, mesh, params=None,
-                      rows_per_device: int = EMBED_ROWS_PER_DEVICE, length_buckets: int = EMBED_LENGTH_BUCKETS,
+                      rows_per_device: int = EMBED_ROWS_PER_DEVICE, length_buckets: int | None = None,
                       chunk: int = EMBED_CHUNK) -> np.ndarray:
     """float32 [n, dim]: token rows embedded over the mesh, each device its share, each row at (close to)
     its real length (`reencode.encode_rows_bucketed`, one compiled program for every block).
+
+    ``length_buckets``: per cap, as ``step.length_buckets``; 0 = each block in one call at the width. None
+    (default): `EMBED_LENGTH_BUCKETS` on a mesh of CPU devices, 0 on GPUs and TPUs (as the train step:
+    `StepConfig.length_aware_on`; benchmarks/RESULTS.md, "On a GPU").
 
     Rows are sorted by length on the host and dealt round-robin to the devices (equal work per device);
     every call embeds ``devices * rows_per_device`` rows (the last block repeats a real row). Every process
@@ -191,6 +198,8 @@ def embed_ids_sharded(encoder, ids: np.ndarray, mesh, params=None,
     params = sharding.replicate(params, mesh)
     devices = mesh.shape[sharding.DATA_AXIS]
     block = devices * rows_per_device
+    if length_buckets is None:
+        length_buckets = EMBED_LENGTH_BUCKETS if mesh.devices.flat[0].platform == "cpu" else 0
     fn = _sharded_embedder(encoder, mesh, width, length_buckets, chunk)
     lengths = (ids != encoder.pad_id).sum(axis=1)
     order = np.argsort(-lengths, kind="stable")

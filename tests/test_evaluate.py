@@ -91,7 +91,7 @@ def _tiny_t5_encoder():
 
 
 def test_sharded_evaluation_equals_single_device():
-    """embed_ids_sharded (length-aware, sharded over 1 or 4 devices) = Encoder.embed_ids; same metrics."""
+    """embed_ids_sharded (length-aware or padded, sharded over 1 or 4 devices) = Encoder.embed_ids; same metrics."""
     from cocohanere_jax import sharding
 
     rng = np.random.default_rng(2)
@@ -109,6 +109,9 @@ def test_sharded_evaluation_equals_single_device():
         mesh = sharding.make_mesh(jax.devices()[:devices])
         np.testing.assert_allclose(evaluate.embed_ids_sharded(enc, task.code_ids, mesh, rows_per_device=4),
                                    reference, rtol=1e-5, atol=1e-6)
+        # Padded (one call per block: the default off the CPU) gives the same embeddings.
+        np.testing.assert_allclose(evaluate.embed_ids_sharded(enc, task.code_ids, mesh, rows_per_device=4,
+                                                              length_buckets=0), reference, rtol=1e-5, atol=1e-6)
         sharded = evaluate.evaluate(enc, task, batch_size=4, mesh=mesh)
         assert sharded == single
         np.testing.assert_allclose(evaluate.embed_codebase(enc, task, batch_size=4, mesh=mesh), reference,
