@@ -3,9 +3,9 @@
 Evaluation and `train.py`'s validation embed every query and code of a codebase with
 `evaluate.embed_ids_sharded`: blocks of ``--rows_per_device`` rows per device, sorted by length, each block
 either through the length-aware chunks (`reencode.encode_rows_bucketed`: chunks of 16 rows, `lax.switch`
-over 4 lengths per cap; the CPU default) or in one call at the width (``length_buckets=0``; the default on
-GPUs and TPUs, as for the train step). This script times both on the same rows, interleaved round by
-round in one process, and checks that they give the same embeddings:
+over 4 lengths per cap; the default on every platform) or in one call at the width (``length_buckets=0``,
+as the train step runs off the CPU). This script times both on the same rows, interleaved round by round
+in one process, and checks that they give the same embeddings:
 
     python -m benchmarks.embed_lengths --model codet5p-110m --rows 4096 --rounds 3
     python -m benchmarks.embed_lengths --smoke

@@ -171,14 +171,14 @@ def _sharded_embedder(encoder, mesh, width: int, length_buckets: int, chunk: int
 
 
 def embed_ids_sharded(encoder, ids: np.ndarray, mesh, params=None,
-                      rows_per_device: int = EMBED_ROWS_PER_DEVICE, length_buckets: int | None = None,
+                      rows_per_device: int = EMBED_ROWS_PER_DEVICE, length_buckets: int = EMBED_LENGTH_BUCKETS,
                       chunk: int = EMBED_CHUNK) -> np.ndarray:
     """float32 [n, dim]: token rows embedded over the mesh, each device its share, each row at (close to)
     its real length (`reencode.encode_rows_bucketed`, one compiled program for every block).
 
-    ``length_buckets``: per cap, as ``step.length_buckets``; 0 = each block in one call at the width. None
-    (default): `EMBED_LENGTH_BUCKETS` on a mesh of CPU devices, 0 on GPUs and TPUs (as the train step:
-    `StepConfig.length_aware_on`; benchmarks/RESULTS.md, "On a GPU").
+    ``length_buckets``: per cap, as ``step.length_buckets``; 0 = each block in one call at the width.
+    Length-aware on every platform (unlike the train step): forward only, it was 1.07x the padded calls on
+    an H200 too (benchmarks/RESULTS.md, "On a GPU"; `python -m benchmarks.embed_lengths`).
 
     Rows are sorted by length on the host and dealt round-robin to the devices (equal work per device);
     every call embeds ``devices * rows_per_device`` rows (the last block repeats a real row). Every process
@@ -198,8 +198,6 @@ def embed_ids_sharded(encoder, ids: np.ndarray, mesh, params=None,
     params = sharding.replicate(params, mesh)
     devices = mesh.shape[sharding.DATA_AXIS]
     block = devices * rows_per_device
-    if length_buckets is None:
-        length_buckets = EMBED_LENGTH_BUCKETS if mesh.devices.flat[0].platform == "cpu" else 0
     fn = _sharded_embedder(encoder, mesh, width, length_buckets, chunk)
     lengths = (ids != encoder.pad_id).sum(axis=1)
     order = np.argsort(-lengths, kind="stable")

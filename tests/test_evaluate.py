@@ -109,7 +109,7 @@ def test_sharded_evaluation_equals_single_device():
         mesh = sharding.make_mesh(jax.devices()[:devices])
         np.testing.assert_allclose(evaluate.embed_ids_sharded(enc, task.code_ids, mesh, rows_per_device=4),
                                    reference, rtol=1e-5, atol=1e-6)
-        # Padded (one call per block: the default off the CPU) gives the same embeddings.
+        # Padded (one call per block, length_buckets=0) gives the same embeddings.
         np.testing.assert_allclose(evaluate.embed_ids_sharded(enc, task.code_ids, mesh, rows_per_device=4,
                                                               length_buckets=0), reference, rtol=1e-5, atol=1e-6)
         sharded = evaluate.evaluate(enc, task, batch_size=4, mesh=mesh)
