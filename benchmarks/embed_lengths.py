@@ -39,7 +39,7 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.model, args.rows, args.length, args.rounds = "codet5p-tiny", 40, 32, 1
+        args.model, args.rows, args.length, args.rounds = "codet5p-tiny", 40, 128, 1
     threads = common.pin_threads(args.threads)
 
     import jax
@@ -78,7 +78,7 @@ def main(argv=None) -> dict[str, Any]:
     rows = []
     for name, ts in times.items():
         med = common.summary(ts)["median_s"]
-        rows.append({"function": name, "median_s": med, "rounds_s": [round(t, 3) for t in ts],
+        rows.append({"function": name, "median_s": med, "rounds_s": list(ts),
                      "rows_per_s": args.rows / med, "first_call_s": compile_s[name],
                      "max_abs_diff_vs_" + first.split(" ")[0]: float(np.abs(out[name] - out[first]).max()),
                      "speed_vs_" + first.split(" ")[0]: common.paired_ratio(ts, times[first])})
@@ -86,7 +86,7 @@ def main(argv=None) -> dict[str, Any]:
     common.print_table(rows, list(rows[0]), title=f"{args.model}, {args.rows} rows at {args.length} "
                        f"({real:.0%} real tokens), {len(mesh.devices.flat)} {mesh.devices.flat[0].platform} "
                        f"device(s), {rows_per_device} rows per device per call, {args.dtype}")
-    payload = {"benchmark": "embed_lengths", "machine": machine, "model": args.model, "rows": args.rows,
+    payload = {"benchmark": "embed_lengths", "smoke": args.smoke, "machine": machine, "model": args.model, "rows": args.rows,
                "length": args.length, "rows_per_device": rows_per_device, "dtype": args.dtype,
                "real_token_fraction": real, "devices": [str(d) for d in mesh.devices.flat], "results": rows}
     common.write_json(args.out or common.default_out("embed_lengths", args.smoke), payload)

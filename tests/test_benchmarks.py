@@ -312,6 +312,18 @@ def test_encoder_grad_smoke(tmp_path, cache):
         assert (row["function"] == "torch cap") == ("vs_torch_cap" not in row)
 
 
+def test_embed_lengths_smoke(tmp_path, cache):
+    """benchmarks/embed_lengths.py: evaluation's embedding, padded and length-aware, timed on rows of mixed
+    real lengths; the two give the same embeddings."""
+    out = str(tmp_path / "embed_lengths.json")
+    payload = _script("embed_lengths").main(["--smoke", "--out", out])
+    data = _check(out, payload, "results")
+    assert [r["function"] for r in data["results"]] == ["padded", "length-aware (4)"]
+    assert 0 < data["real_token_fraction"] < 1  # the rows do not all reach the cap
+    for row in data["results"]:
+        assert row["median_s"] > 0 and len(row["rounds_s"]) == 1 and row["max_abs_diff_vs_padded"] < 1e-4
+
+
 def test_interleaved_rotation_changes_who_runs_after_whom():
     """common.interleaved(rotate=True): each round starts at another function, the rounds stay paired."""
     common = _script("common")
