@@ -46,7 +46,7 @@ class StepConfig:
     length_chunk: int = 8
     # Where the length-aware path runs: "cpu" (the default) = on CPU devices only, every row padded to its cap
     # on GPUs and TPUs; "all" = wherever `length_buckets` > 0. Measured: on CPU the length-aware step is
-    # 1.3-1.9x the padded one; on an H200 (CodeT5+ 110M shape, batch 32, k 10, 128/256, bf16) the padded step
+    # 1.2-1.7x the padded one; on an H200 (CodeT5+ 110M shape, batch 32, k 10, 128/256, bf16) the padded step
     # ran 2.9x faster than the bucketed chunks and 4.4x faster than the length plans (benchmarks/RESULTS.md,
     # "On a GPU"). TPUs were not measured; they run padded by this rule. `make_train_step` applies it to its
     # mesh's devices (`for_platform`).

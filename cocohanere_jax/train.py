@@ -203,6 +203,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state_spec = sharding.replicated_abstract(
         step_lib.abstract_train_state(enc.params, optimizer, step_config, enc.dim, config.train.seed), mesh)
     table = sharding.replicate(tokens.device_view(step_config.token_table), mesh)
+    platform = mesh.devices.flat[0].platform
+    if step_config.for_platform(platform).length_buckets != step_config.length_buckets:
+        log.info("step: every row padded to its cap on %s (config.step.length_aware_on=%r; \"all\" keeps the "
+                 "length-aware path, measured slower on a GPU: benchmarks/RESULTS.md)", platform,
+                 step_config.length_aware_on)
     train_step = step_lib.make_train_step(
         enc.module, optimizer, step_config, mesh, pad_id=enc.pad_id,
         host_table=tokens if step_config.token_table == "host" else None,
