@@ -197,9 +197,11 @@ def write_json(path: str, payload: Mapping[str, Any]) -> str:
     if isinstance(payload.get("machine"), dict):
         payload["machine"] = {**payload["machine"], "load_average_end": load_average()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = path + ".tmp"  # written whole, then renamed: a run killed mid-write keeps the previous file
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=2, sort_keys=False)
         f.write("\n")
+    os.replace(tmp, path)
     print(f"wrote {path}")
     return path
 

@@ -70,7 +70,7 @@ def main(argv=None) -> dict[str, Any]:
 
         t = time.perf_counter()
         out[name] = fn()  # the first call compiles (one program for every block)
-        compile_s[name] = round(time.perf_counter() - t, 1)
+        compile_s[name] = round(time.perf_counter() - t, 3)
         fns[name] = fn
         print(f"{name}: first call (compile + one pass) {compile_s[name]} s", flush=True)
     times = common.interleaved(fns, rounds=args.rounds, warmup=0, rotate=True)

@@ -64,6 +64,8 @@ def table(path: str) -> str:
                  if payload.get("isolate_order") == "mirror" else
                  "each step in its own process, one after another (`--isolate`; ratios of medians)")
         memory = f"{order}, peak RSS in the table" if isolated else f"peak RSS {row['process_max_rss_gb']:.1f} GB"
+        if payload.get("partial"):  # written after a child, by a run that did not finish
+            memory += "; PARTIAL: the run stopped before its last step"
         lines.append(f"{model}, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}; "
                      f"real tokens {row['real_token_fraction']['query']:.0%} of a query row, "
                      f"{row['real_token_fraction']['code']:.0%} of a code row; load average "

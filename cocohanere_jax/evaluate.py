@@ -146,12 +146,13 @@ _EMBEDDERS: dict = {}
 
 
 def _sharded_embedder(encoder, mesh, width: int, length_buckets: int, chunk: int):
-    """jit(shard_map(length-aware encode)) for [D * rows, width] id blocks; cached per encoder module."""
+    """jit(shard_map(encode)) for [D * rows, width] id blocks, length-aware (``length_buckets`` > 0) or one padded
+    call per block (0); cached per encoder module."""
     from jax.sharding import PartitionSpec as P
 
     from cocohanere_jax import reencode, sharding
 
-    key = (id(encoder.module), encoder.pad_id, mesh, width, length_buckets, chunk)
+    key = (id(encoder.module), encoder.pad_id, mesh, width, length_buckets, chunk if length_buckets else 0)
     if key not in _EMBEDDERS:
         apply_fn = reencode.as_apply_fn(encoder.module)
         buckets = reencode.bucket_lengths((width,), length_buckets)
@@ -173,12 +174,13 @@ def _sharded_embedder(encoder, mesh, width: int, length_buckets: int, chunk: int
 def embed_ids_sharded(encoder, ids: np.ndarray, mesh, params=None,
                       rows_per_device: int = EMBED_ROWS_PER_DEVICE, length_buckets: int = EMBED_LENGTH_BUCKETS,
                       chunk: int = EMBED_CHUNK) -> np.ndarray:
-    """float32 [n, dim]: token rows embedded over the mesh, each device its share, each row at (close to)
-    its real length (`reencode.encode_rows_bucketed`, one compiled program for every block).
+    """float32 [n, dim]: token rows embedded over the mesh, each device its share, one compiled program for
+    every block; with ``length_buckets`` > 0 each row at (close to) its real length
+    (`reencode.encode_rows_bucketed`), with 0 each block in one call at the width.
 
-    ``length_buckets``: per cap, as ``step.length_buckets``; 0 = each block in one call at the width.
-    Length-aware on every platform (unlike the train step): forward only, it was 1.07x the padded calls on
-    an H200 too (benchmarks/RESULTS.md, "On a GPU"; `python -m benchmarks.embed_lengths`).
+    ``length_buckets``: per cap, as ``step.length_buckets``. Length-aware on every platform (unlike the train
+    step): forward only, it ran 1.07x as fast as the padded calls on an H200 too, after a compile about 15 s
+    longer per width (benchmarks/RESULTS.md, "On a GPU"; `python -m benchmarks.embed_lengths`).
 
     Rows are sorted by length on the host and dealt round-robin to the devices (equal work per device);
     every call embeds ``devices * rows_per_device`` rows (the last block repeats a real row). Every process

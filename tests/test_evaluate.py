@@ -1,10 +1,12 @@
 """Ranking metrics on a hand-computed example; blocked ranking equals the plain full-matrix ranking."""
 
+from unittest import mock
+
 import jax
 import numpy as np
 import pytest
 
-from cocohanere_jax import evaluate
+from cocohanere_jax import evaluate, reencode
 
 
 def test_hand_computed_example():
@@ -109,9 +111,10 @@ def test_sharded_evaluation_equals_single_device():
         mesh = sharding.make_mesh(jax.devices()[:devices])
         np.testing.assert_allclose(evaluate.embed_ids_sharded(enc, task.code_ids, mesh, rows_per_device=4),
                                    reference, rtol=1e-5, atol=1e-6)
-        # Padded (one call per block, length_buckets=0) gives the same embeddings.
-        np.testing.assert_allclose(evaluate.embed_ids_sharded(enc, task.code_ids, mesh, rows_per_device=4,
-                                                              length_buckets=0), reference, rtol=1e-5, atol=1e-6)
+        # Padded (one call per block, length_buckets=0; the bucketed path is not taken) gives the same embeddings.
+        with mock.patch.object(reencode, "encode_rows_bucketed", side_effect=AssertionError("bucketed")):
+            padded = evaluate.embed_ids_sharded(enc, task.code_ids, mesh, rows_per_device=4, length_buckets=0)
+        np.testing.assert_allclose(padded, reference, rtol=1e-5, atol=1e-6)
         sharded = evaluate.evaluate(enc, task, batch_size=4, mesh=mesh)
         assert sharded == single
         np.testing.assert_allclose(evaluate.embed_codebase(enc, task, batch_size=4, mesh=mesh), reference,

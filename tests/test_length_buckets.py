@@ -241,12 +241,15 @@ def test_length_aware_on_cpu_only_by_default(monkeypatch):
     assert with_(AWARE, length_aware_on="all").for_platform("gpu").length_buckets == 3
     with pytest.raises(ValueError, match="length_aware_on"):
         with_(AWARE, length_aware_on="gpu")
-    seen = []
-    original = StepConfig.for_platform
-    monkeypatch.setattr(StepConfig, "for_platform", lambda self, platform: seen.append(platform) or original(self, platform))
+    # The step asks with its mesh's platform and builds its body from the answer: here the platform is
+    # reported as a GPU's, and the body's config is the padded one.
+    seen, bodies = [], []
+    original, shard_map = StepConfig.for_platform, jax.shard_map
+    monkeypatch.setattr(StepConfig, "for_platform", lambda self, platform: seen.append(platform) or original(self, "gpu"))
+    monkeypatch.setattr(jax, "shard_map", lambda body, **kw: bodies.append(body) or shard_map(body, **kw))
     model = TinyEncoder(vocab_size=VOCAB, hidden=32, dim=16, dropout_rate=0.0)
     S.make_train_step(model, optax.sgd(0.1), AWARE, sharding.make_mesh(jax.devices()[:1]), pad_id=0)
-    assert seen == ["cpu"]
+    assert seen == ["cpu"] and [b.keywords["config"].length_buckets for b in bodies] == [0]
 
 
 PLANNED = with_(AWARE, length_plan="always")
