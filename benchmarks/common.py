@@ -329,8 +329,12 @@ def save_codet5p(folder: str, config: Mapping[str, Any], seed: int = 0) -> str:
     return folder
 
 
-def save_tiny_bert(folder: str, seed: int = 0) -> str:
-    """A random 2-layer BERT with all-MiniLM-L6-v2's tokenizer and mean pooling (for --smoke)."""
+def save_bert(folder: str, config: Mapping[str, Any] | None = None, seed: int = 0) -> str:
+    """A random-weight BERT with all-MiniLM-L6-v2's tokenizer and mean pooling, saved as a HF folder.
+
+    ``config`` None: all-MiniLM-L6-v2's own architecture (its config.json), for timing MiniLM's shape where
+    its weights are not at hand (the GPU machine; the time of a step does not depend on the weights' values).
+    """
     import shutil
 
     import torch
@@ -338,9 +342,11 @@ def save_tiny_bert(folder: str, seed: int = 0) -> str:
 
     if os.path.isfile(os.path.join(folder, "config.json")):
         return folder
-    torch.manual_seed(seed)
-    transformers.BertModel(transformers.BertConfig(**BERT_TINY)).save_pretrained(folder)
     src = minilm_folder()
+    bert_config = (transformers.BertConfig.from_pretrained(src) if config is None
+                   else transformers.BertConfig(**config))
+    torch.manual_seed(seed)
+    transformers.BertModel(bert_config).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(os.path.join(src, name), os.path.join(folder, name))
     shutil.copytree(os.path.join(src, "1_Pooling"), os.path.join(folder, "1_Pooling"), dirs_exist_ok=True)
@@ -348,8 +354,9 @@ def save_tiny_bert(folder: str, seed: int = 0) -> str:
 
 
 def model_folder(name: str, cache_dir: str) -> str:
-    """Folder of a benchmark model: "minilm" (real weights), "codet5p-110m" / "codet5p-tiny" / "bert-tiny"
-    (random weights, written once into ``cache_dir``)."""
+    """Folder of a benchmark model: "minilm" (real weights), "minilm-shape" (MiniLM's architecture, random
+    weights), "codet5p-110m" / "codet5p-tiny" / "bert-tiny" (random weights); the random ones are written once
+    into ``cache_dir``."""
     if name == "minilm":
         return minilm_folder()
     folder = os.path.join(cache_dir, name)
@@ -358,7 +365,9 @@ def model_folder(name: str, cache_dir: str) -> str:
     if name == "codet5p-tiny":
         return save_codet5p(folder, CODET5P_TINY)
     if name == "bert-tiny":
-        return save_tiny_bert(folder)
+        return save_bert(folder, BERT_TINY)
+    if name == "minilm-shape":
+        return save_bert(folder)
     raise ValueError(f"unknown benchmark model {name!r}")
 
 

@@ -56,7 +56,7 @@ def table(path: str) -> str:
     lines = []
     for row in payload["results"]:
         m = payload["machine"]
-        model = {"minilm": "MiniLM", "codet5p-110m": "CodeT5+ 110M shape"}.get(row["model"], row["model"])
+        model = {"minilm": "MiniLM", "minilm-shape": "MiniLM shape", "codet5p-110m": "CodeT5+ 110M shape"}.get(row["model"], row["model"])
         isolated = row.get("isolated", False)
         present = [(key, name) for key, name in labels(row) if f"{key}_step_s" in row]
         order = ("each step in its own process, twice, in mirrored order A B C C B A (`--isolate --isolate_order "
@@ -125,7 +125,7 @@ def plot(paths: list[str], out: str) -> dict[str, list]:
     groups = []  # (configuration label, [(step name, MFU or None, why not)])
     for path in paths:
         for row in json.load(open(path))["results"]:
-            model = {"minilm": "MiniLM", "codet5p-110m": "CodeT5+"}.get(row["model"], row["model"])
+            model = {"minilm": "MiniLM", "minilm-shape": "MiniLM shape", "codet5p-110m": "CodeT5+"}.get(row["model"], row["model"])
             bars = [(name, row.get(f"{key}_real_mfu"), row.get(f"{key}_failed", ""))
                     for key, name in labels(row) if f"{key}_step_s" in row or f"{key}_failed" in row]
             groups.append((f"{model}\nB {row['batch']}, k {row['k']}\n{row['lq']}/{row['lc']}", bars))

@@ -15,8 +15,8 @@ the reference on ``cuda``), with peak memory (benchmarks/run_gpu.sh).
     python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=32,10,128,256" --bank 8096 \
         --dtype bfloat16 --out benchmarks/results/train_step_gpu.json
 
-Models: ``minilm`` (real all-MiniLM-L6-v2 weights), ``codet5p-110m`` (CodeT5+ 110M embedding shape,
-random weights). Sizes are per model: ``--sizes minilm=B,k,Lq,Lc;codet5p-110m=...``.
+Models: ``minilm`` (real all-MiniLM-L6-v2 weights), ``minilm-shape`` (its architecture with random weights,
+for machines without the weights: the GPU), ``codet5p-110m`` (CodeT5+ 110M embedding shape, random weights). Sizes are per model: ``--sizes minilm=B,k,Lq,Lc;codet5p-110m=...``.
 """
 
 from __future__ import annotations
