@@ -51,6 +51,11 @@ def gemm_speeds(payload: dict) -> str:
             f"PyTorch {spread('torch_gflops')} GFLOP/s")
 
 
+def seconds(value: float, decimals: int) -> str:
+    """``decimals`` decimals, or 2 significant digits below 1 s (a GPU step's 0.084 s is not "0.1")."""
+    return f"{value:.{decimals}f}" if value >= 1 else f"{value:.2g}"
+
+
 def table(path: str) -> str:
     payload = json.load(open(path))
     lines = []
@@ -89,7 +94,8 @@ def table(path: str) -> str:
             else:
                 vs_padded = common.paired_ratio(row[f"{key}_times_s"], row["ours_times_s"])
             lines.append(
-                f"| {name} | {row[f'{key}_step_s']:.2f} | {', '.join(f'{t:.1f}' for t in row[f'{key}_times_s'])} "
+                f"| {name} | {seconds(row[f'{key}_step_s'], 2)} | "
+                f"{', '.join(seconds(t, 1) for t in row[f'{key}_times_s'])} "
                 f"| {row[f'{key}_real_mfu']:.1%} | {'' if compile_s is None else f'{compile_s:.0f}'} "
                 f"| {fmt(ratio('reference'))} | {fmt(ratio('reference_longest'))} | {fmt(vs_padded)} |"
                 + (f" {row[f'{key}_max_rss_gb']:.1f} |" if isolated else "")
