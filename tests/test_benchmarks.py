@@ -257,6 +257,45 @@ def test_isolated_children_merge_into_one_row_and_table(tmp_path):
     assert "| reference (cap) | 5.00 | 5.0, 5.5 | 8.0% |  |  |  | 0.80x | 15.0 |" in text
 
 
+def test_minilm_shape_is_minilms_architecture_tokenizer_and_pooling_with_random_weights(tmp_path, monkeypatch):
+    """The GPU machine has MiniLM's tokenizer, config and pooling files only (benchmarks/gpu_prepare.sh):
+    "minilm-shape" builds the same model from them, with fresh weights, for both implementations."""
+    import shutil
+
+    import numpy as np
+    import transformers
+
+    common = _script("common")
+    real = common.minilm_folder()
+    files = tmp_path / "minilm-files"  # what gpu_prepare.sh copies
+    files.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json"):
+        shutil.copy(os.path.join(real, name), files / name)
+    shutil.copytree(os.path.join(real, "1_Pooling"), files / "1_Pooling")
+    monkeypatch.setenv("COCOHANERE_MINILM_DIR", str(files))
+    folder = common.model_folder("minilm-shape", str(tmp_path / "cache"))
+    model, pooling = common.load_torch_model(folder)
+    want = transformers.BertConfig.from_pretrained(real)
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        assert getattr(model.config, key) == getattr(want, key), key
+    assert pooling == "mean"
+    trained = transformers.AutoModel.from_pretrained(real)
+    w = model.embeddings.word_embeddings.weight.detach().numpy()
+    assert w.shape == trained.embeddings.word_embeddings.weight.shape
+    assert not np.allclose(w, trained.embeddings.word_embeddings.weight.detach().numpy())
+    # Written once: a second call returns the folder as it is.
+    stamp = os.path.getmtime(os.path.join(folder, "config.json"))
+    assert common.model_folder("minilm-shape", str(tmp_path / "cache")) == folder
+    assert os.path.getmtime(os.path.join(folder, "config.json")) == stamp
+
+
+def test_lengths_table_gives_sub_second_times_two_significant_digits():
+    lt = _script("lengths_table")
+    assert [lt.seconds(v, 2) for v in (33.074, 1.0, 0.0843, 0.2373)] == ["33.07", "1.00", "0.084", "0.24"]
+    assert [lt.seconds(v, 1) for v in (22.2, 0.097)] == ["22.2", "0.097"]
+
+
 def test_isolated_run_hands_over_what_it_has_after_every_child(monkeypatch):
     """--isolate writes a partial result after every child (a GPU run cut by its time limit keeps the children
     it finished): the first child failing leaves nothing to write; each later one adds its columns."""
