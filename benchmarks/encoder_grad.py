@@ -23,6 +23,12 @@ row reaches the cap, ``torch longest`` is the same computation as ``torch cap``:
 measure of the timing noise. Model FLOPs (2 per multiply-add, forward + backward = 3x forward) count
 real tokens only for the real-token MFU, against the float32 matmul peak measured in the same run.
 
+On a GPU (both frameworks on it) ``--dtype bfloat16`` runs ours in bf16 compute and PyTorch under
+``torch.autocast``; ``--dropout`` takes the call apart: "on" (the training call), "off" (no dropout at
+all: ours deterministic, PyTorch in eval mode, gradients still taken) or "hidden" (BERT-family only: the
+attention-probability dropout off, the rest on), so that what attention dropout costs each framework
+can be read off two runs.
+
     python -m benchmarks.encoder_grad --model codet5p-110m --rows 16 --length 256 --rounds 3
     python -m benchmarks.encoder_grad --smoke
 """
@@ -40,7 +46,7 @@ from benchmarks import common
 
 def main(argv=None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="codet5p-110m", help="minilm, codet5p-110m, codet5p-tiny")
+    parser.add_argument("--model", default="codet5p-110m", help="minilm, minilm-shape, codet5p-110m, codet5p-tiny, bert-tiny (benchmarks/common.model_folder)")
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--length", type=int, default=256, help="the cap (256: the paper's code cap)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -48,6 +54,11 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--chunk", type=int, default=8, help="rows per length chunk (StepConfig.length_chunk)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", default="", help="comma-separated names of the functions to time (default all)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="compute dtype of both (ours: load_encoder(dtype=); PyTorch: torch.autocast)")
+    parser.add_argument("--dropout", default="on", choices=("on", "off", "hidden"),
+                        help="on: every dropout (training); off: none; hidden: no attention-probability "
+                             "dropout (BERT family)")
     parser.add_argument("--smoke", action="store_true", help="tiny model, few rows: seconds")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -66,11 +77,26 @@ def main(argv=None) -> dict[str, Any]:
     from cocohanere_jax import reencode
 
     folder = common.model_folder(args.model, os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))
-    enc = cocohanere_jax.load_encoder(folder)
+    enc = cocohanere_jax.load_encoder(folder, dtype=getattr(jnp, args.dtype))
     model, pooling = common.load_torch_model(folder)
-    model.train()
+    device = common.torch_device()
+    model.to(device).train()
     family = "t5" if pooling == "codet5p" else "bert"
+    if args.dropout == "hidden":
+        if family != "bert":
+            raise SystemExit("encoder_grad: --dropout hidden needs a BERT-family model (T5 has one dropout rate)")
+        import dataclasses
+
+        enc = dataclasses.replace(enc, config=dataclasses.replace(enc.config, attention_probs_dropout_prob=0.0))
+        enc = dataclasses.replace(enc, module=enc.module.clone(config=enc.config))
+        for name, m in model.named_modules():
+            if name.endswith("attention.self"):
+                m.dropout.p = 0.0
+    deterministic = args.dropout == "off"
     config = enc.config
+    attention_dropout = {  # what each side's attention-probability dropout is set to (the payload records it)
+        "ours": getattr(config, "attention_probs_dropout_prob", getattr(config, "dropout_rate", None)),
+        "torch": sorted({m.dropout.p for n, m in model.named_modules() if n.endswith("attention.self")})}
     vocab = getattr(config, "vocab_size", None)
 
     tokenizer = AutoTokenizer.from_pretrained(common.minilm_folder())
@@ -96,18 +122,20 @@ def main(argv=None) -> dict[str, Any]:
     mask_j = (ids_j != enc.pad_id).astype(jnp.int32)
 
     def one_call(p):
-        return jnp.sum(apply_fn(p, ids_j, mask_j, False, key))
+        return jnp.sum(apply_fn(p, ids_j, mask_j, deterministic, key))
 
     def padded(p):
-        return jnp.sum(reencode.encode_rows(apply_fn, p, ids_j, keys, pad_id=enc.pad_id))
+        return jnp.sum(reencode.encode_rows(apply_fn, p, ids_j, keys, pad_id=enc.pad_id,
+                                            deterministic=deterministic))
 
     def aware(p):
         return jnp.sum(reencode.encode_rows_bucketed(apply_fn, p, ids_j, keys, pad_id=enc.pad_id,
-                                                     buckets=buckets, chunk=args.chunk))
+                                                     buckets=buckets, chunk=args.chunk,
+                                                     deterministic=deterministic))
 
     def planned(p):
         return jnp.sum(reencode.encode_rows_planned(apply_fn, p, ids_j, keys, pad_id=enc.pad_id, plan=plan,
-                                                    fallback_chunk=args.chunk)[0])
+                                                    fallback_chunk=args.chunk, deterministic=deterministic)[0])
 
     # Whether these rows fit the plan (else the timed call is its padded fallback).
     plan_held = all(int((lengths > t).sum()) <= s for t, s in zip(plan.lengths, np.cumsum((0,) + plan.sizes[:-1])))
@@ -125,14 +153,18 @@ def main(argv=None) -> dict[str, Any]:
         print(f"{name}: compiled in {compile_s[name]} s", flush=True)
 
     def torch_embed(rows, mask):  # pooled as ours
-        return reference_torch.embed(model, pooling, rows, mask)
+        if args.dtype == "float32":
+            return reference_torch.embed(model, pooling, rows, mask)
+        with torch.autocast(torch.device(device).type, dtype=getattr(torch, args.dtype)):
+            return reference_torch.embed(model, pooling, rows, mask).float()
 
-    ids_t = torch.from_numpy(ids).long()
+    ids_t = torch.from_numpy(ids).long().to(device)
     # Both sides compute the same thing: the embeddings without dropout agree (recorded in the result).
     model.eval()
     with torch.no_grad():
-        theirs = torch_embed(ids_t, (ids_t != enc.pad_id).long()).numpy()
-    model.train()
+        theirs = torch_embed(ids_t, (ids_t != enc.pad_id).long()).cpu().numpy()
+    if not deterministic:
+        model.train()
     embedding_max_abs_diff = float(np.max(np.abs(np.asarray(apply_fn(enc.params, ids_j, mask_j, True, key)) - theirs)))
     ids_longest = ids_t[:, :longest]
 
@@ -141,6 +173,7 @@ def main(argv=None) -> dict[str, Any]:
             model.zero_grad(set_to_none=True)
             mask = (rows != enc.pad_id).long()
             torch_embed(rows, mask).sum().backward()
+            common.torch_sync()
             return None
         return run
 
@@ -149,7 +182,7 @@ def main(argv=None) -> dict[str, Any]:
         if not only or name in only:
             fns[name] = torch_grad(rows)
     load_before = common.load_average()
-    peak = common.measure_matmul_peak()
+    peak = common.measure_matmul_peak(dtype=args.dtype)
     times = common.interleaved(fns, args.rounds, rotate=True)
     load_after = common.load_average()
 
@@ -167,15 +200,16 @@ def main(argv=None) -> dict[str, Any]:
         if reference and name != "torch cap":
             row["vs_torch_cap"] = round(common.paired_ratio(ts, reference), 3)
         rows_out.append(row)
+    dropout = {"on": "dropout on", "off": "dropout off", "hidden": "dropout on except attention's"}[args.dropout]
     title = (f"{args.model}, {args.rows} rows at a {args.length}-token cap (real tokens {real.mean():.0%}, longest "
-             f"row {longest}), forward + backward, dropout on; length plan {plan.lengths} x {plan.sizes} "
-             f"({'held' if plan_held else 'did not hold: the padded fallback'}); {threads} threads; float32 {peak['size']}^3 matmul: "
+             f"row {longest}), forward + backward, {dropout}, {args.dtype} compute; length plan {plan.lengths} x {plan.sizes} "
+             f"({'held' if plan_held else 'did not hold: the padded fallback'}); {threads} threads; {args.dtype} {peak['size']}^3 matmul: "
              f"XLA {peak.get('xla_gflops', 0):.0f}, PyTorch {peak.get('torch_gflops', 0):.0f} GFLOP/s; "
              f"load {load_before} -> {load_after}")
     shown = [dict(r, rounds_s=", ".join(f"{t:.3g}" for t in r["rounds_s"])) for r in rows_out]
     common.print_table(shown, ["function", "median_s", "rounds_s", "real_token_mfu", "compile_s", "vs_torch_cap"], title)
     payload = {"benchmark": "encoder_grad", "smoke": args.smoke, "title": title, "args": vars(args), "machine": common.machine_info(threads), "matmul_peak": peak,
-               "embedding_max_abs_diff": embedding_max_abs_diff,
+               "embedding_max_abs_diff": embedding_max_abs_diff, "attention_dropout": attention_dropout,
                "length_plan": {"lengths": list(plan.lengths), "sizes": list(plan.sizes), "held": bool(plan_held)}, "load_before": load_before, "load_after": load_after, "rows": rows_out}
     out = args.out or common.default_out(f"encoder_grad_{args.model}_r{args.rows}_l{args.length}", args.smoke)
     common.write_json(out, payload)

@@ -351,6 +351,23 @@ def test_encoder_grad_smoke(tmp_path, cache):
         assert (row["function"] == "torch cap") == ("vs_torch_cap" not in row)
 
 
+def test_encoder_grad_takes_attention_dropout_off_on_both_sides(tmp_path):
+    """--dropout hidden: our module and the PyTorch model both run without attention-probability dropout
+    (what it costs each framework is then the difference to a --dropout on run); T5 has no such switch."""
+    eg = _script("encoder_grad")
+    payload = eg.main(["--model", "minilm-shape", "--rows", "2", "--length", "16", "--rounds", "1", "--dtype",
+                       "bfloat16", "--dropout", "hidden", "--only", "ours padded,torch cap",
+                       "--out", str(tmp_path / "hidden.json")])
+    assert payload["attention_dropout"] == {"ours": 0.0, "torch": [0.0]}
+    assert {r["function"] for r in payload["rows"]} == {"ours padded", "torch cap"}
+    assert "dropout on except attention's, bfloat16 compute" in payload["title"]
+    on = eg.main(["--model", "minilm-shape", "--rows", "2", "--length", "16", "--rounds", "1", "--only", "ours padded",
+                  "--out", str(tmp_path / "on.json")])
+    assert on["attention_dropout"]["ours"] > 0 and on["attention_dropout"]["torch"][0] > 0
+    with pytest.raises(SystemExit, match="BERT-family"):
+        eg.main(["--smoke", "--dropout", "hidden", "--out", str(tmp_path / "t5.json")])
+
+
 def test_embed_lengths_smoke(tmp_path, cache):
     """benchmarks/embed_lengths.py: evaluation's embedding, padded and length-aware, timed on rows of mixed
     real lengths; the two give the same embeddings."""
