@@ -30,7 +30,9 @@ def labels(row: dict) -> list[tuple[str, str]]:
         out.append((key, f"ours length-aware ({', '.join([nb] + notes)})"))
     # "ours_*" without "ours_compile_s" is measure()'s alias of the first step, not a padded step.
     padded = [("ours", "ours padded")] if "ours_compile_s" in row or "ours_failed" in row else []
-    return out + padded + REFERENCES
+    scanned = [("ours_scan", "ours padded (layers scanned)")] if any(
+        k in row for k in ("ours_scan_step_s", "ours_scan_failed")) else []
+    return out + scanned + padded + REFERENCES
 
 
 def gemm_speeds(payload: dict) -> str:
