@@ -21,7 +21,7 @@ odd rounds run in reverse (``common.interleaved(rotate=True)``: in a fixed order
 measured 3-15% slower right after a JAX call than right after a PyTorch one); ratios are paired per round. When the longest
 row reaches the cap, ``torch longest`` is the same computation as ``torch cap``: the two are then a
 measure of the timing noise. Model FLOPs (2 per multiply-add, forward + backward = 3x forward) count
-real tokens only for the real-token MFU, against the float32 matmul peak measured in the same run.
+real tokens only for the real-token MFU, against the matmul peak (in ``--dtype``) measured in the same run.
 
 On a GPU (both frameworks on it) ``--dtype bfloat16`` runs ours in bf16 compute and PyTorch under
 ``torch.autocast``; ``--dropout`` takes the call apart: "on" (the training call), "off" (no dropout at
@@ -94,8 +94,11 @@ def main(argv=None) -> dict[str, Any]:
                 m.dropout.p = 0.0
     deterministic = args.dropout == "off"
     config = enc.config
-    attention_dropout = {  # what each side's attention-probability dropout is set to (the payload records it)
-        "ours": getattr(config, "attention_probs_dropout_prob", getattr(config, "dropout_rate", None)),
+    # Each side's attention-probability dropout rate as the model that runs holds it (our Flax module's own
+    # config, not the Encoder's copy), recorded in the payload; with --dropout off no dropout runs at all.
+    module_config = enc.module.config
+    attention_dropout = {
+        "ours": getattr(module_config, "attention_probs_dropout_prob", getattr(module_config, "dropout_rate", None)),
         "torch": sorted({m.dropout.p for n, m in model.named_modules() if n.endswith("attention.self")})}
     vocab = getattr(config, "vocab_size", None)
 
@@ -210,6 +213,8 @@ def main(argv=None) -> dict[str, Any]:
     common.print_table(shown, ["function", "median_s", "rounds_s", "real_token_mfu", "compile_s", "vs_torch_cap"], title)
     payload = {"benchmark": "encoder_grad", "smoke": args.smoke, "title": title, "args": vars(args), "machine": common.machine_info(threads), "matmul_peak": peak,
                "embedding_max_abs_diff": embedding_max_abs_diff, "attention_dropout": attention_dropout,
+               # transformers' attention kernel ("sdpa": torch's fused scaled_dot_product_attention; "eager")
+               "torch_attn_implementation": getattr(model.config, "_attn_implementation", None),
                "length_plan": {"lengths": list(plan.lengths), "sizes": list(plan.sizes), "held": bool(plan_held)}, "load_before": load_before, "load_after": load_after, "rows": rows_out}
     out = args.out or common.default_out(f"encoder_grad_{args.model}_r{args.rows}_l{args.length}", args.smoke)
     common.write_json(out, payload)

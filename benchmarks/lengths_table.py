@@ -54,8 +54,9 @@ def gemm_speeds(payload: dict) -> str:
 
 
 def seconds(value: float, decimals: int) -> str:
-    """``decimals`` decimals, or 2 significant digits below 1 s (a GPU step's 0.084 s is not "0.1")."""
-    return f"{value:.{decimals}f}" if value >= 1 else f"{value:.2g}"
+    """``decimals`` decimals, or 2 significant digits (trailing zeros kept) below 1 s: a GPU step's 0.084 s
+    is not "0.1", nor 0.698 s "0.7"."""
+    return f"{value:.{decimals}f}" if value >= 1 else f"{value:#.2g}"
 
 
 def table(path: str) -> str:

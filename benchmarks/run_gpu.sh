@@ -34,6 +34,8 @@ export COCOHANERE_MINILM_DIR=$PWD/.gpu/minilm-tokenizer
 export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import jax, flax, torch, transformers; print('python', __import__('sys').version.split()[0], 'jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+  # Which attention kernel transformers gives the two references (BERT, and CodeT5+'s T5 encoder) here.
+  python3 -c "import transformers as t; b = t.BertModel(t.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)); e = t.T5EncoderModel(t.T5Config(d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)); print('attention: BERT', b.config._attn_implementation, 'T5', e.config._attn_implementation)"
   if [ "$what" = step ]; then
     python3 -m benchmarks.train_step --isolate --bank 8096 --dtype bfloat16 --rounds 3 --models minilm-shape \
         --sizes "minilm-shape=32,10,128,256" --length_buckets 0,0+scan,4+plan --reference_padding "" \

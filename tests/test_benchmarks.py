@@ -290,9 +290,29 @@ def test_minilm_shape_is_minilms_architecture_tokenizer_and_pooling_with_random_
     assert os.path.getmtime(os.path.join(folder, "config.json")) == stamp
 
 
+def test_lengths_table_shows_a_scanned_padded_step_beside_the_padded_one(tmp_path):
+    ts, lt = _script("train_step"), _script("lengths_table")
+    assert ts.implementation_label("--length_buckets", "0+scan") == "ours_scan"
+    shared = dict(model="minilm-shape", batch=32, k=10, lq=128, lc=256, bank=8096, model_gflops_per_step=1.0,
+                  real_token_gflops_per_step=0.4, reencode_fraction=None, dtype="bfloat16", length_chunk=8,
+                  real_token_fraction={"query": 0.14, "code": 0.55})
+    padded = dict(shared, ours_step_s=0.08, ours_times_s=[0.08, 0.08], ours_real_mfu=0.11, ours_compile_s=60.0,
+                  compile_s=60.0, process_max_rss_gb=4.0)
+    scanned = dict(shared, ours_scan_step_s=0.1, ours_scan_times_s=[0.1, 0.1], ours_scan_real_mfu=0.09,
+                   ours_scan_compile_s=40.0, ours_step_s=0.1, ours_times_s=[0.1, 0.1], compile_s=40.0,
+                   process_max_rss_gb=4.0)
+    row = ts.merge_isolated([dict(padded, label="ours"), dict(scanned, label="ours_scan")])
+    assert row["ours_step_s"] == 0.08 and row["ours_scan_step_s"] == 0.1
+    path = tmp_path / "scan.json"
+    path.write_text(json.dumps({"machine": {}, "results": [row]}))
+    text = lt.table(str(path))
+    assert "| ours padded (layers scanned) | 0.10 | 0.10, 0.10 | 9.0% | 40 |  |  | 0.80x |" in text
+    assert "| ours padded | 0.080 | 0.080, 0.080 | 11.0% | 60 |" in text
+
+
 def test_lengths_table_gives_sub_second_times_two_significant_digits():
     lt = _script("lengths_table")
-    assert [lt.seconds(v, 2) for v in (33.074, 1.0, 0.0843, 0.2373)] == ["33.07", "1.00", "0.084", "0.24"]
+    assert [lt.seconds(v, 2) for v in (33.074, 1.0, 0.0843, 0.2373, 0.698)] == ["33.07", "1.00", "0.084", "0.24", "0.70"]
     assert [lt.seconds(v, 1) for v in (22.2, 0.097)] == ["22.2", "0.097"]
 
 
@@ -358,7 +378,8 @@ def test_encoder_grad_takes_attention_dropout_off_on_both_sides(tmp_path):
     payload = eg.main(["--model", "minilm-shape", "--rows", "2", "--length", "16", "--rounds", "1", "--dtype",
                        "bfloat16", "--dropout", "hidden", "--only", "ours padded,torch cap",
                        "--out", str(tmp_path / "hidden.json")])
-    assert payload["attention_dropout"] == {"ours": 0.0, "torch": [0.0]}
+    assert payload["attention_dropout"] == {"ours": 0.0, "torch": [0.0]}  # what the module itself holds
+    assert payload["torch_attn_implementation"] in ("sdpa", "eager")
     assert {r["function"] for r in payload["rows"]} == {"ours padded", "torch cap"}
     assert "dropout on except attention's, bfloat16 compute" in payload["title"]
     on = eg.main(["--model", "minilm-shape", "--rows", "2", "--length", "16", "--rounds", "1", "--only", "ours padded",
