@@ -53,6 +53,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> StepCon
         raise ValueError(f"config.train.global_batch_size={batch} must divide by the {jax.process_count()} processes.")
     if config.model.dtype not in DTYPES:
         raise ValueError(f"config.model.dtype={config.model.dtype!r} is not one of {sorted(DTYPES)}.")
+    if config.model.attention_probs not in ("float32", "compute"):
+        raise ValueError(f"config.model.attention_probs={config.model.attention_probs!r} is not \"float32\" or "
+                         "\"compute\" (attention probabilities kept in the compute dtype).")
     path = encoder_lib.resolve_model_path(config.model.path)
     if not path or not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(
@@ -155,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     enc = encoder_lib.load_encoder(
         config.model.path, pooling=config.model.pooling, dtype=DTYPES[config.model.dtype], remat=config.model.remat,
-        scan_layers=config.model.scan_layers,
+        scan_layers=config.model.scan_layers, attention_probs=config.model.attention_probs,
     )
     data = datasets.load(config, workdir)
     valid_task, test_task = (_tokenize(enc, t, config) for t in (data.valid, data.test))

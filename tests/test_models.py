@@ -335,3 +335,103 @@ def test_scanned_layers_equal_unrolled_and_export_the_same_tensors(codet5p_dir, 
     out = scanned.with_params(changed).export(str(tmp_path / "exported"))
     np.testing.assert_allclose(_flax_embed(cocohanere_jax.load_encoder(out, pooling=pooling), ids, mask),
                                _flax_embed(scanned.with_params(changed), ids, mask), atol=1e-6)
+
+
+def _attention_residuals(enc, ids, mask, key):
+    """The dtypes of the [.., L, L]-shaped residuals the gradient of a training forward keeps."""
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    def f(p):
+        return jnp.sum(enc.module.apply({"params": p}, jnp.asarray(ids), jnp.asarray(mask), deterministic=False,
+                                        rngs={"dropout": key}))
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_saved_residuals(f, enc.params)
+    length = ids.shape[1]
+    return [line.split("[", 1)[0] for line in out.getvalue().splitlines()
+            if f",{length},{length}]" in line.split(" ", 1)[0]]
+
+
+def test_attention_core_is_softmax_dropout_and_values_with_their_gradients():
+    """`layers.attention_core` (custom VJP: keeps the probabilities, recomputes the dropout mask) against
+    plain autodiff of the composition it replaces: `Dropout`'s mask at `attention_index`, float32 values
+    (to float32 rounding); with bfloat16 probabilities, to bfloat16 precision."""
+    from cocohanere_jax.models import layers
+
+    ks = jax.random.split(jax.random.PRNGKey(0), 3)
+    logits = jax.random.normal(ks[0], (3, 2, 5, 7)) * 3.0
+    vh = jax.random.normal(ks[1], (3, 2, 7, 4))
+    g = jax.random.normal(ks[2], (3, 2, 5, 4))
+    key = jax.random.key_data(jax.random.PRNGKey(9))
+
+    def plain(lg, v, keep_prob):
+        y = jax.nn.softmax(lg, axis=-1)
+        if keep_prob < 1.0:
+            keep = layers.keep_mask(key, y.shape, keep_prob, layers.attention_index(y.shape))
+            y = jnp.where(keep, y / keep_prob, 0.0)
+        return jnp.einsum("nhqk,nhkd->nhqd", y, v)
+
+    for keep_prob in (1.0, 0.7):
+        ref, ref_vjp = jax.vjp(lambda lg, v: plain(lg, v, keep_prob), logits, vh)
+        out, vjp = jax.vjp(lambda lg, v: layers.attention_core(lg, v, key, keep_prob, jnp.float32), logits, vh)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+        for a, b in zip(vjp(g), ref_vjp(g)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        out16, vjp16 = jax.vjp(lambda lg, v: layers.attention_core(lg, v, key, keep_prob, jnp.bfloat16), logits, vh)
+        np.testing.assert_allclose(out16, ref, atol=3e-2)
+        for a, b in zip(vjp16(g), ref_vjp(g)):
+            assert a.dtype == jnp.float32
+            np.testing.assert_allclose(a, b, atol=6e-2)
+        assert not np.allclose(out16, ref, atol=1e-6)  # it really kept bfloat16 probabilities
+    with pytest.raises(ValueError, match="attention_probs='half' is not one of"):
+        layers.attention_probs_dtype("half", jnp.bfloat16)
+
+
+@pytest.mark.parametrize("family", ["t5", "bert"])
+def test_attention_probs_in_the_compute_dtype(codet5p_dir, tmp_path, family):
+    """`load_encoder(attention_probs="compute")`: with float32 compute, the encoder itself (values and
+    gradients, dropout on); with bfloat16 compute, the float32-probabilities encoder to bfloat16 precision,
+    its attention probabilities kept in bfloat16 (smaller compiled gradient), and nothing of it exported."""
+    if family == "t5":
+        folder, pooling = codet5p_dir[0], None
+    else:
+        folder, pooling = str(tmp_path / "bert"), "mean"
+        hf_models.save_bert(folder, attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1)
+    ids, mask = hf_models.random_ids(4, 40, 120, pad_id=0, seed=2, first_id=1)
+    key = jax.random.PRNGKey(7)
+
+    def grad_of(enc):
+        def loss(p):
+            out = enc.module.apply({"params": p}, jnp.asarray(ids), jnp.asarray(mask), deterministic=False,
+                                   rngs={"dropout": key})
+            return jnp.sum(out[:, :3])
+        return jax.value_and_grad(loss)
+
+    for dtype in (jnp.float32, jnp.bfloat16):
+        kept = cocohanere_jax.load_encoder(folder, pooling=pooling, dtype=dtype)
+        compute = cocohanere_jax.load_encoder(folder, pooling=pooling, dtype=dtype, attention_probs="compute")
+        assert compute.config.attention_probs == "compute" and kept.config.attention_probs == "float32"
+        (v1, g1), (v2, g2) = grad_of(kept)(kept.params), grad_of(compute)(compute.params)
+        if dtype == jnp.float32:
+            assert float(v1) == float(v2)
+            jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), g1, g2)
+        else:
+            np.testing.assert_allclose(float(v2), float(v1), rtol=2e-2)
+            flat1, flat2 = jax.tree.leaves(g1), jax.tree.leaves(g2)
+            num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(flat1, flat2))
+            den = sum(float(jnp.sum(a ** 2)) for a in flat1)
+            assert 0 < num / den < 1e-3, num / den  # different (bf16 probabilities), and close
+        # What the backward pass keeps of each layer's [rows, heads, 40, 40] attention arrays: the
+        # probabilities alone (float32, or the compute dtype), never the dropout mask nor the dropped weights.
+        layers_n = kept.config.num_layers if family == "t5" else kept.config.num_hidden_layers
+        for enc, probs in ((kept, "f32"), (compute, "bf16" if dtype == jnp.bfloat16 else "f32")):
+            assert _attention_residuals(enc, ids, mask, key) == [probs] * layers_n
+    with pytest.raises(ValueError, match="attention_probs='fp16'"):
+        cocohanere_jax.load_encoder(folder, pooling=pooling, attention_probs="fp16")
+    out = compute.export(str(tmp_path / f"export_{family}"))
+    with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+        assert "attention_probs" not in json.load(f)

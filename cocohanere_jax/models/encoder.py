@@ -293,6 +293,7 @@ def load_encoder(
     dtype: Any = jnp.float32,
     remat: bool = False,
     scan_layers: bool = False,
+    attention_probs: str = "float32",
 ) -> Encoder:
     """Loads a local Hugging Face folder (or one of our exports) as a Flax `Encoder`.
 
@@ -306,7 +307,13 @@ def load_encoder(
       remat: rematerialise blocks in the backward pass (training memory).
       scan_layers: one `nn.scan` over the layers, parameters stacked on a leading layer axis (one layer
         compiled instead of all of them); the weights and the export are the same Hugging Face tensors.
+      attention_probs: "float32" (the default) keeps attention probabilities in float32 for dropout and the
+        backward pass; "compute" keeps them in `dtype` (with bfloat16, half the memory of attention's largest
+        arrays; the gradient through the softmax at bfloat16 precision). The same with float32 compute.
     """
+    from cocohanere_jax.models import layers
+
+    layers.attention_probs_dtype(attention_probs, dtype)  # a clear error for a wrong choice, before loading
     path = resolve_model_path(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(
@@ -315,6 +322,7 @@ def load_encoder(
         )
     hf_config = hf.read_config(path)
     family, cfg = hf.architecture(hf_config, path, pooling)
+    cfg = dataclasses.replace(cfg, attention_probs=attention_probs)
     module = build_module(family, cfg, dtype=dtype, remat=remat, scan_layers=scan_layers)
     state, source = hf.read_state(path)
     params, passthrough = hf.hf_to_params(state, family, cfg, abstract_params(module), source=source)

@@ -502,7 +502,7 @@ def hf_config_for_export(family: str, cfg: T5Config | BertConfig, base: Mapping[
     """config.json for an exported folder: the source's config updated with our architecture fields."""
     out = dict(base)
     for f in dataclasses.fields(cfg):
-        if f.name in ("pooling", "roberta_positions"):
+        if f.name in ("pooling", "roberta_positions", "attention_probs"):
             continue
         if f.name == "embed_dim" and not cfg.embed_dim:
             continue

@@ -74,6 +74,11 @@ class Dropout(nn.Module):
         keep = keep_mask(self.make_rng("dropout"), x.shape, keep_prob, index)
         return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
+    def draw_key(self) -> jax.Array:
+        """The key one ``__call__`` would draw (the same ``make_rng`` stream and count), for callers that
+        apply this dropout themselves (`dot_product_attention`: its mask is recomputed in the backward pass)."""
+        return self.make_rng("dropout")
+
 
 # Names of an encoder's blocks: unrolled children ("layer_{i}") or the one scanned child with stacked
 # parameters ("layers"). hf.py's conversion reads the same table.
@@ -148,6 +153,70 @@ def attention_index(shape: tuple[int, ...]) -> jax.Array:
     return (rows * s + jax.lax.broadcasted_iota(jnp.uint32, shape, 2)) * s + jax.lax.broadcasted_iota(jnp.uint32, shape, 3)
 
 
+ATTENTION_PROBS = ("float32", "compute")
+
+
+def attention_probs_dtype(choice: str, compute_dtype: Dtype) -> Any:
+    """The dtype attention probabilities are kept in: "float32" (always), or "compute" (the compute dtype)."""
+    if choice not in ATTENTION_PROBS:
+        raise ValueError(f"attention_probs={choice!r} is not one of {ATTENTION_PROBS}: \"float32\" keeps the "
+                         "attention probabilities in float32, \"compute\" in the compute dtype (bfloat16 halves "
+                         "their memory).")
+    return jnp.dtype(jnp.float32 if choice == "float32" else compute_dtype)
+
+
+def _attention_keep(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array:
+    return keep_mask(key, shape, keep_prob, attention_index(shape))
+
+
+def _attention_weights(y: jax.Array, key: jax.Array, keep_prob: float, dtype: Any) -> jax.Array:
+    """Probabilities ``y`` after inverted dropout (the mask `Dropout` draws for attention; none when
+    ``keep_prob`` is 1), in ``dtype`` (the values' dtype)."""
+    if keep_prob < 1.0:
+        keep = _attention_keep(key, y.shape, keep_prob)
+        y = jnp.where(keep, y / jnp.asarray(keep_prob, y.dtype), jnp.zeros_like(y))
+    return y.astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def attention_core(logits: jax.Array, vh: jax.Array, key: jax.Array, keep_prob: float, probs_dtype: Any) -> jax.Array:
+    """``dropout(softmax(logits)) @ vh`` over [n, H, Lq, Lk] float32 logits and [n, H, Lk, dh] values: the
+    same values as `Dropout` applied to ``softmax(logits).astype(probs_dtype)`` at `attention_index`, cast
+    to the values' dtype, times the values.
+
+    The backward pass keeps only the probabilities (in ``probs_dtype``) and the values, and recomputes the
+    dropout mask from ``key`` (about 10 integer operations per element) and the dropped weights from the
+    probabilities. Plain autodiff keeps, per attention element, the float32 probabilities, the mask, the
+    float32 dropped weights and (with bfloat16 values) their bfloat16 copy: 9 to 11 bytes, where this keeps
+    4 (2 with bfloat16 ``probs_dtype``). The gradient through the softmax is computed in float32.
+    ``keep_prob`` 1: no dropout (``key`` is not read).
+    """
+    y = jax.nn.softmax(logits, axis=-1).astype(probs_dtype)
+    return jnp.einsum("nhqk,nhkd->nhqd", _attention_weights(y, key, keep_prob, vh.dtype), vh)
+
+
+def _attention_core_fwd(logits, vh, key, keep_prob, probs_dtype):
+    y = jax.nn.softmax(logits, axis=-1).astype(probs_dtype)
+    out = jnp.einsum("nhqk,nhkd->nhqd", _attention_weights(y, key, keep_prob, vh.dtype), vh)
+    return out, (y, vh, key)
+
+
+def _attention_core_bwd(keep_prob, probs_dtype, res, g):
+    y, vh, key = res
+    weights = _attention_weights(y, key, keep_prob, vh.dtype)
+    d_vh = jnp.einsum("nhqk,nhqd->nhkd", weights, g.astype(vh.dtype))
+    d_weights = jnp.einsum("nhqd,nhkd->nhqk", g.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+    if keep_prob < 1.0:
+        keep = _attention_keep(key, y.shape, keep_prob)
+        d_weights = jnp.where(keep, d_weights / jnp.float32(keep_prob), jnp.float32(0))
+    y32 = y.astype(jnp.float32)
+    d_logits = y32 * (d_weights - jnp.sum(d_weights * y32, axis=-1, keepdims=True))
+    return d_logits, d_vh, None
+
+
+attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -155,21 +224,30 @@ def dot_product_attention(
     bias: jax.Array,
     dropout: Dropout,
     deterministic: bool,
+    probs_dtype: Any = jnp.float32,
 ) -> jax.Array:
     """Softmax attention over [n, L, H, dh] heads; the logits and softmax are in float32.
 
     `bias` is broadcast to [n, H, Lq, Lk] (mask, and for T5 the relative position bias). No scaling is
     applied here: callers scale q themselves when their model does (BERT does, T5 does not).
+    `probs_dtype`: the dtype the probabilities are kept in for dropout and the backward pass (float32, or
+    the compute dtype: `attention_probs_dtype`); they meet ``v`` in its dtype either way.
     """
     # Head-major operands ([n, H, L, dh]) before the two batched matmuls: XLA:CPU emits them as plain
     # batch-major GEMMs then (measured on MiniLM's shapes, 64 rows x 64 tokens, one thread: forward 40%
     # and forward + backward 15% faster than contracting the [n, L, H, dh] layout directly).
     qh, kh, vh = (jnp.swapaxes(t, -3, -2) for t in (q, k, v))
     logits = jnp.einsum("nhqd,nhkd->nhqk", qh, kh, preferred_element_type=jnp.float32) + bias
-    weights = jax.nn.softmax(logits, axis=-1)
-    if isinstance(dropout, Dropout) and not deterministic:
-        weights = dropout(weights, deterministic=deterministic, index=attention_index(weights.shape))
+    probs_dtype = jnp.dtype(probs_dtype)
+    if not isinstance(dropout, Dropout):  # another dropout module (flax.linen.Dropout): plain autodiff
+        weights = dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic).astype(v.dtype)
+        return jnp.swapaxes(jnp.einsum("nhqk,nhkd->nhqd", weights, vh), -3, -2)
+    if deterministic or dropout.rate == 0.0:
+        key, keep_prob = jnp.zeros((2,), jnp.uint32), 1.0
+    elif dropout.rate >= 1.0:
+        return jnp.zeros_like(q)
     else:
-        weights = dropout(weights, deterministic=deterministic)
-    weights = weights.astype(v.dtype)
-    return jnp.swapaxes(jnp.einsum("nhqk,nhkd->nhqd", weights, vh), -3, -2)
+        key, keep_prob = dropout.draw_key(), 1.0 - dropout.rate
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)
+    return jnp.swapaxes(attention_core(logits, vh, key, keep_prob, probs_dtype), -3, -2)
