@@ -12,6 +12,9 @@ w.r.t. every parameter), so that the differences between the step benchmarks
 - ``ours length-aware``: `reencode.encode_rows_bucketed` (what our default step runs: sorted chunks,
   `lax.switch` over bucket lengths, the custom VJP that re-runs the chosen branch's forward);
 - ``ours length-aware fwd``: the same, forward only (so the backward's re-run forward can be read off);
+- ``ours padded [float32 probs]``, ``ours padded [compute probs]`` (the second with ``--dtype bfloat16``):
+  ``ours padded`` with attention's custom VJP (``load_encoder(attention_probs="float32" / "compute")``:
+  only the probabilities, in float32 / the compute dtype, and the dropout mask kept for the backward pass);
 - ``ours length plan``: `reencode.encode_rows_planned` along the `LengthPlan` that `reencode.plan_lengths`
   makes for ``--rows`` rows from the length histogram of the corpus the rows are drawn from (what the
   step runs with ``step.length_plan``: a few static groups, an ordinary backward pass, no second forward).
@@ -146,6 +149,18 @@ def main(argv=None) -> dict[str, Any]:
     jax_fns = {"ours one call": jax.grad(one_call), "ours padded": jax.grad(padded),
                "ours length-aware": jax.grad(aware), "ours length-aware fwd": aware,
                "ours length plan": jax.grad(planned)}
+    # The same padded call with attention's custom VJP (`load_encoder(..., attention_probs=...)`): only the
+    # probabilities (float32, or the compute dtype) and the dropout mask kept for the backward pass.
+    import dataclasses
+
+    def padded_with(choice):
+        fn = reencode.as_apply_fn(enc.module.clone(config=dataclasses.replace(enc.config, attention_probs=choice)))
+        return jax.grad(lambda p: jnp.sum(reencode.encode_rows(fn, p, ids_j, keys, pad_id=enc.pad_id,
+                                                              deterministic=deterministic)))
+
+    jax_fns["ours padded [float32 probs]"] = padded_with("float32")
+    if args.dtype != "float32":
+        jax_fns["ours padded [compute probs]"] = padded_with("compute")
     only = [s for s in args.only.split(",") if s]
     for name, fn in jax_fns.items():
         if only and name not in only:

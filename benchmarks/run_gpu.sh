@@ -11,11 +11,12 @@
 #   step in its own process: padded, padded with scanned layers, length plans unscanned.
 # attention: on MiniLM's shape our padded step ran only 1.16x the authors' PyTorch step (0.084 s against
 #   0.098 s), at 11.5% real-token MFU where the CodeT5+ shape's ran at 32.9%. The suspect is attention:
-#   MiniLM's [rows, 12, L, L] scores are as large as CodeT5+'s for a quarter of the matmul work, ours keep
-#   float32 probabilities and a position-drawn dropout mask, and transformers' BERT runs fused
-#   scaled_dot_product_attention. One encode call of the step's size (352 real code rows at the 256 cap,
-#   forward + backward, bf16), in three processes: every dropout on, attention dropout off, no dropout; ours
-#   as one call and as the step runs it (a dropout key per row), against PyTorch.
+#   MiniLM's [rows, 12, L, L] scores are as large as CodeT5+'s for a quarter of the matmul work. One encode
+#   call of the step's size (352 real code rows at the 256 cap, forward + backward, bf16), in three
+#   processes: every dropout on, attention dropout off, no dropout; ours as one call, as the step runs it (a
+#   dropout key per row), and that with attention's custom VJP (`model.attention_probs` "float32" and
+#   "compute": only the probabilities and the dropout mask kept, 5 and 3 bytes per element where autodiff
+#   keeps 9-11), against PyTorch (its attention kernel is printed first).
 # Writes $OUT/train_step_lengths_gpu_minilm_scan.json or $OUT/encoder_grad_gpu_minilm_{on,hidden,off}.json,
 # and $OUT/log_step or $OUT/log_attention. Each result file is written as soon as its process (or child process) ends, so a call cut
 # short keeps what it finished.
@@ -44,7 +45,7 @@ export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
   else
     for dropout in on hidden off; do
       python3 -m benchmarks.encoder_grad --model minilm-shape --rows 352 --length 256 --rounds 5 --dtype bfloat16 \
-          --dropout $dropout --only "ours one call,ours padded,torch cap" --out "$OUT/encoder_grad_gpu_minilm_$dropout.json"
+          --dropout $dropout --only "ours one call,ours padded,ours padded [float32 probs],ours padded [compute probs],torch cap" --out "$OUT/encoder_grad_gpu_minilm_$dropout.json"
     done
   fi
 } 2>&1 | tee "$OUT/log_$what"

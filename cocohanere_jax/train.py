@@ -53,9 +53,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> StepCon
         raise ValueError(f"config.train.global_batch_size={batch} must divide by the {jax.process_count()} processes.")
     if config.model.dtype not in DTYPES:
         raise ValueError(f"config.model.dtype={config.model.dtype!r} is not one of {sorted(DTYPES)}.")
-    if config.model.attention_probs not in ("float32", "compute"):
-        raise ValueError(f"config.model.attention_probs={config.model.attention_probs!r} is not \"float32\" or "
-                         "\"compute\" (attention probabilities kept in the compute dtype).")
+    if config.model.attention_probs not in ("autodiff", "float32", "compute"):
+        raise ValueError(f"config.model.attention_probs={config.model.attention_probs!r} is not \"autodiff\", "
+                         "\"float32\" or \"compute\" (cocohanere_jax/models/layers.py, ATTENTION_PROBS).")
     path = encoder_lib.resolve_model_path(config.model.path)
     if not path or not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(

@@ -30,7 +30,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
     c.model.remat = False  # rematerialise encoder blocks in the backward pass
     c.model.scan_layers = False  # True: one nn.scan over the layers (stacked params): compiles 2.5x faster, steps ~10% slower on CPU
-    c.model.attention_probs = "float32"  # "compute": attention probabilities kept in model.dtype (bf16: half their memory); speed not yet measured on a GPU
+    c.model.attention_probs = "autodiff"  # "float32"/"compute": keep only attention's probabilities (in float32/model.dtype) and mask for the backward pass (layers.ATTENTION_PROBS); level on CPU, not yet measured on a GPU
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "codesearchnet"  # "codesearchnet" (GraphCodeBERT-filtered or raw CSN v2), "cosqa", "stdlib"

@@ -360,9 +360,9 @@ def test_encoder_grad_smoke(tmp_path, cache):
     payload = _script("encoder_grad").main(["--smoke", "--out", out])
     data = _check(out, payload, "rows")
     names = [r["function"] for r in data["rows"]]
-    assert names[:5] == ["ours one call", "ours padded", "ours length-aware", "ours length-aware fwd",
-                         "ours length plan"]
-    assert set(names[5:]) == {"torch cap", "torch longest"}
+    assert names[:6] == ["ours one call", "ours padded", "ours length-aware", "ours length-aware fwd",
+                         "ours length plan", "ours padded [float32 probs]"]
+    assert set(names[6:]) == {"torch cap", "torch longest"}
     plan = data["length_plan"]
     assert sum(plan["sizes"]) == 6 and plan["lengths"][0] <= 32  # the smoke run: 6 rows, 32-token cap
     assert data["embedding_max_abs_diff"] < 1e-4  # ours and PyTorch compute the same embeddings
@@ -376,11 +376,12 @@ def test_encoder_grad_takes_attention_dropout_off_on_both_sides(tmp_path):
     (what it costs each framework is then the difference to a --dropout on run); T5 has no such switch."""
     eg = _script("encoder_grad")
     payload = eg.main(["--model", "minilm-shape", "--rows", "2", "--length", "16", "--rounds", "1", "--dtype",
-                       "bfloat16", "--dropout", "hidden", "--only", "ours padded,torch cap",
+                       "bfloat16", "--dropout", "hidden", "--only",
+                       "ours padded,ours padded [compute probs],torch cap",
                        "--out", str(tmp_path / "hidden.json")])
     assert payload["attention_dropout"] == {"ours": 0.0, "torch": [0.0]}  # what the module itself holds
     assert payload["torch_attn_implementation"] in ("sdpa", "eager")
-    assert {r["function"] for r in payload["rows"]} == {"ours padded", "torch cap"}
+    assert {r["function"] for r in payload["rows"]} == {"ours padded", "ours padded [compute probs]", "torch cap"}
     assert "dropout on except attention's, bfloat16 compute" in payload["title"]
     on = eg.main(["--model", "minilm-shape", "--rows", "2", "--length", "16", "--rounds", "1", "--only", "ours padded",
                   "--out", str(tmp_path / "on.json")])

@@ -388,14 +388,15 @@ def test_attention_core_is_softmax_dropout_and_values_with_their_gradients():
             np.testing.assert_allclose(a, b, atol=6e-2)
         assert not np.allclose(out16, ref, atol=1e-6)  # it really kept bfloat16 probabilities
     with pytest.raises(ValueError, match="attention_probs='half' is not one of"):
-        layers.attention_probs_dtype("half", jnp.bfloat16)
+        layers.check_attention_probs("half")
 
 
 @pytest.mark.parametrize("family", ["t5", "bert"])
-def test_attention_probs_in_the_compute_dtype(codet5p_dir, tmp_path, family):
-    """`load_encoder(attention_probs="compute")`: with float32 compute, the encoder itself (values and
-    gradients, dropout on); with bfloat16 compute, the float32-probabilities encoder to bfloat16 precision,
-    its attention probabilities kept in bfloat16 (smaller compiled gradient), and nothing of it exported."""
+def test_attention_probs_kept_by_the_custom_vjp(codet5p_dir, tmp_path, family):
+    """`load_encoder(attention_probs=...)`: "float32" (`layers.attention_core`) is the default autodiff
+    encoder, dropout on (the same masks, so the same values; gradients to float rounding), keeping only the
+    probabilities and the mask; "compute" is "float32" with float32 compute and, with bfloat16 compute,
+    keeps bfloat16 probabilities (close, not equal). Nothing of it is exported."""
     if family == "t5":
         folder, pooling = codet5p_dir[0], None
     else:
@@ -409,27 +410,33 @@ def test_attention_probs_in_the_compute_dtype(codet5p_dir, tmp_path, family):
             out = enc.module.apply({"params": p}, jnp.asarray(ids), jnp.asarray(mask), deterministic=False,
                                    rngs={"dropout": key})
             return jnp.sum(out[:, :3])
-        return jax.value_and_grad(loss)
+        return jax.value_and_grad(loss)(enc.params)
 
+    def rel(g1, g2):
+        num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
+        return num / sum(float(jnp.sum(a ** 2)) for a in jax.tree.leaves(g1))
+
+    layers_n = None
     for dtype in (jnp.float32, jnp.bfloat16):
-        kept = cocohanere_jax.load_encoder(folder, pooling=pooling, dtype=dtype)
-        compute = cocohanere_jax.load_encoder(folder, pooling=pooling, dtype=dtype, attention_probs="compute")
-        assert compute.config.attention_probs == "compute" and kept.config.attention_probs == "float32"
-        (v1, g1), (v2, g2) = grad_of(kept)(kept.params), grad_of(compute)(compute.params)
+        auto, kept, compute = (cocohanere_jax.load_encoder(folder, pooling=pooling, dtype=dtype, **kw)
+                               for kw in ({}, {"attention_probs": "float32"}, {"attention_probs": "compute"}))
+        assert auto.config.attention_probs == "autodiff" and compute.config.attention_probs == "compute"
+        (va, ga), (vk, gk), (vc, gc) = grad_of(auto), grad_of(kept), grad_of(compute)
+        np.testing.assert_allclose(float(vk), float(va), rtol=1e-6)
+        assert rel(ga, gk) < (1e-10 if dtype == jnp.float32 else 1e-4), rel(ga, gk)
         if dtype == jnp.float32:
-            assert float(v1) == float(v2)
-            jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), g1, g2)
+            assert float(vc) == float(vk)
+            jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), gk, gc)
         else:
-            np.testing.assert_allclose(float(v2), float(v1), rtol=2e-2)
-            flat1, flat2 = jax.tree.leaves(g1), jax.tree.leaves(g2)
-            num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(flat1, flat2))
-            den = sum(float(jnp.sum(a ** 2)) for a in flat1)
-            assert 0 < num / den < 1e-3, num / den  # different (bf16 probabilities), and close
+            np.testing.assert_allclose(float(vc), float(vk), rtol=2e-2)
+            assert 0 < rel(gk, gc) < 1e-3, rel(gk, gc)  # different (bf16 probabilities), and close
         # What the backward pass keeps of each layer's [rows, heads, 40, 40] attention arrays: the
-        # probabilities alone (float32, or the compute dtype), never the dropout mask nor the dropped weights.
+        # probabilities (float32, or the compute dtype) and the dropout mask, never the dropped weights.
         layers_n = kept.config.num_layers if family == "t5" else kept.config.num_hidden_layers
-        for enc, probs in ((kept, "f32"), (compute, "bf16" if dtype == jnp.bfloat16 else "f32")):
-            assert _attention_residuals(enc, ids, mask, key) == [probs] * layers_n
+        assert sorted(_attention_residuals(kept, ids, mask, key)) == sorted(["f32", "bool"] * layers_n)
+        probs = "bf16" if dtype == jnp.bfloat16 else "f32"
+        assert sorted(_attention_residuals(compute, ids, mask, key)) == sorted([probs, "bool"] * layers_n)
+        assert len(_attention_residuals(auto, ids, mask, key)) > 2 * layers_n
     with pytest.raises(ValueError, match="attention_probs='fp16'"):
         cocohanere_jax.load_encoder(folder, pooling=pooling, attention_probs="fp16")
     out = compute.export(str(tmp_path / f"export_{family}"))

@@ -41,9 +41,9 @@ class BertConfig:
     # "cls": hidden state of token 0; "mean": mean over non-pad tokens; "pooler": token 0 through the
     # pretrained dense+tanh pooler (the first-token-plus-projection head of GraphCodeBERT's code search).
     pooling: str = "cls"
-    # Not an architecture field (never exported): the dtype attention probabilities are kept in, "float32"
-    # or "compute" (the compute dtype; `layers.attention_probs_dtype`).
-    attention_probs: str = "float32"
+    # Not an architecture field (never exported): how attention keeps its probabilities for the backward
+    # pass, `layers.ATTENTION_PROBS`.
+    attention_probs: str = "autodiff"
 
     @property
     def output_dim(self) -> int:
@@ -105,7 +105,7 @@ class BertLayer(nn.Module):
         v = layers.split_heads(dense(cfg.hidden_size, "value")(x), heads)
         attn = layers.dot_product_attention(
             q, k, v, bias, layers.Dropout(cfg.attention_probs_dropout_prob), deterministic,
-            probs_dtype=layers.attention_probs_dtype(cfg.attention_probs, self.dtype),
+            probs=cfg.attention_probs,
         )
         h = hidden_drop(dense(cfg.hidden_size, "attention_out")(layers.merge_heads(attn)), deterministic=deterministic)
         x = LayerNorm(cfg.layer_norm_eps, self.dtype, name="attention_norm")(x + h)

@@ -293,7 +293,7 @@ def load_encoder(
     dtype: Any = jnp.float32,
     remat: bool = False,
     scan_layers: bool = False,
-    attention_probs: str = "float32",
+    attention_probs: str = "autodiff",
 ) -> Encoder:
     """Loads a local Hugging Face folder (or one of our exports) as a Flax `Encoder`.
 
@@ -307,13 +307,15 @@ def load_encoder(
       remat: rematerialise blocks in the backward pass (training memory).
       scan_layers: one `nn.scan` over the layers, parameters stacked on a leading layer axis (one layer
         compiled instead of all of them); the weights and the export are the same Hugging Face tensors.
-      attention_probs: "float32" (the default) keeps attention probabilities in float32 for dropout and the
-        backward pass; "compute" keeps them in `dtype` (with bfloat16, half the memory of attention's largest
-        arrays; the gradient through the softmax at bfloat16 precision). The same with float32 compute.
+      attention_probs: how attention keeps its probabilities for the backward pass. "autodiff" (the
+        default): JAX's autodiff of softmax and dropout. "float32": a custom VJP that keeps only the float32
+        probabilities and the dropout mask (`layers.attention_core`; same values, same gradients to float
+        rounding). "compute": the same with the probabilities in `dtype` (bfloat16: the gradient through
+        the softmax at bfloat16 precision).
     """
     from cocohanere_jax.models import layers
 
-    layers.attention_probs_dtype(attention_probs, dtype)  # a clear error for a wrong choice, before loading
+    layers.check_attention_probs(attention_probs)  # a clear error for a wrong choice, before loading
     path = resolve_model_path(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(

@@ -153,27 +153,29 @@ def attention_index(shape: tuple[int, ...]) -> jax.Array:
     return (rows * s + jax.lax.broadcasted_iota(jnp.uint32, shape, 2)) * s + jax.lax.broadcasted_iota(jnp.uint32, shape, 3)
 
 
-ATTENTION_PROBS = ("float32", "compute")
+# How attention keeps its probabilities for the backward pass: "autodiff" (JAX's autodiff of softmax and
+# dropout: float32 probabilities, the mask and the float32 dropped weights, 9-11 bytes per element),
+# "float32" (`attention_core`: float32 probabilities and the mask, 5 bytes) or "compute" (`attention_core`
+# with the probabilities in the compute dtype: 3 bytes with bfloat16).
+ATTENTION_PROBS = ("autodiff", "float32", "compute")
 
 
-def attention_probs_dtype(choice: str, compute_dtype: Dtype) -> Any:
-    """The dtype attention probabilities are kept in: "float32" (always), or "compute" (the compute dtype)."""
+def check_attention_probs(choice: str) -> str:
     if choice not in ATTENTION_PROBS:
-        raise ValueError(f"attention_probs={choice!r} is not one of {ATTENTION_PROBS}: \"float32\" keeps the "
-                         "attention probabilities in float32, \"compute\" in the compute dtype (bfloat16 halves "
-                         "their memory).")
-    return jnp.dtype(jnp.float32 if choice == "float32" else compute_dtype)
+        raise ValueError(f"attention_probs={choice!r} is not one of {ATTENTION_PROBS}: \"autodiff\" (the "
+                         "default) lets JAX keep what softmax and dropout need, \"float32\" / \"compute\" keep only "
+                         "the probabilities (in float32 / in the compute dtype) and the dropout mask.")
+    return choice
 
 
-def _attention_keep(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array:
-    return keep_mask(key, shape, keep_prob, attention_index(shape))
+def _attention_keep(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array | None:
+    """`Dropout`'s mask for attention weights of ``shape`` (None when ``keep_prob`` is 1: no dropout)."""
+    return keep_mask(key, shape, keep_prob, attention_index(shape)) if keep_prob < 1.0 else None
 
 
-def _attention_weights(y: jax.Array, key: jax.Array, keep_prob: float, dtype: Any) -> jax.Array:
-    """Probabilities ``y`` after inverted dropout (the mask `Dropout` draws for attention; none when
-    ``keep_prob`` is 1), in ``dtype`` (the values' dtype)."""
-    if keep_prob < 1.0:
-        keep = _attention_keep(key, y.shape, keep_prob)
+def _dropped(y: jax.Array, keep: jax.Array | None, keep_prob: float, dtype: Any) -> jax.Array:
+    """Probabilities ``y`` after inverted dropout with ``keep`` (None: none), in ``dtype``."""
+    if keep is not None:
         y = jnp.where(keep, y / jnp.asarray(keep_prob, y.dtype), jnp.zeros_like(y))
     return y.astype(dtype)
 
@@ -184,30 +186,31 @@ def attention_core(logits: jax.Array, vh: jax.Array, key: jax.Array, keep_prob: 
     same values as `Dropout` applied to ``softmax(logits).astype(probs_dtype)`` at `attention_index`, cast
     to the values' dtype, times the values.
 
-    The backward pass keeps only the probabilities (in ``probs_dtype``) and the values, and recomputes the
-    dropout mask from ``key`` (about 10 integer operations per element) and the dropped weights from the
-    probabilities. Plain autodiff keeps, per attention element, the float32 probabilities, the mask, the
-    float32 dropped weights and (with bfloat16 values) their bfloat16 copy: 9 to 11 bytes, where this keeps
-    4 (2 with bfloat16 ``probs_dtype``). The gradient through the softmax is computed in float32.
-    ``keep_prob`` 1: no dropout (``key`` is not read).
+    The backward pass keeps the probabilities (in ``probs_dtype``), the dropout mask and the values, and
+    recomputes the dropped weights from them. Plain autodiff keeps, per attention element, the float32
+    probabilities, the mask, the float32 dropped weights and (with bfloat16 values) their bfloat16 copy:
+    9 to 11 bytes, where this keeps 5 (3 with bfloat16 ``probs_dtype``). (Recomputing the mask from ``key``
+    instead, 4 and 2 bytes, ran 4-5% slower on CPU: the hash is about 10 integer operations per element.)
+    The gradient through the softmax is computed in float32. ``keep_prob`` 1: no dropout (``key`` unread).
     """
     y = jax.nn.softmax(logits, axis=-1).astype(probs_dtype)
-    return jnp.einsum("nhqk,nhkd->nhqd", _attention_weights(y, key, keep_prob, vh.dtype), vh)
+    keep = _attention_keep(key, y.shape, keep_prob)
+    return jnp.einsum("nhqk,nhkd->nhqd", _dropped(y, keep, keep_prob, vh.dtype), vh)
 
 
 def _attention_core_fwd(logits, vh, key, keep_prob, probs_dtype):
     y = jax.nn.softmax(logits, axis=-1).astype(probs_dtype)
-    out = jnp.einsum("nhqk,nhkd->nhqd", _attention_weights(y, key, keep_prob, vh.dtype), vh)
-    return out, (y, vh, key)
+    keep = _attention_keep(key, y.shape, keep_prob)
+    out = jnp.einsum("nhqk,nhkd->nhqd", _dropped(y, keep, keep_prob, vh.dtype), vh)
+    return out, (y, vh, keep)
 
 
 def _attention_core_bwd(keep_prob, probs_dtype, res, g):
-    y, vh, key = res
-    weights = _attention_weights(y, key, keep_prob, vh.dtype)
-    d_vh = jnp.einsum("nhqk,nhqd->nhkd", weights, g.astype(vh.dtype))
-    d_weights = jnp.einsum("nhqd,nhkd->nhqk", g.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
-    if keep_prob < 1.0:
-        keep = _attention_keep(key, y.shape, keep_prob)
+    y, vh, keep = res
+    g = g.astype(vh.dtype)
+    d_vh = jnp.einsum("nhqk,nhqd->nhkd", _dropped(y, keep, keep_prob, vh.dtype), g)
+    d_weights = jnp.einsum("nhqd,nhkd->nhqk", g, vh, preferred_element_type=jnp.float32)
+    if keep is not None:
         d_weights = jnp.where(keep, d_weights / jnp.float32(keep_prob), jnp.float32(0))
     y32 = y.astype(jnp.float32)
     d_logits = y32 * (d_weights - jnp.sum(d_weights * y32, axis=-1, keepdims=True))
@@ -224,24 +227,29 @@ def dot_product_attention(
     bias: jax.Array,
     dropout: Dropout,
     deterministic: bool,
-    probs_dtype: Any = jnp.float32,
+    probs: str = "autodiff",
 ) -> jax.Array:
     """Softmax attention over [n, L, H, dh] heads; the logits and softmax are in float32.
 
     `bias` is broadcast to [n, H, Lq, Lk] (mask, and for T5 the relative position bias). No scaling is
     applied here: callers scale q themselves when their model does (BERT does, T5 does not).
-    `probs_dtype`: the dtype the probabilities are kept in for dropout and the backward pass (float32, or
-    the compute dtype: `attention_probs_dtype`); they meet ``v`` in its dtype either way.
+    `probs`: how the backward pass keeps the probabilities (`ATTENTION_PROBS`; "compute" = ``v``'s dtype);
+    they meet ``v`` in its dtype either way.
     """
     # Head-major operands ([n, H, L, dh]) before the two batched matmuls: XLA:CPU emits them as plain
     # batch-major GEMMs then (measured on MiniLM's shapes, 64 rows x 64 tokens, one thread: forward 40%
     # and forward + backward 15% faster than contracting the [n, L, H, dh] layout directly).
     qh, kh, vh = (jnp.swapaxes(t, -3, -2) for t in (q, k, v))
     logits = jnp.einsum("nhqd,nhkd->nhqk", qh, kh, preferred_element_type=jnp.float32) + bias
-    probs_dtype = jnp.dtype(probs_dtype)
-    if not isinstance(dropout, Dropout):  # another dropout module (flax.linen.Dropout): plain autodiff
-        weights = dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic).astype(v.dtype)
-        return jnp.swapaxes(jnp.einsum("nhqk,nhkd->nhqd", weights, vh), -3, -2)
+    if check_attention_probs(probs) == "autodiff" or not isinstance(dropout, Dropout):
+        # Plain autodiff (also for another dropout module, e.g. flax.linen.Dropout).
+        weights = jax.nn.softmax(logits, axis=-1)
+        if isinstance(dropout, Dropout) and not deterministic:
+            weights = dropout(weights, deterministic=deterministic, index=attention_index(weights.shape))
+        else:
+            weights = dropout(weights, deterministic=deterministic)
+        return jnp.swapaxes(jnp.einsum("nhqk,nhkd->nhqd", weights.astype(v.dtype), vh), -3, -2)
+    probs_dtype = jnp.dtype(jnp.float32 if probs == "float32" else v.dtype)
     if deterministic or dropout.rate == 0.0:
         key, keep_prob = jnp.zeros((2,), jnp.uint32), 1.0
     elif dropout.rate >= 1.0:

@@ -41,9 +41,9 @@ class T5Config:
     embed_dim: int | None = 256
     # "first" (token 0; CodeT5+), "mean" (masked mean) or "cls" (alias of first).
     pooling: str = "first"
-    # Not an architecture field (never exported): the dtype attention probabilities are kept in, "float32"
-    # or "compute" (the compute dtype; `layers.attention_probs_dtype`).
-    attention_probs: str = "float32"
+    # Not an architecture field (never exported): how attention keeps its probabilities for the backward
+    # pass, `layers.ATTENTION_PROBS`.
+    attention_probs: str = "autodiff"
 
     @property
     def is_gated(self) -> bool:
@@ -125,7 +125,7 @@ class T5Block(nn.Module):
         # T5 does not scale the logits by 1/sqrt(d_kv): the scale is folded into the initialisation.
         attn = layers.dot_product_attention(
             q, k, v, bias, drop, deterministic,
-            probs_dtype=layers.attention_probs_dtype(cfg.attention_probs, self.dtype))
+            probs=cfg.attention_probs)
         x = x + drop(dense(cfg.d_model, "out")(layers.merge_heads(attn)), deterministic=deterministic)
 
         h = RMSNorm(cfg.layer_norm_epsilon, self.dtype, name="mlp_norm")(x)
