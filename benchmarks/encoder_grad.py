@@ -145,7 +145,7 @@ def main(argv=None) -> dict[str, Any]:
 
     # Whether these rows fit the plan (else the timed call is its padded fallback).
     plan_held = all(int((lengths > t).sum()) <= s for t, s in zip(plan.lengths, np.cumsum((0,) + plan.sizes[:-1])))
-    compiled, compile_s = {}, {}
+    compiled, compile_s, temp_gb = {}, {}, {}
     jax_fns = {"ours one call": jax.grad(one_call), "ours padded": jax.grad(padded),
                "ours length-aware": jax.grad(aware), "ours length-aware fwd": aware,
                "ours length plan": jax.grad(planned)}
@@ -168,6 +168,8 @@ def main(argv=None) -> dict[str, Any]:
         t = time.perf_counter()
         compiled[name] = jax.jit(fn).lower(enc.params).compile()
         compile_s[name] = round(time.perf_counter() - t, 1)
+        memory = compiled[name].memory_analysis()  # XLA's own account of the compiled program's scratch memory
+        temp_gb[name] = None if memory is None else float(f"{memory.temp_size_in_bytes / 2**30:.4g}")
         print(f"{name}: compiled in {compile_s[name]} s", flush=True)
 
     def torch_embed(rows, mask):  # pooled as ours
@@ -214,7 +216,7 @@ def main(argv=None) -> dict[str, Any]:
         # MFU to 3 significant digits (not decimals: a smoke model's is below 0.001 on a busy machine).
         row = {"function": name, "median_s": s["median_s"], "rounds_s": list(ts),
                "real_token_mfu": float(f"{flops / s['median_s'] / peak_flops:.3g}") if peak_flops else None,
-               "compile_s": compile_s.get(name)}
+               "compile_s": compile_s.get(name), "compiled_temp_gb": temp_gb.get(name)}
         if reference and name != "torch cap":
             row["vs_torch_cap"] = round(common.paired_ratio(ts, reference), 3)
         rows_out.append(row)
@@ -225,7 +227,8 @@ def main(argv=None) -> dict[str, Any]:
              f"XLA {peak.get('xla_gflops', 0):.0f}, PyTorch {peak.get('torch_gflops', 0):.0f} GFLOP/s; "
              f"load {load_before} -> {load_after}")
     shown = [dict(r, rounds_s=", ".join(f"{t:.3g}" for t in r["rounds_s"])) for r in rows_out]
-    common.print_table(shown, ["function", "median_s", "rounds_s", "real_token_mfu", "compile_s", "vs_torch_cap"], title)
+    common.print_table(shown, ["function", "median_s", "rounds_s", "real_token_mfu", "compile_s", "compiled_temp_gb",
+                               "vs_torch_cap"], title)
     payload = {"benchmark": "encoder_grad", "smoke": args.smoke, "title": title, "args": vars(args), "machine": common.machine_info(threads), "matmul_peak": peak,
                "embedding_max_abs_diff": embedding_max_abs_diff, "attention_dropout": attention_dropout,
                # transformers' attention kernel ("sdpa": torch's fused scaled_dot_product_attention; "eager")

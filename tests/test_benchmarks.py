@@ -369,6 +369,8 @@ def test_encoder_grad_smoke(tmp_path, cache):
     for row in data["rows"]:
         assert 0 < row["real_token_mfu"] and len(row["rounds_s"]) == 1
         assert (row["function"] == "torch cap") == ("vs_torch_cap" not in row)
+        assert (row["compiled_temp_gb"] is None) == row["function"].startswith("torch")
+        assert row["function"].startswith("torch") or row["compiled_temp_gb"] > 0
 
 
 def test_encoder_grad_takes_attention_dropout_off_on_both_sides(tmp_path):
