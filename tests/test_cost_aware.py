@@ -149,7 +149,11 @@ def test_joint_loss_matches_numpy_and_one_device_equals_four(world, source):
     for s in range(2):
         for name in ("loss", "loss_b", "loss_hn", "grad_norm"):
             np.testing.assert_allclose(metrics1[s][name], metrics4[s][name], rtol=2e-5, err_msg=name)
-    tree_allclose(snaps1[1].params, snaps4[1].params, rtol=1e-4, atol=2e-6)
+    # Parameters after two Adam steps at lr 1e-2: Adam divides by sqrt(v), so an element whose gradient is
+    # near zero moves by a share of a step that float reassociation (1 device against 4) can change. On an
+    # AVX-512 Xeon one element of 1,024 differed by 1.4e-5 (0.14% of one step) where the EPYC hosts stayed
+    # below 2e-6; 2e-5 is 0.2% of a step.
+    tree_allclose(snaps1[1].params, snaps4[1].params, rtol=1e-4, atol=2e-5)
 
 
 def test_cost_aware_config_validation():
