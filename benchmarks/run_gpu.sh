@@ -4,7 +4,7 @@
 # The next checks for issue 16 (benchmarks/RESULTS.md, "On a GPU, second session"), one device call each, the
 # first one first (run the second only while device time is left):
 #   bash benchmarks/run_gpu.sh step       (about 7 minutes)
-#   bash benchmarks/run_gpu.sh attention  (about 4 minutes)
+#   bash benchmarks/run_gpu.sh attention  (about 6 minutes; each process writes its file, "off" runs last)
 # step: every length-aware step timed on the GPU so far had its layers scanned (`4+scan`, `4+scan+plan`),
 #   and the padded step it lost to did not: a scan is a while loop, whose predicate XLA's GPU backend may read
 #   back to the host every layer (not checked here). MiniLM's shape (batch 32, k 10, bank 8096, 128/256, bf16), each
