@@ -39,6 +39,7 @@ can be read off two runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -88,8 +89,6 @@ def main(argv=None) -> dict[str, Any]:
     if args.dropout == "hidden":
         if family != "bert":
             raise SystemExit("encoder_grad: --dropout hidden needs a BERT-family model (T5 has one dropout rate)")
-        import dataclasses
-
         enc = dataclasses.replace(enc, config=dataclasses.replace(enc.config, attention_probs_dropout_prob=0.0))
         enc = dataclasses.replace(enc, module=enc.module.clone(config=enc.config))
         for name, m in model.named_modules():
@@ -151,8 +150,6 @@ def main(argv=None) -> dict[str, Any]:
                "ours length plan": jax.grad(planned)}
     # The same padded call with attention's custom VJP (`load_encoder(..., attention_probs=...)`): only the
     # probabilities (float32, or the compute dtype) and the dropout mask kept for the backward pass.
-    import dataclasses
-
     def padded_with(choice):
         fn = reencode.as_apply_fn(enc.module.clone(config=dataclasses.replace(enc.config, attention_probs=choice)))
         return jax.grad(lambda p: jnp.sum(reencode.encode_rows(fn, p, ids_j, keys, pad_id=enc.pad_id,

@@ -26,6 +26,7 @@ from cocohanere_jax import sharding
 from cocohanere_jax import step as step_lib
 from cocohanere_jax import token_table as token_table_lib
 from cocohanere_jax.models import encoder as encoder_lib
+from cocohanere_jax.models import layers
 from cocohanere_jax.step_config import StepConfig
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> StepCon
         raise ValueError(f"config.train.global_batch_size={batch} must divide by the {jax.process_count()} processes.")
     if config.model.dtype not in DTYPES:
         raise ValueError(f"config.model.dtype={config.model.dtype!r} is not one of {sorted(DTYPES)}.")
-    if config.model.attention_probs not in ("autodiff", "float32", "compute"):
-        raise ValueError(f"config.model.attention_probs={config.model.attention_probs!r} is not \"autodiff\", "
-                         "\"float32\" or \"compute\" (cocohanere_jax/models/layers.py, ATTENTION_PROBS).")
+    if config.model.attention_probs not in layers.ATTENTION_PROBS:
+        raise ValueError(f"config.model.attention_probs={config.model.attention_probs!r} is not one of "
+                         f"{layers.ATTENTION_PROBS} (cocohanere_jax/models/layers.py).")
     path = encoder_lib.resolve_model_path(config.model.path)
     if not path or not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(

@@ -146,6 +146,41 @@ def test_bucketed_rows_equal_padded_rows_and_vjp():
             np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("model_name", ["t5", "roberta"])
+def test_attention_custom_vjp_keeps_rows_independent_of_their_padding(model_name):
+    """`model.attention_probs="float32"` (`layers.attention_core`), dropout on: rows encoded at bucket
+    lengths equal rows encoded at the cap (its dropout mask, too, is drawn by position), value and VJP; and
+    the values are the autodiff encoder's (the same masks)."""
+    import dataclasses
+
+    model, pad_id, params, _, table, _ = setup(model_name, "mixed", rate=0.2)
+    core = model.clone(config=dataclasses.replace(model.config, attention_probs="float32"))
+    rows = jnp.asarray(table.code_ids[:13])
+    keys = reencode.row_keys(jax.random.key_data(jax.random.key(3)), 2, jnp.arange(13))
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(13, 8 if model_name == "t5" else 16)), jnp.float32)
+
+    @functools.partial(jax.jit, static_argnums=(1, 2), compiler_options=FAST)
+    def vg(p, module, bucketed):
+        apply_fn = reencode.as_apply_fn(module)
+
+        def f(p):
+            if bucketed:
+                e = reencode.encode_rows_bucketed(apply_fn, p, rows, keys, pad_id=pad_id, buckets=(8, 16), chunk=4)
+            else:
+                e = reencode.encode_rows(apply_fn, p, rows, keys, pad_id=pad_id)
+            return jnp.sum(e * weights), e
+        return jax.value_and_grad(f, has_aux=True)(p)
+
+    (_, e_auto), _ = vg(params, model, False)
+    (_, e0), g0 = vg(params, core, False)
+    (_, e1), g1 = vg(params, core, True)
+    np.testing.assert_allclose(e0, e_auto, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(e1, e0, rtol=1e-5, atol=1e-6)
+    scale = float(optax.tree.norm(g0))
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
+
+
 def _run(model, pad_id, params, dim, table, banks, config, devices, batches, token_rows=True, length_stats=None):
     mesh = sharding.make_mesh(jax.devices()[:devices])
     tx = optim.make_optimizer(config, total_steps=20)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cocohanere_jax.models import hf
+from cocohanere_jax.models import hf, layers
 from cocohanere_jax.models.bert import BertConfig, BertEncoder
 from cocohanere_jax.models.t5 import T5Config, T5Encoder
 
@@ -313,8 +313,6 @@ def load_encoder(
         rounding). "compute": the same with the probabilities in `dtype` (bfloat16: the gradient through
         the softmax at bfloat16 precision).
     """
-    from cocohanere_jax.models import layers
-
     layers.check_attention_probs(attention_probs)  # a clear error for a wrong choice, before loading
     path = resolve_model_path(os.fspath(path))
     if not os.path.isdir(path):

@@ -193,9 +193,7 @@ def attention_core(logits: jax.Array, vh: jax.Array, key: jax.Array, keep_prob: 
     instead, 4 and 2 bytes, ran 4-5% slower on CPU: the hash is about 10 integer operations per element.)
     The gradient through the softmax is computed in float32. ``keep_prob`` 1: no dropout (``key`` unread).
     """
-    y = jax.nn.softmax(logits, axis=-1).astype(probs_dtype)
-    keep = _attention_keep(key, y.shape, keep_prob)
-    return jnp.einsum("nhqk,nhkd->nhqd", _dropped(y, keep, keep_prob, vh.dtype), vh)
+    return _attention_core_fwd(logits, vh, key, keep_prob, probs_dtype)[0]
 
 
 def _attention_core_fwd(logits, vh, key, keep_prob, probs_dtype):
