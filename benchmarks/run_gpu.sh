@@ -43,7 +43,7 @@ export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
         --out "$OUT/train_step_lengths_gpu_minilm_scan.json"
     python3 -m benchmarks.lengths_table "$OUT/train_step_lengths_gpu_minilm_scan.json"
   else
-    for dropout in on hidden off; do
+    for dropout in ${DROPOUTS:-on hidden off}; do  # DROPOUTS="on off" when device time is short
       python3 -m benchmarks.encoder_grad --model minilm-shape --rows 352 --length 256 --rounds 5 --dtype bfloat16 \
           --dropout $dropout --only "ours one call,ours padded,ours padded [float32 probs],ours padded [compute probs],torch cap" --out "$OUT/encoder_grad_gpu_minilm_$dropout.json"
     done
