@@ -12,6 +12,8 @@ w.r.t. every parameter), so that the differences between the step benchmarks
 - ``ours length-aware``: `reencode.encode_rows_bucketed` (what our default step runs: sorted chunks,
   `lax.switch` over bucket lengths, the custom VJP that re-runs the chosen branch's forward);
 - ``ours length-aware fwd``: the same, forward only (so the backward's re-run forward can be read off);
+- ``ours one call fwd``, ``ours padded fwd``: those two calls forward only (`Encoder.embed_ids` makes one
+  ``apply`` per block: on the GPU the backward of one call ran 3.8x slower than the vmapped rows);
 - ``ours padded [float32 probs]``, ``ours padded [compute probs]`` (the second with ``--dtype bfloat16``):
   ``ours padded`` with attention's custom VJP (``load_encoder(attention_probs="float32" / "compute")``:
   only the probabilities, in float32 / the compute dtype, and the dropout mask kept for the backward pass);
@@ -158,6 +160,7 @@ def main(argv=None) -> dict[str, Any]:
     jax_fns["ours padded [float32 probs]"] = padded_with("float32")
     if args.dtype != "float32":
         jax_fns["ours padded [compute probs]"] = padded_with("compute")
+    jax_fns["ours one call fwd"], jax_fns["ours padded fwd"] = one_call, padded
     only = [s for s in args.only.split(",") if s]
     for name, fn in jax_fns.items():
         if only and name not in only:

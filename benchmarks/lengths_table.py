@@ -22,11 +22,11 @@ def labels(row: dict) -> list[tuple[str, str]]:
     """(key, name) of every step in a result row: ours length-aware (scanned or not), ours padded, the references."""
     ours = sorted({k.removesuffix("_step_s").removesuffix("_failed") for k in row
                    if k.startswith("ours_b") and k.endswith(("_step_s", "_failed"))},
-                  key=lambda k: ("_scan" in k, "_plan" in k, "_tuned" in k, k))
+                  key=lambda k: ("_scan" in k, "_plan" in k, "_iid" in k, k))
     out = []
     for key in ours:
         nb, *options = key[len("ours_b"):].split("_")
-        notes = [{"scan": "layers scanned", "plan": "length plans", "tuned": "margin per pool"}[o] for o in options]
+        notes = [{"scan": "layers scanned", "plan": "length plans", "iid": "planned for independent rows"}[o] for o in options]
         out.append((key, f"ours length-aware ({', '.join([nb] + notes)})"))
     # "ours_*" without "ours_compile_s" is measure()'s alias of the first step, not a padded step.
     padded = [("ours", "ours padded")] if "ours_compile_s" in row or "ours_failed" in row else []
@@ -74,7 +74,8 @@ def table(path: str) -> str:
         memory = f"{order}, peak RSS in the table" if isolated else f"peak RSS {row['process_max_rss_gb']:.1f} GB"
         if payload.get("partial"):  # written after a child, by a run that did not finish
             memory += "; PARTIAL: the run stopped before its last step"
-        lines.append(f"{model}, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}; "
+        fill = " (our encoder's embeddings of its rows)" if row.get("bank_fill") == "model" else ""
+        lines.append(f"{model}, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}{fill}; "
                      f"real tokens {row['real_token_fraction']['query']:.0%} of a query row, "
                      f"{row['real_token_fraction']['code']:.0%} of a code row; load average "
                      f"{m.get('load_average_start')} at the start{gemm_speeds(payload)}; {memory} (`{path}`):")

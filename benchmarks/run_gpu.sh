@@ -1,29 +1,28 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool), after benchmarks/gpu_prepare.sh here, carrying .gpu:
 #     device run --carry .gpu --timeout_s 560 --command "bash benchmarks/run_gpu.sh step"
-# The next checks for issue 16 (benchmarks/RESULTS.md, "On a GPU, second session"), one device call each, the
-# first one first (run the second only while device time is left):
-#   bash benchmarks/run_gpu.sh step       (about 7 minutes)
-#   bash benchmarks/run_gpu.sh attention  (about 6 minutes; each process writes its file, "off" runs last)
-# step: every length-aware step timed on the GPU so far had its layers scanned (`4+scan`, `4+scan+plan`),
-#   and the padded step it lost to did not: a scan is a while loop, whose predicate XLA's GPU backend may read
-#   back to the host every layer (not checked here). MiniLM's shape (batch 32, k 10, bank 8096, 128/256, bf16), each
-#   step in its own process: padded, padded with scanned layers, length plans unscanned.
-# attention: on MiniLM's shape our padded step ran only 1.16x the authors' PyTorch step (0.084 s against
-#   0.098 s), at 11.5% real-token MFU where the CodeT5+ shape's ran at 32.9%. The suspect is attention:
-#   MiniLM's [rows, 12, L, L] scores are as large as CodeT5+'s for a quarter of the matmul work. One encode
-#   call of the step's size (352 real code rows at the 256 cap, forward + backward, bf16), in three
-#   processes: every dropout on, attention dropout off, no dropout; ours as one call, as the step runs it (a
-#   dropout key per row), and that with attention's custom VJP (`model.attention_probs` "float32" and
-#   "compute": only the probabilities and the dropout mask kept, 5 and 3 bytes per element where autodiff
-#   keeps 9-11), against PyTorch (its attention kernel is printed first).
-# Writes $OUT/train_step_lengths_gpu_minilm_scan.json or $OUT/encoder_grad_gpu_minilm_{on,hidden,off}.json,
-# and $OUT/log_step or $OUT/log_attention. Each result file is written as soon as its process (or child process) ends, so a call cut
-# short keeps what it finished.
+# The next checks for issue 16 (benchmarks/RESULTS.md, "On a GPU, third session"), one device call each, the
+# first one first (run the others only while device time is left):
+#   bash benchmarks/run_gpu.sh step       (about 6 minutes: the plan's step compiled in 228 s last time)
+#   bash benchmarks/run_gpu.sh encode     (about 2 minutes)
+#   bash benchmarks/run_gpu.sh attention  (about 4 minutes; DROPOUTS="on off" picks its processes)
+# step: MiniLM's shape (batch 32, k 10, bank 8096, 128/256, bf16), padded against length plans unscanned with
+#   chunks of 128 rows. Plans made for independent rows broke on 56% of real neighbour pools of this size
+#   (320 + 320 rows), each miss running the pool padded in chunks of `length_chunk` rows (8: slow on a GPU);
+#   the plans now expect runs of alike rows ("Plans for real neighbour pools": 16% misses expected here) and
+#   the fallback's chunks are 128 rows. The banks start with the encoder's embeddings of their rows
+#   (`--bank_fill model`), so the neighbours are alike as in training. Each step in its own process.
+# encode: one apply over 352 rows ran 3.8x slower than the same rows vmapped (forward + backward, no dropout).
+#   Times both forward only too, and dumps both programs' optimized HLO to $OUT/hlo for a diff here.
+# attention: MiniLM's encode call with all, no-attention and no dropout, ours (autodiff, float32 and compute
+#   probabilities) against PyTorch (measured in the third session; kept for a rerun).
+# Writes $OUT/train_step_lengths_gpu_minilm_plans.json, $OUT/encoder_grad_gpu_minilm_encode.json (+ $OUT/hlo)
+# or $OUT/encoder_grad_gpu_minilm_{on,hidden,off}.json, and $OUT/log_<check>. Each result file is written as
+# soon as its process (or child process) ends, so a call cut short keeps what it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-step}
-case $what in step|attention) ;; *) echo "usage: run_gpu.sh [step|attention]"; exit 2;; esac
+case $what in step|encode|attention) ;; *) echo "usage: run_gpu.sh [step|encode|attention]"; exit 2;; esac
 OUT=${OUT:-benchmarks/results}
 ls .gpu/whl/*.whl .gpu/minilm-tokenizer/tokenizer.json .gpu/minilm-tokenizer/1_Pooling/config.json > /dev/null \
     || { echo "run benchmarks/gpu_prepare.sh first and carry .gpu"; exit 1; }
@@ -39,9 +38,17 @@ export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
   python3 -c "import transformers as t; b = t.BertModel(t.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)); e = t.T5EncoderModel(t.T5Config(d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2)); print('attention: BERT', b.config._attn_implementation, 'T5', e.config._attn_implementation)"
   if [ "$what" = step ]; then
     python3 -m benchmarks.train_step --isolate --bank 8096 --dtype bfloat16 --rounds 3 --models minilm-shape \
-        --sizes "minilm-shape=32,10,128,256" --length_buckets 0,0+scan,4+plan --reference_padding "" \
-        --out "$OUT/train_step_lengths_gpu_minilm_scan.json"
-    python3 -m benchmarks.lengths_table "$OUT/train_step_lengths_gpu_minilm_scan.json"
+        --sizes "minilm-shape=32,10,128,256" --length_buckets 0,4+plan --length_chunk 128 --reference_padding "" --bank_fill model \
+        --out "$OUT/train_step_lengths_gpu_minilm_plans.json"
+    python3 -m benchmarks.lengths_table "$OUT/train_step_lengths_gpu_minilm_plans.json"
+  elif [ "$what" = encode ]; then
+    XLA_FLAGS="--xla_dump_to=$OUT/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*(one_call|padded).*" \
+      python3 -m benchmarks.encoder_grad --model minilm-shape --rows 352 --length 256 --rounds 5 --dtype bfloat16 \
+        --dropout off --only "ours one call,ours padded,ours one call fwd,ours padded fwd,torch cap" \
+        --out "$OUT/encoder_grad_gpu_minilm_encode.json"
+    # Keep the optimized programs only (the dump also holds every small jit's folder, LLVM IR and PTX).
+    find "$OUT/hlo" -type f ! -name '*after_optimizations.txt' -delete; find "$OUT/hlo" -type d -empty -delete
+    ls -la "$OUT/hlo"
   else
     for dropout in ${DROPOUTS:-on hidden off}; do  # DROPOUTS="on off" when device time is short
       python3 -m benchmarks.encoder_grad --model minilm-shape --rows 352 --length 256 --rounds 5 --dtype bfloat16 \

@@ -3,7 +3,9 @@
 For each model, both implementations run the same CoCoHaNeRe step (same encoder weights and config, batch,
 k, token lengths, bank size and thread count, dropout on) on the same batches of real standard-library
 (docstring, function) pairs tokenised with all-MiniLM-L6-v2's tokenizer; both banks start full of random
-unit vectors (the steady state). Steps alternate ours / reference round by round; the table gives the
+unit vectors (the steady state), or with ``--bank_fill model`` of our encoder's embeddings of the bank's own
+rows (as a trained bank holds them: the neighbours retrieved are then alike, in length too, which is what
+length plans must expect). Steps alternate ours / reference round by round; the table gives the
 median step time, pairs/s, the paired ratio (reference time / our time, > 1 = ours faster), our compile
 time, and the model-FLOPs utilisation of each against the matmul peak (in ``--dtype``) measured in this
 process. On a GPU both run there (``JAX_PLATFORMS=cuda``: the script pins JAX to the CPU unless it is set;
@@ -86,16 +88,17 @@ SMOKE_PAIRS = 256  # text pairs tokenised for a smoke run
 
 def parse_variant(spec: int | str) -> tuple[int, bool, bool | str]:
     """``4`` / ``"4"`` -> (4, False, False); ``"4+scan"`` -> (4, True, False); ``"4+plan"``, ``"4+scan+plan"``:
-    the same with length plans (``StepConfig.length_plan="auto"`` and the table's histogram; True), and
-    ``"...+plan+tuned"`` with each plan's margin chosen per pool (``length_plan_margin=None``; "tuned")."""
+    the same with length plans (``StepConfig.length_plan="auto"`` and the table's histogram, the step's
+    margin and neighbour correlation; True), and ``"...+plan+iid"`` with the plans made as before
+    ``length_plan_correlation`` (every row independent, ``length_plan_margin=3``; "iid")."""
     text = str(spec)
     nb, *options = text.split("+")
-    if not nb.isdigit() or any(o not in ("scan", "plan", "tuned") for o in options) \
+    if not nb.isdigit() or any(o not in ("scan", "plan", "iid") for o in options) \
             or len(set(options)) != len(options) or (nb == "0" and "plan" in options) \
-            or ("tuned" in options and "plan" not in options):
+            or ("iid" in options and "plan" not in options):
         raise SystemExit(f"--length_buckets: {text!r} is not N, N+scan, N+plan, N+scan+plan or one of those "
-                         "with +tuned after +plan (N = StepConfig.length_buckets, 0 = padded, which has no plans)")
-    return int(nb), "scan" in options, ("tuned" if "tuned" in options else "plan" in options)
+                         "with +iid after +plan (N = StepConfig.length_buckets, 0 = padded, which has no plans)")
+    return int(nb), "scan" in options, ("iid" if "iid" in options else "plan" in options)
 
 
 def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None,
@@ -106,8 +109,9 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     ``reencode_fraction``: de-duplicate the retrieved neighbours and re-encode at most this fraction of
     the batch's B*k rows per direction (``StepConfig.dedup_negatives`` / ``reencode_fraction``).
     ``length_plan``: the length-aware pools along static length plans from the table's histogram
-    (``StepConfig.length_plan="auto"``, as train.py runs it), else the bucketed chunks alone; ``"tuned"``:
-    with each pool's plan margin chosen by its expected work (``length_plan_margin=None``).
+    (``StepConfig.length_plan="auto"``, as train.py runs it), else the bucketed chunks alone; ``"iid"``:
+    plans for independent rows at 3 standard deviations (``length_plan_correlation=0``,
+    ``length_plan_margin=3``: the default before neighbour pools were measured).
     """
     import jax
     import jax.numpy as jnp
@@ -125,7 +129,7 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
                         reencode_fraction=reencode_fraction or 1.0, length_buckets=length_buckets,
                         length_chunk=length_chunk, length_plan="auto" if length_plan else "never",
                         length_aware_on="all",  # the step this label names, on any device (a GPU's default is padded)
-                        length_plan_margin=None if length_plan == "tuned" else 3.0)
+                        **(dict(length_plan_margin=3.0, length_plan_correlation=0.0) if length_plan == "iid" else {}))
     tx = optim.make_optimizer(config, total_steps=100_000)
     mesh = sharding.make_mesh(jax.devices()[:1])
     state = S.init_train_state(enc.params, tx, config, enc.dim, rng=0)
@@ -206,7 +210,7 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
             peak_gflops: float, reference: bool = True, compiler_options: dict | None = None,
             pairs_limit: int | None = None, reencode_fraction: float | None = None,
             dtype: str = "float32", length_buckets: tuple[int | str, ...] = (0,), length_chunk: int = 8,
-            reference_padding: tuple[str, ...] = ("cap",)) -> dict[str, Any]:
+            reference_padding: tuple[str, ...] = ("cap",), bank_fill: str = "random") -> dict[str, Any]:
     """One configuration: every implementation, interleaved round by round; returns the result row.
 
     ``length_buckets``: one of our steps per value (0 = padded to the cap; n = `StepConfig.length_buckets`;
@@ -214,9 +218,11 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     ``reference_padding``: one PyTorch reference per value ("cap" = the authors' way, "longest" = each
     encode call padded to its longest row). The first of each is ``ours`` / ``reference`` (ratio columns).
     ``dtype``: compute dtype of both encoders ("bfloat16": our ``load_encoder(dtype=...)`` with float32
-    parameters and optimizer, the reference under ``torch.autocast``).
+    parameters and optimizer, the reference under ``torch.autocast``). ``bank_fill``: "random" unit vectors
+    or "model" (`Encoder.embed_ids` of the bank's rows, the same for both implementations).
     """
     import jax.numpy as jnp
+    import numpy as np
 
     import cocohanere_jax
 
@@ -224,6 +230,12 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     work = Workload(int(getattr(enc.config, "vocab_size")), batch, lq, lc, bank_size, enc.dim, steps=max(rounds + 2, 8),
                     pairs_limit=pairs_limit)
     work.pad_id = enc.pad_id
+    if bank_fill == "model":  # Workload's rows are padded with the tokenizer's 0
+        rows = lambda ids: np.where(ids == 0, enc.pad_id, ids)[work.bank_ids]  # noqa: E731
+        work.bank_query_emb = enc.embed_ids(rows(work.query_ids))
+        work.bank_code_emb = enc.embed_ids(rows(work.code_ids))
+    elif bank_fill != "random":
+        raise SystemExit(f"train_step: --bank_fill {bank_fill!r}; use random or model")
     fns, compile_s, checks = {}, {}, {}
     scanned = None
     for spec in length_buckets:
@@ -241,7 +253,7 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     flops = common.step_model_flops(enc.family, enc.config, batch, k, lq, lc)
     real_flops = real_token_flops(enc.family, enc.config, work, batch, k)
     row: dict[str, Any] = {
-        "model": name, "batch": batch, "k": k, "lq": lq, "lc": lc, "bank": bank_size,
+        "model": name, "batch": batch, "k": k, "lq": lq, "lc": lc, "bank": bank_size, "bank_fill": bank_fill,
         "model_gflops_per_step": flops / 1e9, "real_token_gflops_per_step": real_flops / 1e9,
         "reencode_fraction": reencode_fraction,
         "real_token_fraction": work.real_tokens, "dtype": dtype, "ours_peak_bytes": _jax_peak_bytes(),
@@ -290,7 +302,7 @@ def implementation_label(flag: str, value: str) -> str:
     if flag == "--length_buckets":
         nb, scan, plan = parse_variant(value)
         return (("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "") + ("_plan" if plan else "")
-                + ("_tuned" if plan == "tuned" else ""))
+                + ("_iid" if plan == "iid" else ""))
     return "reference" if value == "cap" else f"reference_{value}"
 
 
@@ -305,7 +317,7 @@ def merge_isolated(rows: list[dict[str, Any]]) -> dict[str, Any]:
     memory as ``<label>_max_rss_gb``, and ratios of medians (the children ran one after another, so there
     are no rounds to pair)."""
     shared = ("model", "batch", "k", "lq", "lc", "bank", "model_gflops_per_step", "real_token_gflops_per_step",
-              "reencode_fraction", "real_token_fraction", "dtype", "length_chunk")
+              "reencode_fraction", "real_token_fraction", "dtype", "length_chunk", "bank_fill")
     done = [child for child in rows if "failed" not in child]
     if not done:
         raise SystemExit("train_step --isolate: every implementation failed: "
@@ -501,6 +513,8 @@ def main(argv=None) -> dict[str, Any]:
                         help="comma-separated StepConfig.length_buckets values, one of our steps each (0 = padded; "
                              "N+scan = with the encoder's layers scanned, model.scan_layers)")
     parser.add_argument("--length_chunk", type=int, default=8, help="StepConfig.length_chunk")
+    parser.add_argument("--bank_fill", default="random", choices=("random", "model"),
+                        help="the banks' starting embeddings: random unit vectors, or our encoder's of the bank rows")
     parser.add_argument("--reference_padding", default="cap",
                         help="comma-separated PyTorch references: cap (authors') and/or longest (per call)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))
@@ -553,7 +567,8 @@ def main(argv=None) -> dict[str, Any]:
                                 dtype=args.dtype,
                                 length_buckets=tuple(v for v in args.length_buckets.split(",") if v),
                                 length_chunk=args.length_chunk,
-                                reference_padding=tuple(v for v in args.reference_padding.split(",") if v)))
+                                reference_padding=tuple(v for v in args.reference_padding.split(",") if v),
+                                bank_fill=args.bank_fill))
             columns = ["model", "batch", "k", "lq", "lc"] + sorted(
                 c for c in rows[-1] if c.endswith(("_step_s", "_compile_s", "_real_mfu")) or c.startswith("ratio_"))
             common.print_table(rows[-1:], columns)

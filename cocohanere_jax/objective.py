@@ -187,7 +187,7 @@ def _hard_negatives(
 
         c_part, c_index, code_hits, dropped_c = distinct("code", code_hits, reencode.STREAM_DEDUP_CODE)
         q_part, q_index, query_hits, dropped_q = distinct("query", query_hits, reencode.STREAM_DEDUP_QUERY)
-        (c_emb, q_emb), plan_misses = encode_parts([c_part, q_part], **negative_options)
+        (c_emb, q_emb), plan_misses = encode_parts([c_part, q_part], cluster=k, **negative_options)
         pad_row = jnp.zeros((1, d), c_emb.dtype)
         c_neg = jnp.concatenate([c_emb, pad_row])[c_index]  # [n, k, d]
         q_neg = jnp.concatenate([q_emb, pad_row])[q_index]
@@ -207,7 +207,7 @@ def _hard_negatives(
                  "code"),
                 (query_tokens.reshape(n * (hi - lo), -1), reencode.row_keys(key, reencode.STREAM_NEG_QUERY, rows),
                  "query"),
-            ], params=part_params, **negative_options)
+            ], params=part_params, cluster=hi - lo, **negative_options)
             return c_emb.reshape(n, hi - lo, d), q_emb.reshape(n, hi - lo, d), missed
 
         m = config.top_m
@@ -316,7 +316,7 @@ def _neighbour_batch(
     (qo, co), missed_o = encode_parts([
         (lookup("query", chosen.reshape(-1)), reencode.row_keys(key, reencode.STREAM_QUERY, other_rows), "query"),
         (lookup("code", chosen.reshape(-1)), reencode.row_keys(key, reencode.STREAM_CODE, other_rows), "code"),
-    ])
+    ], cluster=j)
     d = qa.shape[-1]
 
     def interleave(anchor, other):
@@ -396,15 +396,17 @@ def loss_and_aux(
 
     plan_stats = length_stats if config.length_plan != "never" else None
 
-    def encode_parts(parts, params=params, **padded_options):
+    def encode_parts(parts, params=params, cluster=1, **padded_options):
         """Embeddings of [(token_ids, keys, "query"|"code"), ...], and the encode calls whose length plan
-        did not hold: length-aware in one pooled call, or padded one by one."""
+        did not hold: length-aware in one pooled call, or padded one by one. ``cluster``: the rows come in
+        runs of that many neighbours of one anchor (their lengths are alike; `reencode.plan_lengths`)."""
         if config.length_buckets:
             return reencode.encode_pool(
                 apply_fn, params, [(t, k) for t, k, _ in parts], pad_id=pad_id, chunk=config.length_chunk,
                 buckets=reencode.bucket_lengths((lq, lc), config.length_buckets),
                 stats=plan_stats, kinds=[kind for _, _, kind in parts], margin=config.length_plan_margin,
-                plan_rule=config.length_plan,
+                plan_rule=config.length_plan, clusters=[cluster] * len(parts),
+                correlation=config.length_plan_correlation,
             )
         return ([reencode.encode_rows(apply_fn, params, tokens, keys, pad_id=pad_id, **padded_options)
                  for tokens, keys, _ in parts], jnp.zeros((), jnp.int32))

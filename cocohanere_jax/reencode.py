@@ -294,27 +294,47 @@ def _row_cost(length) -> np.ndarray | float:
     return length * (1.0 + length / 3072.0)
 
 
-def plan_lengths(parts: Sequence[tuple[int, str, int]], stats: LengthStats, *, margin: float = 3.0,
+def _part(entry) -> tuple[int, str, int, int, float]:
+    """A pool part (rows, kind, width[, cluster[, correlation]]) with its cluster size (default 1) and the
+    length correlation within a cluster (default 1: the worst case)."""
+    n, kind, w, *rest = entry
+    cluster = int(rest[0]) if rest else 1
+    correlation = float(rest[1]) if len(rest) > 1 else 1.0
+    if not 0.0 <= correlation <= 1.0:
+        raise ValueError(f"reencode.py: a pool part's length correlation must be in [0, 1], got {correlation}")
+    return int(n), kind, int(w), cluster, correlation
+
+
+def plan_lengths(parts: Sequence[tuple], stats: LengthStats, *, margin: float = 3.0,
                  max_groups: int = 6, multiple: int = 8) -> LengthPlan:
     """The cheapest `LengthPlan` of at most ``max_groups`` lengths (multiples of ``multiple``, and the
-    width) for a pool of ``parts`` = [(rows, kind, width), ...] drawn from the table ``stats`` describes.
+    width) for a pool of ``parts`` = [(rows, kind, width[, cluster]), ...] drawn from the table ``stats``
+    describes.
 
     How many rows of the pool are longer than t is a sum of binomials over the parts; each group boundary
     holds that count's mean + ``margin`` standard deviations + 1 (exactly 0 where the table has no row
     longer than t), so a pool of rows drawn at random from the table breaks the plan rarely (per boundary
     about the normal tail beyond ``margin``). A pool that breaks it is still encoded exactly, padded
     (`encode_rows_planned`).
+
+    ``cluster`` c > 1 and ``correlation`` rho: the part's rows come in runs of c that are not independent,
+    e.g. the k re-encoded neighbours of one anchor (alike code is alike in length: on the standard-library
+    corpus the count of long rows in real neighbour pools at k 10 varies 2-5 times as much as in random
+    pools, `benchmarks/plan_margins.py --neighbours`). Two rows of a run are both long with correlation rho,
+    so the count's variance is ``1 + (c - 1) * rho`` times the independent rows' (rho 1, the default: the
+    worst case, every run of one length); ``_sample_pools`` draws such pools for the miss rate.
     """
-    width = max(w for _, _, w in parts)
-    total = sum(n for n, _, _ in parts)
+    parts = [_part(p) for p in parts]
+    width = max(p[2] for p in parts)
+    total = sum(p[0] for p in parts)
     mean = np.zeros(width + 1)
     var = np.zeros(width + 1)
     possible = np.zeros(width + 1)  # rows of parts that have rows longer than t at all
-    for n, kind, w in parts:
+    for n, kind, w, cluster, rho in parts:
         tail = np.zeros(width + 1)
         tail[: w + 1] = stats.tail(kind, w)
         mean += n * tail
-        var += n * tail * (1.0 - tail)
+        var += n * tail * (1.0 - tail) * (1.0 + (cluster - 1) * rho)
         possible += n * (tail > 1e-12)
     # capacity[t]: the rows the groups longer than t hold, = an upper bound on the rows longer than t.
     capacity = np.where(mean > 1e-12, np.ceil(mean + margin * np.sqrt(var) + 1.0), 0.0)
@@ -454,13 +474,17 @@ def encode_pool(
     kinds: Sequence[str] | None = None,
     margin: float | None = 3.0,
     plan_rule: str = "auto",
+    clusters: Sequence[int] | None = None,
+    correlation: float = 1.0,
 ) -> tuple[list[Array], Array]:
     """Several (token_ids [R_i, L_i], keys [R_i]) parts encoded length-aware in one pooled call (narrower
     rows padded to the widest): along a `LengthPlan` made from ``stats`` (the table's length histograms;
     ``kinds[i]`` = "query" or "code"; ``margin``: see `choose_plan`) where one is given and
     (``plan_rule="auto"``) its work is expected below that of the bucketed chunks with their second forward
     (``"always"``: wherever stats are given), else `encode_rows_bucketed` (one switch, so one compiled
-    encoder per bucket for all parts).
+    encoder per bucket for all parts). ``clusters[i]``: part i's rows come in runs of that many
+    neighbours of one anchor (`plan_lengths`'s cluster; default 1, independent rows), their lengths alike
+    with ``correlation`` (`StepConfig.length_plan_correlation`).
 
     Returns:
       (the parts' embeddings, [] int32: 1 when a plan was used and did not hold, see `encode_rows_planned`).
@@ -472,7 +496,8 @@ def encode_pool(
     if stats is not None:
         if kinds is None or len(kinds) != len(parts):
             raise ValueError("reencode.py: encode_pool with stats= needs kinds= (\"query\" or \"code\" per part)")
-        spec = [(t.shape[0], kind, t.shape[1]) for (t, _), kind in zip(parts, kinds)]
+        clusters = [1] * len(parts) if clusters is None else clusters
+        spec = [(t.shape[0], kind, t.shape[1], c, correlation) for (t, _), kind, c in zip(parts, kinds, clusters)]
         lens = tuple(sorted({int(b) for b in buckets if 0 < int(b) < width} | {width}))
         plan, expected = choose_plan(spec, stats, margin=margin, max_groups=len(lens))
         if plan_rule == "auto" and expected * 3.0 > _bucketed_cost(spec, stats, lens, chunk) * 4.0:
@@ -489,15 +514,22 @@ def encode_pool(
 
 
 def _sample_pools(spec, stats: LengthStats, draws: int) -> np.ndarray:
-    """[draws, rows] int: the real lengths of ``draws`` random pools of ``spec`` = [(rows, kind, width)]
-    drawn from the length histograms (each part's rows cut at its width); seeded, so every process that
-    traces the step makes the same choices from the same table."""
+    """[draws, rows] int: the real lengths of ``draws`` random pools of ``spec`` = [(rows, kind, width[,
+    cluster[, correlation]])] drawn from the length histograms, each part's rows cut at its width; seeded,
+    so every process that traces the step makes the same choices from the same table. In a part with runs
+    of c rows, each row repeats its run's first draw with probability sqrt(rho), else is drawn anew: two
+    rows of a run are then alike with correlation rho (`plan_lengths`)."""
     rng = np.random.default_rng(0)
     samples = []
-    for n, kind, w in spec:
+    for n, kind, w, cluster, rho in (_part(p) for p in spec):
         h = np.asarray(stats.query if kind == "query" else stats.code, np.float64)
         p = h / max(h.sum(), 1.0)
-        samples.append(np.minimum(rng.choice(len(h), size=(draws, n), p=p), w))
+        drawn = rng.choice(len(h), size=(draws, n), p=p)
+        if cluster > 1:
+            runs = -(-n // cluster)
+            first = np.repeat(rng.choice(len(h), size=(draws, runs), p=p), cluster, axis=1)[:, :n]
+            drawn = np.where(rng.random((draws, n)) < np.sqrt(rho), first, drawn)
+        samples.append(np.minimum(drawn, w))
     return np.concatenate(samples, axis=1)
 
 
@@ -508,10 +540,15 @@ PLAN_MARGINS = (1.0, 1.5, 2.0, 2.5, 3.0)
 def plan_miss_rate(plan: LengthPlan, spec, stats: LengthStats, draws: int = 2048) -> float:
     """The share of random pools of ``spec`` drawn from ``stats`` that ``plan`` does not hold (a seeded
     simulation of `encode_rows_planned`'s check: at most ``sum(sizes[:j])`` rows longer than ``lengths[j]``)."""
-    pools = _sample_pools(spec, stats, draws)
+    return float(np.mean(plan_breaks(plan, _sample_pools(spec, stats, draws))))
+
+
+def plan_breaks(plan: LengthPlan, pools: np.ndarray) -> np.ndarray:
+    """[draws] bool: which pools of real lengths ([draws, rows], the parts in the plan's order) break ``plan``
+    (more than ``sum(sizes[:j])`` rows longer than ``lengths[j]``: `encode_rows_planned` runs them padded)."""
     room = np.cumsum((0,) + plan.sizes[:-1])
     longer = (pools[:, None, :] > np.asarray(plan.lengths)[None, :, None]).sum(axis=2)  # [draws, groups]
-    return float(np.mean(np.any(longer > room[None, :], axis=1)))
+    return np.any(longer > room[None, :], axis=1)
 
 
 def choose_plan(spec, stats: LengthStats, *, margin: float | None, max_groups: int) -> tuple[LengthPlan, float]:
@@ -522,8 +559,8 @@ def choose_plan(spec, stats: LengthStats, *, margin: float | None, max_groups: i
     fallback's work (every row at the pool's width, its forward run twice: remat'ed chunks). A tight plan
     saves work on every pool and pays for the padded pool on the few it misses (`benchmarks/RESULTS.md`,
     "Length plans", has the trade on real lengths)."""
-    width = max(w for _, _, w in spec)
-    fallback = sum(n for n, _, _ in spec) * float(_row_cost(width)) * 4.0 / 3.0
+    width = max(_part(p)[2] for p in spec)
+    fallback = sum(_part(p)[0] for p in spec) * float(_row_cost(width)) * 4.0 / 3.0
     best = None
     for m in ((margin,) if margin is not None else PLAN_MARGINS[::-1]):  # ties keep the larger margin
         plan = plan_lengths(spec, stats, margin=m, max_groups=max_groups)

@@ -59,15 +59,16 @@ def test_train_step_smoke(tmp_path, cache):
 
 
 def test_train_step_smoke_bf16_with_dedup(tmp_path, cache):
-    """The options of the GPU run (bf16 compute) and of the de-duplicated re-encoding, on the tiny model."""
+    """The options of the GPU run (bf16 compute, banks filled with the encoder's embeddings) and of the
+    de-duplicated re-encoding, on the tiny model."""
     out = str(tmp_path / "train_step_bf16.json")
     _script("train_step").main(["--smoke", "--dtype", "bfloat16", "--reencode_fraction", "0.5", "--out", out,
-                                "--cache", cache])
+                                "--cache", cache, "--bank_fill", "model"])
     with open(out, encoding="utf-8") as f:
         data = json.load(f)
     assert data["matmul_peak"]["dtype"] == "bfloat16" and data["matmul_peak"]["peak_gflops"] > 0
     (row,) = data["results"]
-    assert row["dtype"] == "bfloat16" and row["reencode_fraction"] == 0.5
+    assert row["dtype"] == "bfloat16" and row["reencode_fraction"] == 0.5 and row["bank_fill"] == "model"
     assert math.isfinite(row["loss_after"]) and row["ratio_ours_over_reference"] > 0
     assert 0 < row["distinct_negatives"] <= 1 and row["dropped_negatives"] >= 0
 
@@ -132,14 +133,14 @@ def test_length_variants_and_their_table_labels():
     ts, lt = _script("train_step"), _script("lengths_table")
     assert ts.parse_variant("4+scan") == (4, True, False) and ts.parse_variant(0) == (0, False, False)
     assert ts.parse_variant("4+scan+plan") == (4, True, True) == ts.parse_variant("4+plan+scan")
-    assert ts.parse_variant("4+scan+plan+tuned") == (4, True, "tuned")  # the plans' margin chosen per pool
-    for bad in ("4+remat", "0+plan", "4+plan+plan", "4+tuned"):
+    assert ts.parse_variant("4+scan+plan+iid") == (4, True, "iid")  # plans for independent rows (the old default)
+    for bad in ("4+remat", "0+plan", "4+plan+plan", "4+iid"):
         with pytest.raises(SystemExit, match="N, N\\+scan"):
             ts.parse_variant(bad)
     assert ts.implementation_label("--length_buckets", "4+scan+plan") == "ours_b4_scan_plan"
-    assert ts.implementation_label("--length_buckets", "4+scan+plan+tuned") == "ours_b4_scan_plan_tuned"
-    assert lt.labels({"ours_b4_scan_plan_tuned_step_s": 1.0})[0] == (
-        "ours_b4_scan_plan_tuned", "ours length-aware (4, layers scanned, length plans, margin per pool)")
+    assert ts.implementation_label("--length_buckets", "4+scan+plan+iid") == "ours_b4_scan_plan_iid"
+    assert lt.labels({"ours_b4_scan_plan_iid_step_s": 1.0})[0] == (
+        "ours_b4_scan_plan_iid", "ours length-aware (4, layers scanned, length plans, planned for independent rows)")
     # Without a padded step (no ours_compile_s), "ours_*" is measure()'s alias of the first step: no row.
     row = {"ours_b4_step_s": 1.0, "ours_b4_scan_step_s": 1.0, "ours_b4_plan_step_s": 1.0, "ours_step_s": 1.0,
            "ours_b4_compile_s": 9.0}
@@ -360,9 +361,9 @@ def test_encoder_grad_smoke(tmp_path, cache):
     payload = _script("encoder_grad").main(["--smoke", "--out", out])
     data = _check(out, payload, "rows")
     names = [r["function"] for r in data["rows"]]
-    assert names[:6] == ["ours one call", "ours padded", "ours length-aware", "ours length-aware fwd",
-                         "ours length plan", "ours padded [float32 probs]"]
-    assert set(names[6:]) == {"torch cap", "torch longest"}
+    assert names[:8] == ["ours one call", "ours padded", "ours length-aware", "ours length-aware fwd",
+                         "ours length plan", "ours padded [float32 probs]", "ours one call fwd", "ours padded fwd"]
+    assert set(names[8:]) == {"torch cap", "torch longest"}
     plan = data["length_plan"]
     assert sum(plan["sizes"]) == 6 and plan["lengths"][0] <= 32  # the smoke run: 6 rows, 32-token cap
     assert data["embedding_max_abs_diff"] < 1e-4  # ours and PyTorch compute the same embeddings

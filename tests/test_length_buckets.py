@@ -347,6 +347,39 @@ def test_plan_margin_chosen_per_pool_by_expected_work():
         StepConfig(length_plan_margin=-1.0)
 
 
+def test_plans_for_neighbour_pools_hold_runs_of_alike_rows():
+    """A pool of k neighbours per anchor (cluster k, length correlation rho): the plan holds the count of
+    long rows with its variance times 1 + (k - 1) rho, and the simulated pools have that variance; rho 0 is
+    the plan for independent rows, larger rho plans looser."""
+    rng = np.random.default_rng(2)
+    q_len, c_len = rng.integers(3, 40, size=2000), np.minimum(rng.geometric(1 / 80, size=2000), 256)
+    stats = reencode.LengthStats.from_lengths(q_len, c_len)
+    independent = [(80, "code", 256), (80, "query", 128)]
+    plans = {rho: reencode.plan_lengths([p + (10, rho) for p in independent], stats, max_groups=6)
+             for rho in (0.0, 0.25, 1.0)}
+    assert plans[0.0] == reencode.plan_lengths(independent, stats, max_groups=6)
+    assert plans[0.0].cost() < plans[0.25].cost() < plans[1.0].cost()
+    # Pools of runs of 10 alike rows, drawn as the step's neighbours would come: the independent plan breaks
+    # on far more of them than the plan that expects the runs.
+    for rho in (0.25, 1.0):
+        spec = [p + (10, rho) for p in independent]
+        pools = reencode._sample_pools(spec, stats, 4000)
+        base = reencode._sample_pools(independent, stats, 4000)
+        t = 100  # codes longer than 100 tokens among the 80 codes: variance ratio 1 + 9 rho
+        ratio = np.var((pools[:, :80] > t).sum(1)) / np.var((base[:, :80] > t).sum(1))
+        assert ratio == pytest.approx(1 + 9 * rho, rel=0.2), (rho, ratio)
+        assert np.mean(reencode.plan_breaks(plans[0.0], pools)) > 3 * np.mean(reencode.plan_breaks(plans[rho], pools))
+        assert reencode.plan_miss_rate(plans[rho], spec, stats) == np.mean(reencode.plan_breaks(plans[rho], reencode._sample_pools(spec, stats, 2048)))
+    # The worst case: every run of one length.
+    runs = reencode._sample_pools([(30, "code", 256, 10, 1.0)], stats, 50)
+    assert (runs.reshape(50, 3, 10) == runs.reshape(50, 3, 10)[:, :, :1]).all()
+    with pytest.raises(ValueError, match="correlation"):
+        reencode.plan_lengths([(8, "code", 256, 4, 1.5)], stats)
+    assert StepConfig().length_plan_correlation == 0.25
+    with pytest.raises(ValueError, match="length_plan_correlation"):
+        StepConfig(length_plan_correlation=-0.1)
+
+
 @pytest.mark.parametrize("plan", [reencode.LengthPlan((24, 16, 8), (9, 8, 6)), reencode.LengthPlan((24, 8), (2, 21))])
 def test_planned_rows_equal_padded_rows_and_vjp(plan):
     """encode_rows_planned = encode_rows (deterministic, a T5 with rows past its relative max distance),
