@@ -22,7 +22,8 @@ varies in neighbour pools than in random ones (the variance ratio at each of the
 (`StepConfig.length_plan_correlation`); ``--table FILE ...`` prints one table of several such runs: per
 pool size, each run's plan at 3 standard deviations and at the margin chosen per pool, the miss rate the
 plan expects and the one measured on neighbour pools, and the work expected on those pools (a pool that
-breaks its plan counted at the padded fallback's 4/3).
+breaks its plan counted at its fallback's work: ``--fallback``, the bucketed chunks by default, as the step
+runs them since 2026-12-04, or the padded pool, 4/3 of its forward, as before).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main(argv=None) -> dict:
                              "cluster; the step passes k for its negatives pools), 1 = independent rows")
     parser.add_argument("--correlation", type=float, default=1.0,
                         help="length correlation within a cluster (StepConfig.length_plan_correlation)")
+    parser.add_argument("--fallback", default="chunks", choices=("chunks", "padded"),
+                        help="what a pool that breaks its plan runs (its work counts in the expected work): the "
+                             "bucketed chunks of 8 rows, as the step does, or padded (the step before 2026-12-04)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -70,14 +74,17 @@ def main(argv=None) -> dict:
     print("|---|---:|---|---:|---:|---:|" + ("---:|---|" if neighbours else ""))
     for n in (int(x) for x in args.pools.split(",")):
         spec = [(n, "code", args.lc, args.cluster, args.correlation), (n, "query", args.lq, args.cluster, args.correlation)]
-        padded = 2 * n * float(reencode._row_cost(args.lc))  # the pool padded to its width, as the fallback runs
-        chosen, _ = reencode.choose_plan(spec, stats, margin=None, max_groups=groups)
+        padded = 2 * n * float(reencode._row_cost(args.lc))  # the pool padded to its width
+        lens = reencode.bucket_lengths((args.lq, args.lc), args.buckets)
+        # The fallback's work as `encode_pool` counts it (the chunks' second forward: 4/3), or the padded pool's.
+        fallback = (reencode._bucketed_cost(spec, stats, lens, 8) if args.fallback == "chunks" else padded) * 4 / 3
+        chosen, _ = reencode.choose_plan(spec, stats, margin=None, max_groups=groups, fallback=fallback)
         for m in reencode.PLAN_MARGINS:
-            plan, expected = reencode.choose_plan(spec, stats, margin=m, max_groups=groups)
+            plan, expected = reencode.choose_plan(spec, stats, margin=m, max_groups=groups, fallback=fallback)
             miss = reencode.plan_miss_rate(plan, spec, stats)
             row = {"codes": n, "queries": n, "margin": m, "lengths": plan.lengths, "sizes": plan.sizes,
                    "work": plan.cost() / padded, "miss_rate": miss, "expected_work": expected / padded,
-                   "chosen": plan == chosen}
+                   "fallback_work": fallback / padded, "chosen": plan == chosen}
             cells = ""
             if neighbours:
                 real = neighbours(n, args.draws)
@@ -115,7 +122,8 @@ def summary(paths: list[str]) -> str:
             for r in run["rows"]:
                 if r["codes"] != codes or not (r["chosen"] or r["margin"] == 3.0):
                     continue
-                real = (1 - r["neighbour_miss_rate"]) * r["work"] + r["neighbour_miss_rate"] * 4 / 3
+                miss, fallback = r["neighbour_miss_rate"], r.get("fallback_work", 4 / 3)
+                real = (1 - miss) * r["work"] + miss * fallback
                 margin = f"{r['margin']:g}" + (" (chosen)" if r["chosen"] else "")
                 lines.append(f"| {codes} codes + {codes} queries | {made} | {margin} | {r['work']:.3f} | "
                              f"{r['miss_rate']:.1%} | {r['neighbour_miss_rate']:.1%} | {real:.3f} |")

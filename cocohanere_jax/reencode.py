@@ -308,8 +308,8 @@ def _part(entry) -> tuple[int, str, int, int, float]:
 def plan_lengths(parts: Sequence[tuple], stats: LengthStats, *, margin: float = 3.0,
                  max_groups: int = 6, multiple: int = 8) -> LengthPlan:
     """The cheapest `LengthPlan` of at most ``max_groups`` lengths (multiples of ``multiple``, and the
-    width) for a pool of ``parts`` = [(rows, kind, width[, cluster]), ...] drawn from the table ``stats``
-    describes.
+    width) for a pool of ``parts`` = [(rows, kind, width[, cluster[, correlation]]), ...] drawn from the
+    table ``stats`` describes.
 
     How many rows of the pool are longer than t is a sum of binomials over the parts; each group boundary
     holds that count's mean + ``margin`` standard deviations + 1 (exactly 0 where the table has no row
@@ -372,21 +372,25 @@ def encode_rows_planned(
     plan: LengthPlan,
     deterministic: bool = False,
     fallback_chunk: int = 8,
+    fallback_buckets: Sequence[int] | None = None,
     lengths: Array | None = None,
 ) -> tuple[Array, Array]:
     """`encode_rows` along a static `LengthPlan`: rows sorted longest first, group j of ``plan.sizes[j]``
     rows encoded at ``plan.lengths[j]`` tokens, in one compiled program, with an ordinary backward pass
     (each group's activations kept, so no second forward as in `encode_rows_bucketed`).
 
-    A pool the plan does not hold (more long rows than it has room for) is encoded padded to its width,
-    in remat'ed chunks of ``fallback_chunk`` rows, behind a ``lax.cond``: the result is the same either
-    way (up to float reassociation; with dropout too, for encoders whose dropout masks follow positions,
-    see `encode_rows_bucketed`). The backward pass is a ``jax.custom_vjp`` that applies the planned
-    groups' VJP (residuals carried out of the ``cond``; zeros when the padded branch ran) or re-runs the
-    padded branch.
+    A pool the plan does not hold (more long rows than it has room for) runs the fallback instead, behind
+    a ``lax.cond``: with ``fallback_buckets``, the bucketed chunks of ``fallback_chunk`` rows
+    (`encode_rows_bucketed`: the pool still at close to its real lengths, as the step runs without plans);
+    without, the pool padded to its width in remat'ed chunks. The result is the same either way (up to
+    float reassociation; with dropout too, for encoders whose dropout masks follow positions, see
+    `encode_rows_bucketed`). The backward pass is a ``jax.custom_vjp`` that applies the planned groups'
+    VJP (residuals carried out of the ``cond``; zeros when the fallback ran) or the fallback's VJP (its
+    forward's output is unused there, so XLA drops it: a padded fallback re-runs its forward once, the
+    bucketed chunks as they always do).
 
     Returns:
-      ([R, dim] embeddings, [] int32: 1 when the plan did not hold this pool and the padded branch ran).
+      ([R, dim] embeddings, [] int32: 1 when the plan did not hold this pool and the fallback ran).
     """
     r, width = token_ids.shape
     if sum(plan.sizes) != r or plan.lengths[0] > width:
@@ -412,7 +416,10 @@ def encode_rows_planned(
         return jnp.concatenate([encode_many(p, ids[s: s + n, :length], ks[s: s + n])
                                 for s, n, length in zip(starts, plan.sizes, plan.lengths)])
 
-    def padded(p, ids, ks):
+    def unplanned(p, ids, ks):  # the fallback
+        if fallback_buckets is not None:
+            return encode_rows_bucketed(apply_fn, p, ids, ks, pad_id=pad_id, buckets=fallback_buckets,
+                                        chunk=fallback_chunk, deterministic=deterministic)
         return encode_rows(apply_fn, p, ids, ks, pad_id=pad_id, deterministic=deterministic, remat=True,
                            chunk=fallback_chunk)
 
@@ -429,13 +436,13 @@ def encode_rows_planned(
 
     @jax.custom_vjp
     def run(p, ids, ks, holds):
-        return jax.lax.cond(holds, planned, padded, p, ids, ks)
+        return jax.lax.cond(holds, planned, unplanned, p, ids, ks)
 
     def run_fwd(p, ids, ks, holds):
         out_s, res_s = jax.eval_shape(planned_with_residuals, p, ids, ks)
 
         def fallback(p, ids, ks):
-            out = padded(p, ids, ks)
+            out = unplanned(p, ids, ks)
             return out, [make_varying(jnp.zeros(s.shape, s.dtype), varying_axes(s)) for s in res_s]
 
         out, res = jax.lax.cond(holds, planned_with_residuals, fallback, p, ids, ks)
@@ -450,10 +457,10 @@ def encode_rows_planned(
             leaves = [next(it) if i is None else p_leaves[i] for i in layout["from_params"]]
             return jax.tree.unflatten(layout["treedef"], leaves)(g)[0]
 
-        def apply_padded(g):
-            return jax.vjp(lambda q: padded(q, ids, ks), p)[1](g)[0]
+        def apply_unplanned(g):
+            return jax.vjp(lambda q: unplanned(q, ids, ks), p)[1](g)[0]
 
-        grads = jax.lax.cond(holds, apply_planned, apply_padded, g)
+        grads = jax.lax.cond(holds, apply_planned, apply_unplanned, g)
         return grads, None, None, None
 
     run.defvjp(run_fwd, run_bwd)
@@ -499,12 +506,14 @@ def encode_pool(
         clusters = [1] * len(parts) if clusters is None else clusters
         spec = [(t.shape[0], kind, t.shape[1], c, correlation) for (t, _), kind, c in zip(parts, kinds, clusters)]
         lens = tuple(sorted({int(b) for b in buckets if 0 < int(b) < width} | {width}))
-        plan, expected = choose_plan(spec, stats, margin=margin, max_groups=len(lens))
-        if plan_rule == "auto" and expected * 3.0 > _bucketed_cost(spec, stats, lens, chunk) * 4.0:
+        chunks = _bucketed_cost(spec, stats, lens, chunk) * 4.0 / 3.0  # their second forward
+        plan, expected = choose_plan(spec, stats, margin=margin, max_groups=len(lens), fallback=chunks)
+        if plan_rule == "auto" and expected > chunks:
             plan = None  # small pools: the bucketed chunks follow their rows more closely
-    if plan is not None:
+    if plan is not None:  # a pool that breaks the plan runs the bucketed chunks
         out, missed = encode_rows_planned(apply_fn, params, ids, keys, pad_id=pad_id, plan=plan,
-                                          deterministic=deterministic, fallback_chunk=chunk)
+                                          deterministic=deterministic, fallback_chunk=chunk,
+                                          fallback_buckets=lens)
     else:
         out = encode_rows_bucketed(apply_fn, params, ids, keys, pad_id=pad_id, buckets=buckets, chunk=chunk,
                                    deterministic=deterministic)
@@ -551,16 +560,19 @@ def plan_breaks(plan: LengthPlan, pools: np.ndarray) -> np.ndarray:
     return np.any(longer > room[None, :], axis=1)
 
 
-def choose_plan(spec, stats: LengthStats, *, margin: float | None, max_groups: int) -> tuple[LengthPlan, float]:
+def choose_plan(spec, stats: LengthStats, *, margin: float | None, max_groups: int,
+                fallback: float | None = None) -> tuple[LengthPlan, float]:
     """The `LengthPlan` of a pool of ``spec`` and its expected encoder work (`_row_cost` units).
 
     A given ``margin``: `plan_lengths` at it. ``None``: of the plans at each of `PLAN_MARGINS`, the one with
-    the least expected work, counting a pool that breaks its plan (`plan_miss_rate`) at the padded
-    fallback's work (every row at the pool's width, its forward run twice: remat'ed chunks). A tight plan
-    saves work on every pool and pays for the padded pool on the few it misses (`benchmarks/RESULTS.md`,
-    "Length plans", has the trade on real lengths)."""
-    width = max(_part(p)[2] for p in spec)
-    fallback = sum(_part(p)[0] for p in spec) * float(_row_cost(width)) * 4.0 / 3.0
+    the least expected work, counting a pool that breaks its plan (`plan_miss_rate`) at the fallback's work:
+    ``fallback`` (`encode_pool` passes the bucketed chunks' expected work, their second forward included),
+    by default the padded fallback's (every row at the pool's width, its forward run twice: remat'ed
+    chunks). A tight plan saves work on every pool and pays for the fallback on the few it misses
+    (`benchmarks/RESULTS.md`, "Length plans", has the trade on real lengths)."""
+    if fallback is None:
+        width = max(_part(p)[2] for p in spec)
+        fallback = sum(_part(p)[0] for p in spec) * float(_row_cost(width)) * 4.0 / 3.0
     best = None
     for m in ((margin,) if margin is not None else PLAN_MARGINS[::-1]):  # ties keep the larger margin
         plan = plan_lengths(spec, stats, margin=m, max_groups=max_groups)

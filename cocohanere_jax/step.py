@@ -137,7 +137,7 @@ def train_step_body(
       neighbour's pair instead of the iterator's (0 otherwise); ``neighbour_score``: the mean cosine of
       their anchors' queries with those neighbours' codes (as the bank held them);
     * ``length_plan_misses``: encode calls of this step (all devices) whose length plan did not hold, so
-      that they ran padded (``step.length_plan``; 0 without plans).
+      that they ran the bucketed chunks instead (``step.length_plan``; 0 without plans).
     """
     if axis_name is None:
         gather = psum = lambda x: x  # noqa: E731

@@ -56,7 +56,7 @@ class StepConfig:
     # (reencode.plan_lengths: rows sorted longest first, a few groups at fixed lengths, each group's
     # activations kept for the backward pass) instead of the bucketed chunks, whose backward pass runs every
     # chunk's forward again. A pool the plan does not hold (more long rows than the histogram predicts,
-    # beyond `length_plan_margin` standard deviations) is encoded padded, exactly, and counted in the
+    # beyond `length_plan_margin` standard deviations) runs the bucketed chunks instead, and is counted in the
     # `length_plan_misses` metric. "auto": where the plan's work is expected below the bucketed chunks'
     # (small pools keep the chunks); "always"; "never" (memory bounded by one chunk's activations). Needs
     # the table's histogram (train.py passes it); without one the bucketed chunks run. Measured on CPU: the

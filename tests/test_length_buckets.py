@@ -380,10 +380,14 @@ def test_plans_for_neighbour_pools_hold_runs_of_alike_rows():
         StepConfig(length_plan_correlation=-0.1)
 
 
-@pytest.mark.parametrize("plan", [reencode.LengthPlan((24, 16, 8), (9, 8, 6)), reencode.LengthPlan((24, 8), (2, 21))])
-def test_planned_rows_equal_padded_rows_and_vjp(plan):
+@pytest.mark.parametrize("plan,fallback", [
+    (reencode.LengthPlan((24, 16, 8), (9, 8, 6)), None), (reencode.LengthPlan((24, 8), (2, 21)), None),
+    (reencode.LengthPlan((24, 8), (2, 21)), (8, 16)),
+])
+def test_planned_rows_equal_padded_rows_and_vjp(plan, fallback):
     """encode_rows_planned = encode_rows (deterministic, a T5 with rows past its relative max distance),
-    value and VJP, with a plan that holds the rows and one that does not (the padded fallback)."""
+    value and VJP, with a plan that holds the rows and one that does not (the fallback: padded, or the
+    bucketed chunks with ``fallback_buckets``)."""
     model, pad_id, params, _, table, _ = setup("t5", "mixed")
     apply_fn = reencode.as_apply_fn(model)
     rows = jnp.asarray(table.code_ids[:23])
@@ -398,7 +402,8 @@ def test_planned_rows_equal_padded_rows_and_vjp(plan):
         def f(p):
             if planned:
                 e, missed = reencode.encode_rows_planned(apply_fn, p, rows, keys, pad_id=pad_id, plan=plan,
-                                                         deterministic=True, fallback_chunk=5)
+                                                         deterministic=True, fallback_chunk=5,
+                                                         fallback_buckets=fallback)
             else:
                 e, missed = reencode.encode_rows(apply_fn, p, rows, keys, pad_id=pad_id, deterministic=True), 0
             return jnp.sum(e * weights), (e, missed)
@@ -419,7 +424,8 @@ def test_planned_rows_equal_padded_rows_and_vjp(plan):
 ])
 def test_plans_give_the_padded_loss_and_gradients(model_name, mix, dedup, broken):
     """The step's pools along length plans (from the table's histogram, or, ``broken``, from a histogram
-    of short rows that the real rows break: the padded fallback) = the padded step, without dropout."""
+    of short rows that the real rows break: the fallback, the bucketed chunks) = the padded step, without
+    dropout."""
     model, pad_id, params, dim, table, banks = setup(model_name, mix)
     qbank, cbank = jax.tree.map(jnp.asarray, banks)
     batch = table.batch(np.arange(B, dtype=np.int32))
@@ -454,7 +460,7 @@ def test_plans_one_device_equals_four_devices_with_dropout(dropout_runs):
     steps of the bucketed chunks, compiled once over short, capped and mixed batches."""
     world, (snaps_chunks, metrics_chunks, _, _) = dropout_runs
     stats = reencode.LengthStats.from_table(world[4])
-    # A histogram of short rows that every batch breaks: each pool runs the padded fallback, counted.
+    # A histogram of short rows that every batch breaks: each pool runs the fallback (the chunks), counted.
     short = reencode.LengthStats.from_lengths([1] * 50 + [LQ], [2] * 50 + [LC])
     for devices, stats in ((1, stats), (4, stats), (4, short)):
         snaps, metrics, counts, cache_size = _run(*world, PLANNED, devices, BATCHES, length_stats=stats)
