@@ -154,7 +154,10 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     def run():
         holder["state"], metrics = compiled(holder["state"], batch(holder["s"]), table)
         holder["s"] += 1
+        run.misses.append(metrics["length_plan_misses"])  # read after the timing (`measure`)
         return metrics
+
+    run.misses = []
 
     def check():
         m = jax.device_get(run())
@@ -274,6 +277,8 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
             row[f"{label}_valid_negatives"] = m["valid_negatives"]
             if "_plan" in label:  # pooled encode calls of that step whose plan did not hold
                 row[f"{label}_length_plan_misses"] = m["length_plan_misses"]
+                # ... of every step run: the warm-up, each timed round, then that checked step
+                row[f"{label}_length_plan_misses_per_step"] = [float(np.asarray(x)) for x in fns[label].misses]
     ours_labels = [label for label in times if label.startswith("ours")]
     ref_labels = [label for label in times if label.startswith("reference")]
     for o in ours_labels:
@@ -317,12 +322,13 @@ def merge_isolated(rows: list[dict[str, Any]]) -> dict[str, Any]:
     memory as ``<label>_max_rss_gb``, and ratios of medians (the children ran one after another, so there
     are no rounds to pair)."""
     shared = ("model", "batch", "k", "lq", "lc", "bank", "model_gflops_per_step", "real_token_gflops_per_step",
-              "reencode_fraction", "real_token_fraction", "dtype", "length_chunk", "bank_fill")
+              "reencode_fraction", "real_token_fraction", "dtype", "length_chunk")
     done = [child for child in rows if "failed" not in child]
     if not done:
         raise SystemExit("train_step --isolate: every implementation failed: "
                          + "; ".join(f"{c['label']}: {c['failed']}" for c in rows))
     row: dict[str, Any] = {key: done[0][key] for key in shared}
+    row["bank_fill"] = done[0].get("bank_fill", "random")  # absent from rows written before the option
     row["isolated"] = True
     labels = []
     for child in rows:

@@ -60,20 +60,23 @@ class StepConfig:
     # `length_plan_misses` metric. "auto": where the plan's work is expected below the bucketed chunks'
     # (small pools keep the chunks); "always"; "never" (memory bounded by one chunk's activations). Needs
     # the table's histogram (train.py passes it); without one the bucketed chunks run. Measured on CPU: the
-    # CodeT5+ shape's step 1.21-1.23x faster, MiniLM's 0.97x (benchmarks/RESULTS.md, "Length plans"), so
+    # CodeT5+ shape's step 1.21-1.23x faster, MiniLM's 0.97x on an AMD EPYC (benchmarks/RESULTS.md, "Length
+    # plans"), 0.95x and at best level on an AVX-512 Xeon with a bank of real embeddings, so
     # "auto" here (the paper's model) and "never" in the MiniLM configs (configs/default.py, repo.py, registry.py).
     length_plan: str = "auto"
     # None: per pool, the margin of reencode.PLAN_MARGINS with the least expected work, a miss counted at the
-    # padded pool's work (reencode.choose_plan: a seeded simulation from the histogram when the step is traced).
-    # A number: that many standard deviations at every boundary.
-    length_plan_margin: float | None = None
+    # bucketed chunks' expected work (reencode.choose_plan: a seeded simulation from the histogram when the
+    # step is traced). It picks tight margins that miss often, and a miss costs more than that model counts
+    # (MiniLM, CPU: 1.5x the chunks' step time, benchmarks/RESULTS.md "Plans for real neighbour pools"), so
+    # the default is a fixed 3 standard deviations at every boundary.
+    length_plan_margin: float | None = 3.0
     # How alike in length the k re-encoded neighbours of one anchor are (0 = independent draws, 1 = all of
     # one length), for the plans of the negatives pools (reencode.plan_lengths' correlation): a plan made
     # for independent rows (the earlier default) broke on 30% of real pools of 80 neighbours and 56% of 320.
     # On real neighbour pools (the standard-library corpus, zero-shot MiniLM, k 10; benchmarks/RESULTS.md,
-    # "Plans for real neighbour pools") 0.25 with the margin chosen per pool is the value tried that does
-    # not add expected work to any pool size against the earlier default (independent rows, margin 3) and
-    # cuts it by 16% at 80 rows and 38% at 320 (1.0 cuts 320's by 50% and adds 9% at 20).
+    # "Plans for real neighbour pools"), at 3 standard deviations, 0.25 cuts the share of pools that break
+    # their plan from 9% / 21% / 56% (independent rows; pools of 20 / 80 / 320 codes and as many queries) to
+    # 1.3% / 2.4% / 16%, for plans 7-18% larger.
     length_plan_correlation: float = 0.25
     # Re-encode each distinct retrieved DataID once per device and direction (the anchors that share a
     # neighbour share its embedding and gradient) instead of once per (anchor, rank).

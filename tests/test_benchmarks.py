@@ -63,7 +63,7 @@ def test_train_step_smoke_bf16_with_dedup(tmp_path, cache):
     de-duplicated re-encoding, on the tiny model."""
     out = str(tmp_path / "train_step_bf16.json")
     _script("train_step").main(["--smoke", "--dtype", "bfloat16", "--reencode_fraction", "0.5", "--out", out,
-                                "--cache", cache, "--bank_fill", "model"])
+                                "--cache", cache, "--bank_fill", "model", "--length_buckets", "0,4+plan"])
     with open(out, encoding="utf-8") as f:
         data = json.load(f)
     assert data["matmul_peak"]["dtype"] == "bfloat16" and data["matmul_peak"]["peak_gflops"] > 0
@@ -71,6 +71,10 @@ def test_train_step_smoke_bf16_with_dedup(tmp_path, cache):
     assert row["dtype"] == "bfloat16" and row["reencode_fraction"] == 0.5 and row["bank_fill"] == "model"
     assert math.isfinite(row["loss_after"]) and row["ratio_ours_over_reference"] > 0
     assert 0 < row["distinct_negatives"] <= 1 and row["dropped_negatives"] >= 0
+    # The plans' misses of every step the length-aware step ran: the warm-up, each timed round, the check.
+    misses = row["ours_b4_plan_length_plan_misses_per_step"]
+    assert len(misses) == len(row["ours_b4_plan_times_s"]) + 2 and all(m in (0.0, 1.0, 2.0) for m in misses)
+    assert misses[-1] == row["ours_b4_plan_length_plan_misses"]
 
 
 def test_encode_smoke(tmp_path, cache):
