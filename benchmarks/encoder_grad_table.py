@@ -41,7 +41,9 @@ def table(paths: list[str]) -> str:
             cells.append(cell)
         lines.append(f"| {f} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Cells: median seconds (5 rounds), PyTorch at the cap's time / ours (paired per round), "
+    rounds = sorted({r["args"].get("rounds") for r in runs}, key=str)
+    lines.append(f"Cells: median seconds ({'/'.join(map(str, rounds))} rounds), PyTorch at the cap's time / ours "
+                 "(paired per round), "
                  "XLA's compiled scratch memory. " + "; ".join(
                      f"{h}: `{os.path.relpath(p)}` ({r['title'].split(';')[0]}; load {r['load_before'][0]}"
                      f" -> {r['load_after'][0]})" for h, r, p in zip(head, runs, paths)))

@@ -1,10 +1,10 @@
 """How tight should a length plan be? Work, miss rate and expected work per margin, on real lengths.
 
 A length plan (`reencode.plan_lengths`) sizes each group for the pool's mean count of long rows plus
-``margin`` standard deviations; a pool with more long rows than that runs padded (exact, slower). This
+``margin`` standard deviations; a pool with more long rows than that runs the fallback (exact, slower). This
 prints, for pools of the train step at k 10, the plan at each margin of `reencode.PLAN_MARGINS`, its
 encoder work and the share of random pools it misses (both relative to the padded pool), and the expected
-work counting a miss at the padded fallback's cost, which `reencode.choose_plan` minimises
+work counting a miss at the fallback's cost (``--fallback``), which `reencode.choose_plan` minimises
 (``StepConfig.length_plan_margin=None``). Lengths: the standard-library corpus under the MiniLM tokenizer.
 
     python -m benchmarks.plan_margins --pools 20,80 --out benchmarks/results/plan_margins.json

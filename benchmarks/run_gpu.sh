@@ -7,13 +7,16 @@
 #   bash benchmarks/run_gpu.sh encode     (about 2 minutes)
 #   bash benchmarks/run_gpu.sh attention  (about 4 minutes; DROPOUTS="on off" picks its processes)
 # step: MiniLM's shape (batch 32, k 10, bank 8096, 128/256, bf16), padded against length plans unscanned with
-#   chunks of 128 rows. Plans made for independent rows broke on 56% of real neighbour pools of this size
-#   (320 + 320 rows), each miss running the pool padded in chunks of `length_chunk` rows (8: slow on a GPU);
-#   the plans now expect runs of alike rows ("Plans for real neighbour pools": 16% misses expected here) and
-#   the fallback's chunks are 128 rows. The banks start with the encoder's embeddings of their rows
-#   (`--bank_fill model`), so the neighbours are alike as in training. Each step in its own process.
-# encode: one apply over 352 rows ran 3.8x slower than the same rows vmapped (forward + backward, no dropout).
-#   Times both forward only too, and dumps both programs' optimized HLO to $OUT/hlo for a diff here.
+#   chunks of 128 rows. Plans made for independent rows broke on 56% of the stdlib's real neighbour pools of
+#   this size (320 + 320 rows), each miss running the pool padded in chunks of `length_chunk` rows (8: slow
+#   on a GPU); the plans now expect runs of alike rows and a miss runs the bucketed chunks (of 128 rows
+#   here). The banks start with the encoder's embeddings of their rows (`--bank_fill model`; random weights
+#   here, and the 8096 bank rows repeat the device's stdlib pairs), so the miss rate here is not the
+#   stdlib simulation's: `length_plan_misses_per_step` records it. Each step in its own process.
+# encode: one apply over 352 rows ran 3.8x slower than the same rows vmapped (forward + backward, dropout
+#   on; 3.4x without). Times both without dropout, forward only too, and dumps the optimized HLO of every
+#   program named one_call / padded to $OUT/hlo (module numbers in compile order: the gradients' first,
+#   then the forwards') for a diff here.
 # attention: MiniLM's encode call with all, no-attention and no dropout, ours (autodiff, float32 and compute
 #   probabilities) against PyTorch (measured in the third session; kept for a rerun).
 # Writes $OUT/train_step_lengths_gpu_minilm_plans.json, $OUT/encoder_grad_gpu_minilm_encode.json (+ $OUT/hlo)

@@ -300,6 +300,8 @@ def _part(entry) -> tuple[int, str, int, int, float]:
     n, kind, w, *rest = entry
     cluster = int(rest[0]) if rest else 1
     correlation = float(rest[1]) if len(rest) > 1 else 1.0
+    if cluster < 1:
+        raise ValueError(f"reencode.py: a pool part's cluster (rows per run) must be >= 1, got {cluster}")
     if not 0.0 <= correlation <= 1.0:
         raise ValueError(f"reencode.py: a pool part's length correlation must be in [0, 1], got {correlation}")
     return int(n), kind, int(w), cluster, correlation
@@ -314,8 +316,8 @@ def plan_lengths(parts: Sequence[tuple], stats: LengthStats, *, margin: float = 
     How many rows of the pool are longer than t is a sum of binomials over the parts; each group boundary
     holds that count's mean + ``margin`` standard deviations + 1 (exactly 0 where the table has no row
     longer than t), so a pool of rows drawn at random from the table breaks the plan rarely (per boundary
-    about the normal tail beyond ``margin``). A pool that breaks it is still encoded exactly, padded
-    (`encode_rows_planned`).
+    about the normal tail beyond ``margin``). A pool that breaks it is still encoded exactly, by the
+    fallback (`encode_rows_planned`).
 
     ``cluster`` c > 1 and ``correlation`` rho: the part's rows come in runs of c that are not independent,
     e.g. the k re-encoded neighbours of one anchor (alike code is alike in length: on the standard-library
@@ -503,11 +505,14 @@ def encode_pool(
     if stats is not None:
         if kinds is None or len(kinds) != len(parts):
             raise ValueError("reencode.py: encode_pool with stats= needs kinds= (\"query\" or \"code\" per part)")
-        clusters = [1] * len(parts) if clusters is None else clusters
+        clusters = [1] * len(parts) if clusters is None else list(clusters)
+        if len(clusters) != len(parts):
+            raise ValueError(f"reencode.py: encode_pool got {len(clusters)} clusters for {len(parts)} parts")
         spec = [(t.shape[0], kind, t.shape[1], c, correlation) for (t, _), kind, c in zip(parts, kinds, clusters)]
         lens = tuple(sorted({int(b) for b in buckets if 0 < int(b) < width} | {width}))
         chunks = _bucketed_cost(spec, stats, lens, chunk) * 4.0 / 3.0  # their second forward
         plan, expected = choose_plan(spec, stats, margin=margin, max_groups=len(lens), fallback=chunks)
+        # A miss is priced at the chunks' work (it runs them), so this compares the plan's own work with theirs.
         if plan_rule == "auto" and expected > chunks:
             plan = None  # small pools: the bucketed chunks follow their rows more closely
     if plan is not None:  # a pool that breaks the plan runs the bucketed chunks
@@ -554,7 +559,7 @@ def plan_miss_rate(plan: LengthPlan, spec, stats: LengthStats, draws: int = 2048
 
 def plan_breaks(plan: LengthPlan, pools: np.ndarray) -> np.ndarray:
     """[draws] bool: which pools of real lengths ([draws, rows], the parts in the plan's order) break ``plan``
-    (more than ``sum(sizes[:j])`` rows longer than ``lengths[j]``: `encode_rows_planned` runs them padded)."""
+    (more than ``sum(sizes[:j])`` rows longer than ``lengths[j]``: `encode_rows_planned` runs its fallback)."""
     room = np.cumsum((0,) + plan.sizes[:-1])
     longer = (pools[:, None, :] > np.asarray(plan.lengths)[None, :, None]).sum(axis=2)  # [draws, groups]
     return np.any(longer > room[None, :], axis=1)

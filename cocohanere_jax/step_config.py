@@ -67,12 +67,13 @@ class StepConfig:
     # None: per pool, the margin of reencode.PLAN_MARGINS with the least expected work, a miss counted at the
     # bucketed chunks' expected work (reencode.choose_plan: a seeded simulation from the histogram when the
     # step is traced). It picks tight margins that miss often, and a miss costs more than that model counts
-    # (MiniLM, CPU: 1.5x the chunks' step time, benchmarks/RESULTS.md "Plans for real neighbour pools"), so
-    # the default is a fixed 3 standard deviations at every boundary.
+    # (MiniLM, CPU: steps with plans took 1.2-1.6x the chunks' time, benchmarks/RESULTS.md "Plans for real
+    # neighbour pools"), so the default is a fixed 3 standard deviations at every boundary.
     length_plan_margin: float | None = 3.0
     # How alike in length the k re-encoded neighbours of one anchor are (0 = independent draws, 1 = all of
     # one length), for the plans of the negatives pools (reencode.plan_lengths' correlation): a plan made
-    # for independent rows (the earlier default) broke on 30% of real pools of 80 neighbours and 56% of 320.
+    # for independent rows (the earlier default) broke on 21% of real pools of 80 neighbour codes (and as
+    # many queries) and 56% of 320.
     # On real neighbour pools (the standard-library corpus, zero-shot MiniLM, k 10; benchmarks/RESULTS.md,
     # "Plans for real neighbour pools"), at 3 standard deviations, 0.25 cuts the share of pools that break
     # their plan from 9% / 21% / 56% (independent rows; pools of 20 / 80 / 320 codes and as many queries) to

@@ -8,7 +8,8 @@
 * the compiled step is traced once over steps with different length mixes;
 * in device-table mode the step gathers the batch's rows by DataID (a batch of DataIDs only is enough);
 * length plans (StepConfig.length_plan, reencode.encode_rows_planned): the same values and gradients as
-  the padded encoding when the plan holds and when it does not (padded fallback), and the same steps on
+  the padded encoding when the plan holds and when it does not (the fallback: padded or the bucketed
+  chunks), and the same steps on
   1 and 4 devices with dropout.
 """
 
@@ -369,12 +370,20 @@ def test_plans_for_neighbour_pools_hold_runs_of_alike_rows():
         ratio = np.var((pools[:, :80] > t).sum(1)) / np.var((base[:, :80] > t).sum(1))
         assert ratio == pytest.approx(1 + 9 * rho, rel=0.2), (rho, ratio)
         assert np.mean(reencode.plan_breaks(plans[0.0], pools)) > 3 * np.mean(reencode.plan_breaks(plans[rho], pools))
-        assert reencode.plan_miss_rate(plans[rho], spec, stats) == np.mean(reencode.plan_breaks(plans[rho], reencode._sample_pools(spec, stats, 2048)))
     # The worst case: every run of one length.
     runs = reencode._sample_pools([(30, "code", 256, 10, 1.0)], stats, 50)
     assert (runs.reshape(50, 3, 10) == runs.reshape(50, 3, 10)[:, :, :1]).all()
     with pytest.raises(ValueError, match="correlation"):
         reencode.plan_lengths([(8, "code", 256, 4, 1.5)], stats)
+    with pytest.raises(ValueError, match="cluster"):
+        reencode.plan_lengths([(8, "code", 256, 0, 0.5)], stats)
+    # The price of a miss (choose_plan's fallback=) moves the margin chosen: free misses take the tightest
+    # plan, dear ones the loosest.
+    spec = [p + (10, 0.25) for p in independent]
+    cheap = reencode.choose_plan(spec, stats, margin=None, max_groups=6, fallback=0.0)[0]
+    dear = reencode.choose_plan(spec, stats, margin=None, max_groups=6, fallback=1e12)[0]
+    assert cheap == reencode.plan_lengths(spec, stats, margin=min(reencode.PLAN_MARGINS), max_groups=6)
+    assert dear == reencode.plan_lengths(spec, stats, margin=max(reencode.PLAN_MARGINS), max_groups=6)
     assert StepConfig().length_plan_correlation == 0.25
     with pytest.raises(ValueError, match="length_plan_correlation"):
         StepConfig(length_plan_correlation=-0.1)
@@ -396,6 +405,7 @@ def test_planned_rows_equal_padded_rows_and_vjp(plan, fallback):
     lengths = np.asarray(reencode.row_lengths(rows, pad_id))
     bounds = np.cumsum(plan.sizes)
     holds = all(np.sum(lengths > t) <= b for t, b in zip(plan.lengths[1:], bounds[:-1]))
+    assert fallback is None or not holds  # the bucketed fallback case must run the fallback
 
     @functools.partial(jax.jit, static_argnums=(1,), compiler_options=FAST)
     def vg(p, planned):

@@ -53,7 +53,7 @@ def test_smoke_run(inputs, tmp_path):
     for r in train_records:
         assert np.isfinite(r["loss"]) and r["loss"] > 0 and r["grad_norm"] > 0 and r["lr"] > 0
         assert r["steps_per_sec"] > 0 and "eta_sec" in r and "loss_hn" in r
-        assert r["length_plan_misses"] >= 0  # counted (a miss runs padded, exactly; see test_length_buckets.py)
+        assert r["length_plan_misses"] >= 0  # counted (a miss runs the fallback, exactly; see test_length_buckets.py)
     # The banks filled and hard negatives were found by the end.
     assert train_records[-1]["valid_negatives"] > 0
     assert [r["step"] for r in metrics.read_metrics(str(tmp_path), "valid")] == [3, 6]
