@@ -388,8 +388,7 @@ def encode_rows_planned(
     float reassociation; with dropout too, for encoders whose dropout masks follow positions, see
     `encode_rows_bucketed`). The backward pass is a ``jax.custom_vjp`` that applies the planned groups'
     VJP (residuals carried out of the ``cond``; zeros when the fallback ran) or the fallback's VJP (its
-    forward's output is unused there, so XLA drops it: a padded fallback re-runs its forward once, the
-    bucketed chunks as they always do).
+    forward's output is unused there, so XLA may drop that forward as dead code; not checked).
 
     Returns:
       ([R, dim] embeddings, [] int32: 1 when the plan did not hold this pool and the fallback ran).
