@@ -9,6 +9,10 @@ w.r.t. every parameter), so that the differences between the step benchmarks
   or cut to the longest row (the two references of the step benchmark);
 - ``ours one call``: ``module.apply`` on all rows at the cap, one dropout key (the plainest JAX program);
 - ``ours padded``: `reencode.encode_rows` at the cap, a dropout key per row (what our padded step runs);
+- ``ours padded chunks`` / ``ours padded remat chunks``: the same rows in chunks of ``--chunk`` rows
+  (``jax.lax.map``), with an ordinary backward pass (every chunk's activations kept) / with each chunk's
+  forward re-run in the backward pass (``jax.checkpoint``, as the length-aware call's custom VJP does):
+  which of the length-aware call's gains on CPU come from its lengths and which from its chunks;
 - ``ours length-aware``: `reencode.encode_rows_bucketed` (what our default step runs: sorted chunks,
   `lax.switch` over bucket lengths, the custom VJP that re-runs the chosen branch's forward);
 - ``ours length-aware fwd``: the same, forward only (so the backward's re-run forward can be read off);
@@ -69,7 +73,7 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.model, args.rows, args.length, args.rounds = "codet5p-tiny", 6, 32, 1
+        args.model, args.rows, args.length, args.rounds, args.chunk = "codet5p-tiny", 6, 32, 1, 4
     threads = common.pin_threads(args.threads)
 
     import jax
@@ -135,6 +139,14 @@ def main(argv=None) -> dict[str, Any]:
         return jnp.sum(reencode.encode_rows(apply_fn, p, ids_j, keys, pad_id=enc.pad_id,
                                             deterministic=deterministic))
 
+    def padded_chunks(p):  # the padded rows in chunks of --chunk (lax.map), ordinary backward
+        return jnp.sum(reencode.encode_rows(apply_fn, p, ids_j, keys, pad_id=enc.pad_id, chunk=args.chunk,
+                                            deterministic=deterministic))
+
+    def padded_remat_chunks(p):  # the same, each chunk's forward re-run in the backward pass (jax.checkpoint)
+        return jnp.sum(reencode.encode_rows(apply_fn, p, ids_j, keys, pad_id=enc.pad_id, chunk=args.chunk,
+                                            remat=True, deterministic=deterministic))
+
     def aware(p):
         return jnp.sum(reencode.encode_rows_bucketed(apply_fn, p, ids_j, keys, pad_id=enc.pad_id,
                                                      buckets=buckets, chunk=args.chunk,
@@ -148,6 +160,7 @@ def main(argv=None) -> dict[str, Any]:
     plan_held = all(int((lengths > t).sum()) <= s for t, s in zip(plan.lengths, np.cumsum((0,) + plan.sizes[:-1])))
     compiled, compile_s, temp_gb = {}, {}, {}
     jax_fns = {"ours one call": jax.grad(one_call), "ours padded": jax.grad(padded),
+               "ours padded chunks": jax.grad(padded_chunks), "ours padded remat chunks": jax.grad(padded_remat_chunks),
                "ours length-aware": jax.grad(aware), "ours length-aware fwd": aware,
                "ours length plan": jax.grad(planned)}
     # The same padded call with attention's custom VJP (`load_encoder(..., attention_probs=...)`): only the

@@ -75,6 +75,9 @@ def table(path: str) -> str:
         if payload.get("partial"):  # written after a child, by a run that did not finish
             memory += "; PARTIAL: the run stopped before its last step"
         fill = " (our encoder's embeddings of its rows)" if row.get("bank_fill") == "model" else ""
+        chunk = row.get("length_chunk", 8)
+        if chunk != 8:  # the default (StepConfig.length_chunk) goes unsaid
+            fill += f"; length chunks of {chunk} rows"
         lines.append(f"{model}, batch {row['batch']}, k {row['k']}, {row['lq']}/{row['lc']} tokens, bank {row['bank']}{fill}; "
                      f"real tokens {row['real_token_fraction']['query']:.0%} of a query row, "
                      f"{row['real_token_fraction']['code']:.0%} of a code row; load average "

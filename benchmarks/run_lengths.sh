@@ -58,3 +58,21 @@ python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10
 python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 --rounds 3 \
     --length_buckets 4+scan,4+scan+plan --reference_padding= \
     --out $R/train_step_lengths_codet5p_b2_k10_128_256_plan_scan.json
+# A bank of the encoder's own embeddings (real neighbours) on the CodeT5+ shape: both references, chunks
+# and plans, each step twice in mirrored order; chunks of 4 rows; the step's time per bucket and pass; and
+# one encode call in chunks with and without recomputation (what the length-aware call's gain is made of).
+python -m benchmarks.train_step --isolate --isolate_order mirror --models codet5p-110m \
+    --sizes "codet5p-110m=2,10,128,256" --bank 512 --bank_fill model --rounds 4 \
+    --length_buckets 4+scan,4+scan+plan --reference_padding cap,longest \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_model.json
+python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
+    --bank_fill model --rounds 3 --length_chunk 4 --length_buckets 4+scan,8+scan --reference_padding= \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_model_chunk4.json
+python -m benchmarks.step_profile --model codet5p-110m --size 2,10,128,256 --length_buckets 4+scan \
+    --out $R/step_profile_codet5p_b2_k10_128_256.json
+python -m benchmarks.encoder_grad --model minilm --rows 48 --length 256 --rounds 3 \
+    --only "ours padded,ours padded chunks,ours padded remat chunks,ours length-aware,ours length-aware fwd,torch cap" \
+    --out $R/encoder_grad_minilm_r48_l256_remat.json
+python -m benchmarks.encoder_grad --model codet5p-110m --rows 32 --length 256 --rounds 3 \
+    --only "ours length-aware,ours length-aware fwd,ours length plan,torch cap" \
+    --out $R/encoder_grad_codet5p_r32_l256_chunks_plan.json

@@ -365,9 +365,11 @@ def test_encoder_grad_smoke(tmp_path, cache):
     payload = _script("encoder_grad").main(["--smoke", "--out", out])
     data = _check(out, payload, "rows")
     names = [r["function"] for r in data["rows"]]
-    assert names[:8] == ["ours one call", "ours padded", "ours length-aware", "ours length-aware fwd",
-                         "ours length plan", "ours padded [float32 probs]", "ours one call fwd", "ours padded fwd"]
-    assert set(names[8:]) == {"torch cap", "torch longest"}
+    assert names[:10] == ["ours one call", "ours padded", "ours padded chunks", "ours padded remat chunks",
+                          "ours length-aware", "ours length-aware fwd", "ours length plan",
+                          "ours padded [float32 probs]", "ours one call fwd", "ours padded fwd"]
+    assert set(names[10:]) == {"torch cap", "torch longest"}
+    assert data["args"]["chunk"] == 4  # the smoke run's 6 rows make two chunks
     plan = data["length_plan"]
     assert sum(plan["sizes"]) == 6 and plan["lengths"][0] <= 32  # the smoke run: 6 rows, 32-token cap
     assert data["embedding_max_abs_diff"] < 1e-4  # ours and PyTorch compute the same embeddings
@@ -376,6 +378,34 @@ def test_encoder_grad_smoke(tmp_path, cache):
         assert (row["function"] == "torch cap") == ("vs_torch_cap" not in row)
         assert (row["compiled_temp_gb"] is None) == row["function"].startswith("torch")
         assert row["function"].startswith("torch") or row["compiled_temp_gb"] > 0
+
+
+def test_step_profile_splits_a_tiny_step_by_pass_and_bucket(tmp_path):
+    """benchmarks/step_profile.py: one traced step of the length-aware chunks, its ops summed per pass
+    (first forward, second forward, backward) and bucket, the chunks of the first forward counted."""
+    sp = _script("step_profile")
+    assert sp.classify("jit(step)/jvp()/while/body/closed_call/cond/branch_3_fun/vmap(T5Encoder)/wi/dot_general") \
+        == ("first forward", 3)
+    assert sp.classify("jit(step)/transpose(jvp())/while/body/cond/branch_1_fun/jvp(vmap(T5Encoder))/wo") \
+        == ("second forward", 1)
+    assert sp.classify("jit(step)/transpose(jvp())/while/body/cond/branch_0_fun/transpose(jvp(vmap(T5Encoder)))/x") \
+        == ("backward", 0)
+    assert sp.classify("jit(step)/jvp()/top_k") == ("other", None)
+    out = str(tmp_path / "step_profile.json")
+    payload = sp.main(["--model", "codet5p-tiny", "--size", "2,2,16,32", "--bank", "64", "--steps", "1",
+                       "--length_chunk", "2", "--out", out])
+    passes = {r["pass"] for r in payload["rows"]}
+    assert {"first forward", "second forward", "backward", "other"} <= passes
+    assert all(r["op_s"] > 0 for r in payload["rows"])
+    # Every pooled row runs in some chunk: 2 + 2 batch rows, 2 * 2 * 2 neighbours, chunks of 2.
+    assert sum(r["chunks"] for r in payload["rows"] if r["pass"] == "first forward") == (4 + 8) // 2
+    with open(out, encoding="utf-8") as f:
+        assert json.load(f)["benchmark"] == "step_profile"
+    doc = tmp_path / "doc.md"
+    doc.write_text("a\n<!-- p:begin -->\nold\n<!-- p:end -->\nb\n")
+    sp.main(["--table", out, "--into", f"{doc}:p"])
+    text = doc.read_text()
+    assert "old" not in text and "| first forward |" in text and text.startswith("a\n") and text.endswith("b\n")
 
 
 def test_encoder_grad_takes_attention_dropout_off_on_both_sides(tmp_path):
