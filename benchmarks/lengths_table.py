@@ -26,7 +26,9 @@ def labels(row: dict) -> list[tuple[str, str]]:
     out = []
     for key in ours:
         nb, *options = key[len("ours_b"):].split("_")
-        notes = [{"scan": "layers scanned", "plan": "length plans", "iid": "planned for independent rows"}[o] for o in options]
+        notes = [f"chunks of {o[1:]} rows" if o[:1] == "c" and o[1:].isdigit() else
+                 {"scan": "layers scanned", "plan": "length plans", "iid": "planned for independent rows"}[o]
+                 for o in options]
         out.append((key, f"ours length-aware ({', '.join([nb] + notes)})"))
     # "ours_*" without "ours_compile_s" is measure()'s alias of the first step, not a padded step.
     padded = [("ours", "ours padded")] if "ours_compile_s" in row or "ours_failed" in row else []

@@ -130,15 +130,15 @@ def main(argv=None) -> dict[str, Any]:
         t = time.perf_counter()
         jax.block_until_ready(run())
         step_s.append(time.perf_counter() - t)
-    trace_dir = tempfile.mkdtemp(prefix="step_profile_")
-    t = time.perf_counter()
-    with jax.profiler.trace(trace_dir):
-        jax.block_until_ready(run())
-    traced_s = time.perf_counter() - t
-    files = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz")))
-    if not files:
-        raise SystemExit(f"step_profile: jax.profiler wrote no trace.json.gz under {trace_dir}")
-    parts = aggregate(files[-1], op_metadata(run.compiled.as_text()))
+    with tempfile.TemporaryDirectory(prefix="step_profile_") as trace_dir:
+        t = time.perf_counter()
+        with jax.profiler.trace(trace_dir):
+            jax.block_until_ready(run())
+        traced_s = time.perf_counter() - t
+        files = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz")))
+        if not files:
+            raise SystemExit(f"step_profile: jax.profiler wrote no trace.json.gz under {trace_dir}")
+        parts = aggregate(files[-1], op_metadata(run.compiled.as_text()))
     lens = reencode.bucket_lengths((lq, lc), nb)
     layers = getattr(enc.config, "num_layers", None) or getattr(enc.config, "num_hidden_layers")
     total = sum(v["s"] for v in parts.values())
@@ -148,7 +148,7 @@ def main(argv=None) -> dict[str, Any]:
                       "chunks": int(v["ffn_calls"] // layers) if phase == "first forward" else "",
                       "op_s": round(v["s"], 3), "share": f"{v['s'] / total:.1%}"})
     title = (f"{args.model}, batch {batch}, k {k}, {lq}/{lc} tokens, bank {args.bank} (the encoder's embeddings), "
-             f"--length_buckets {args.length_buckets}, chunks of {args.length_chunk} rows; untimed steps "
+             f"--length_buckets {args.length_buckets}, chunks of {args.length_chunk} rows; steps before the trace "
              f"{', '.join(f'{s:.2f}' for s in step_s)} s, traced step {traced_s:.2f} s, ops {total:.2f} s; "
              f"{threads} threads; load {common.load_average()}")
     common.print_table(table, ["pass", "bucket", "chunks", "op_s", "share"], title)

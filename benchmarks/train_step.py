@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -90,15 +91,28 @@ def parse_variant(spec: int | str) -> tuple[int, bool, bool | str]:
     """``4`` / ``"4"`` -> (4, False, False); ``"4+scan"`` -> (4, True, False); ``"4+plan"``, ``"4+scan+plan"``:
     the same with length plans (``StepConfig.length_plan="auto"`` and the table's histogram, the step's
     margin and neighbour correlation; True), and ``"...+plan+iid"`` with the plans made as before
-    ``length_plan_correlation`` (every row independent, ``length_plan_margin=3``; "iid")."""
+    ``length_plan_correlation`` (every row independent, ``length_plan_margin=3``; "iid"). A last option
+    ``+cN`` sets that step's length chunk (`variant_chunk`), so that chunk sizes can be timed side by side."""
     text = str(spec)
     nb, *options = text.split("+")
+    if options and re.fullmatch(r"c[1-9][0-9]*", options[-1]):
+        options = options[:-1]
+        if nb == "0":
+            raise SystemExit(f"--length_buckets: {text!r}: the padded step (0) has no length chunks")
     if not nb.isdigit() or any(o not in ("scan", "plan", "iid") for o in options) \
             or len(set(options)) != len(options) or (nb == "0" and "plan" in options) \
             or ("iid" in options and "plan" not in options):
         raise SystemExit(f"--length_buckets: {text!r} is not N, N+scan, N+plan, N+scan+plan or one of those "
-                         "with +iid after +plan (N = StepConfig.length_buckets, 0 = padded, which has no plans)")
+                         "with +iid after +plan, each optionally ending in +cN (N = StepConfig.length_buckets, 0 = "
+                         "padded, which has no plans; cN = N rows per length chunk)")
     return int(nb), "scan" in options, ("iid" if "iid" in options else "plan" in options)
+
+
+def variant_chunk(spec: int | str, default: int) -> int:
+    """The length chunk a ``--length_buckets`` value asks for: N from a last ``+cN``, else ``default``
+    (``--length_chunk``)."""
+    last = str(spec).split("+")[-1]
+    return int(last[1:]) if re.fullmatch(r"c[1-9][0-9]*", last) else default
 
 
 def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None,
@@ -247,7 +261,8 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
         if scan and scanned is None:
             scanned = cocohanere_jax.load_encoder(folder, dtype=getattr(jnp, dtype), scan_layers=True)
         fns[label], compile_s[label], checks[label] = make_ours(scanned if scan else enc, work, k, compiler_options,
-                                                                reencode_fraction, nb, length_chunk, plan)
+                                                                reencode_fraction, nb,
+                                                                variant_chunk(spec, length_chunk), plan)
     if reference:
         for padding in reference_padding:
             label = implementation_label("--reference_padding", padding)
@@ -306,8 +321,9 @@ def implementation_label(flag: str, value: str) -> str:
     reference, reference_longest."""
     if flag == "--length_buckets":
         nb, scan, plan = parse_variant(value)
+        chunk = variant_chunk(value, 0)
         return (("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "") + ("_plan" if plan else "")
-                + ("_iid" if plan == "iid" else ""))
+                + ("_iid" if plan == "iid" else "") + (f"_c{chunk}" if chunk else ""))
     return "reference" if value == "cap" else f"reference_{value}"
 
 

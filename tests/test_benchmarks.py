@@ -138,6 +138,12 @@ def test_length_variants_and_their_table_labels():
     assert ts.parse_variant("4+scan") == (4, True, False) and ts.parse_variant(0) == (0, False, False)
     assert ts.parse_variant("4+scan+plan") == (4, True, True) == ts.parse_variant("4+plan+scan")
     assert ts.parse_variant("4+scan+plan+iid") == (4, True, "iid")  # plans for independent rows (the old default)
+    # +cN: that step's own length chunk, beside the others in one process (paired rounds)
+    assert ts.parse_variant("4+scan+c4") == (4, True, False) and ts.variant_chunk("4+scan+c4", 8) == 4
+    assert ts.variant_chunk("4+scan", 8) == 8 and ts.implementation_label("--length_buckets", "4+c16") == "ours_b4_c16"
+    assert lt.labels({"ours_b4_scan_c4_step_s": 1.0})[0] == ("ours_b4_scan_c4", "ours length-aware (4, layers scanned, chunks of 4 rows)")
+    with pytest.raises(SystemExit, match="no length chunks"):
+        ts.parse_variant("0+c4")
     for bad in ("4+remat", "0+plan", "4+plan+plan", "4+iid"):
         with pytest.raises(SystemExit, match="N, N\\+scan"):
             ts.parse_variant(bad)
