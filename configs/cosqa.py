@@ -8,8 +8,7 @@ from configs import common
 
 
 def get_config(arg=None):
-    c = common.base()
-    c.model.path = "models/codet5p-110m-embedding"
+    c = common.codet5p(common.base())
     c.data.source = "cosqa"
     c.data.root = "datasets/cosqa"
     c.data.language = "python"
