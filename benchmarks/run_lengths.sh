@@ -76,3 +76,14 @@ python -m benchmarks.encoder_grad --model minilm --rows 48 --length 256 --rounds
 python -m benchmarks.encoder_grad --model codet5p-110m --rows 32 --length 256 --rounds 3 \
     --only "ours length-aware,ours length-aware fwd,ours length plan,torch cap" \
     --out $R/encoder_grad_codet5p_r32_l256_chunks_plan.json
+# Chunks of 4 against chunks of 8, paired in one process (a last "+cN" sets a step's chunk), in both orders
+# on the CodeT5+ shape, and on MiniLM.
+python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
+    --bank_fill model --rounds 3 --length_buckets 4+scan,4+scan+c4 --reference_padding= \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_model_chunks.json
+python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
+    --bank_fill model --rounds 3 --length_buckets 4+scan+c4,4+scan --reference_padding= \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_model_chunks_reversed.json
+python -m benchmarks.train_step --models minilm --sizes "minilm=8,10,128,256" --bank 512 --bank_fill model \
+    --rounds 3 --length_buckets 4,4+c4 --reference_padding= \
+    --out $R/train_step_lengths_minilm_b8_k10_128_256_model_chunks.json
