@@ -107,10 +107,9 @@ def main(argv=None) -> dict[str, Any]:
     threads = common.pin_threads(args.threads)
 
     import jax
-    import numpy as np
 
     import cocohanere_jax
-    from benchmarks.train_step import Workload, make_ours, parse_variant
+    from benchmarks.train_step import Workload, fill_bank_from_model, make_ours, parse_variant
     from cocohanere_jax import reencode
 
     batch, k, lq, lc = (int(x) for x in args.size.split(","))
@@ -121,9 +120,7 @@ def main(argv=None) -> dict[str, Any]:
     enc = cocohanere_jax.load_encoder(folder, scan_layers=scan)
     work = Workload(int(enc.config.vocab_size), batch, lq, lc, args.bank, enc.dim, steps=args.steps + 2)
     work.pad_id = enc.pad_id
-    rows = lambda ids: np.where(ids == 0, enc.pad_id, ids)[work.bank_ids]  # noqa: E731
-    work.bank_query_emb = enc.embed_ids(rows(work.query_ids))
-    work.bank_code_emb = enc.embed_ids(rows(work.code_ids))
+    fill_bank_from_model(work, enc)
     run, compile_s, _ = make_ours(enc, work, k, None, None, nb, args.length_chunk, False)
     step_s = []
     for _ in range(args.steps):

@@ -87,6 +87,9 @@ SMOKE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable
 SMOKE_PAIRS = 256  # text pairs tokenised for a smoke run
 
 
+CHUNK_OPTION = re.compile(r"c[1-9][0-9]*")  # a --length_buckets value's last "+cN": that step's length chunk
+
+
 def parse_variant(spec: int | str) -> tuple[int, bool, bool | str]:
     """``4`` / ``"4"`` -> (4, False, False); ``"4+scan"`` -> (4, True, False); ``"4+plan"``, ``"4+scan+plan"``:
     the same with length plans (``StepConfig.length_plan="auto"`` and the table's histogram, the step's
@@ -95,7 +98,7 @@ def parse_variant(spec: int | str) -> tuple[int, bool, bool | str]:
     ``+cN`` sets that step's length chunk (`variant_chunk`), so that chunk sizes can be timed side by side."""
     text = str(spec)
     nb, *options = text.split("+")
-    if options and re.fullmatch(r"c[1-9][0-9]*", options[-1]):
+    if options and CHUNK_OPTION.fullmatch(options[-1]):
         options = options[:-1]
         if nb == "0":
             raise SystemExit(f"--length_buckets: {text!r}: the padded step (0) has no length chunks")
@@ -108,11 +111,20 @@ def parse_variant(spec: int | str) -> tuple[int, bool, bool | str]:
     return int(nb), "scan" in options, ("iid" if "iid" in options else "plan" in options)
 
 
+def fill_bank_from_model(work: "Workload", enc: Any) -> None:
+    """The workload's banks start as ``enc``'s embeddings of the bank's rows (``--bank_fill model``)."""
+    import numpy as np
+
+    rows = lambda ids: np.where(ids == 0, enc.pad_id, ids)[work.bank_ids]  # noqa: E731  (rows padded with the tokenizer's 0)
+    work.bank_query_emb = enc.embed_ids(rows(work.query_ids))
+    work.bank_code_emb = enc.embed_ids(rows(work.code_ids))
+
+
 def variant_chunk(spec: int | str, default: int) -> int:
     """The length chunk a ``--length_buckets`` value asks for: N from a last ``+cN``, else ``default``
     (``--length_chunk``)."""
     last = str(spec).split("+")[-1]
-    return int(last[1:]) if re.fullmatch(r"c[1-9][0-9]*", last) else default
+    return int(last[1:]) if CHUNK_OPTION.fullmatch(last) else default
 
 
 def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = None,
@@ -247,10 +259,8 @@ def measure(name: str, folder: str, batch: int, k: int, lq: int, lc: int, bank_s
     work = Workload(int(getattr(enc.config, "vocab_size")), batch, lq, lc, bank_size, enc.dim, steps=max(rounds + 2, 8),
                     pairs_limit=pairs_limit)
     work.pad_id = enc.pad_id
-    if bank_fill == "model":  # Workload's rows are padded with the tokenizer's 0
-        rows = lambda ids: np.where(ids == 0, enc.pad_id, ids)[work.bank_ids]  # noqa: E731
-        work.bank_query_emb = enc.embed_ids(rows(work.query_ids))
-        work.bank_code_emb = enc.embed_ids(rows(work.code_ids))
+    if bank_fill == "model":
+        fill_bank_from_model(work, enc)
     elif bank_fill != "random":
         raise SystemExit(f"train_step: --bank_fill {bank_fill!r}; use random or model")
     fns, compile_s, checks = {}, {}, {}
