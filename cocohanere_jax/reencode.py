@@ -22,11 +22,15 @@ Array = jax.Array
 Params = Any
 # apply_fn(params, input_ids [n, L], attention_mask [n, L], deterministic, dropout_key) -> [n, dim]
 ApplyFn = Callable[[Params, Array, Array, bool, Array], Array]
+# packed(params, input_ids [n, W], segments [n, W], rows: layers.PackedRows, deterministic) -> [n, slots, dim]
+PackedApplyFn = Callable[[Params, Array, Array, Any, bool], Array]
+# The dropout key of every module under packing: rows get their own masks from their keys (layers.row_keyed).
+_PACKED_MODULE_KEY = (0x5EED, 0xC0DE)
 
 __all__ = [
     "ApplyFn", "as_apply_fn", "row_keys", "encode_rows", "bucket_lengths", "row_lengths", "encode_rows_bucketed",
     "encode_pool", "dedup_neighbours", "LengthStats", "LengthPlan", "plan_lengths", "choose_plan", "plan_miss_rate",
-    "encode_rows_planned",
+    "encode_rows_planned", "pack_rows", "encode_rows_packed",
 ]
 
 # Dropout rng streams (folded into the step key before the global row index).
@@ -40,7 +44,9 @@ def as_apply_fn(encoder: nn.Module | ApplyFn) -> ApplyFn:
 
     A ``flax.linen.Module`` honouring the encoder contract (WORKSPACE.md) is called as
     ``module.apply({"params": params}, ids, mask, deterministic=..., rngs={"dropout": key})``; any other
-    callable is taken to have the ``apply_fn`` signature already.
+    callable is taken to have the ``apply_fn`` signature already. For a module with ``supports_packing``
+    (this package's BERT and T5 encoders) the function also has ``.packed``, a `PackedApplyFn`
+    (`encode_rows_packed`).
     """
     if isinstance(encoder, nn.Module):
 
@@ -50,6 +56,15 @@ def as_apply_fn(encoder: nn.Module | ApplyFn) -> ApplyFn:
                 deterministic=deterministic, rngs={"dropout": key},
             )
 
+        if getattr(encoder, "supports_packing", False):
+
+            def packed(params, input_ids, segments, rows, deterministic):
+                return encoder.apply(
+                    {"params": params}, input_ids, segments, deterministic=deterministic, rows=rows,
+                    rngs={"dropout": jnp.asarray(_PACKED_MODULE_KEY, jnp.uint32)},
+                )
+
+            apply_fn.packed = packed
         return apply_fn
     if callable(encoder):
         return encoder
@@ -183,50 +198,168 @@ def encode_rows_bucketed(
     ids_c = token_ids[src].reshape(n_chunks, c, width)
     keys_c = keys[src].reshape((n_chunks, c) + keys.shape[1:])
 
-    def encode_many(p, ids, ks):
+    def encode_many(p, xs, n):
+        ids, ks = xs
+
         def encode_one(ids_row, key):
             mask = (ids_row != pad_id).astype(jnp.int32)
             return apply_fn(p, ids_row[None], mask[None], deterministic, key)[0]
 
-        return jax.vmap(encode_one)(ids, ks)
+        return jax.vmap(encode_one)(ids[:, :n], ks)
 
-    out_aval = jax.eval_shape(lambda p: encode_many(p, ids_c[0, :, : lens[0]], keys_c[0]), params)
-
-    def forward(p, ids, ks, b):
-        branches = [lambda p, ids, ks, n=n: encode_many(p, ids[:, :n], ks) for n in lens]
-        return jax.lax.switch(b, branches, p, ids, ks)
-
-    @jax.custom_vjp
-    def run(p, ids_all, keys_all, buckets_all):
-        return jax.lax.map(lambda xs: forward(p, *xs), (ids_all, keys_all, buckets_all))
-
-    def run_fwd(p, ids_all, keys_all, buckets_all):
-        return run(p, ids_all, keys_all, buckets_all), (p, ids_all, keys_all, buckets_all)
-
-    def run_bwd(res, g):
-        p, ids_all, keys_all, buckets_all = res
-
-        def body(acc, xs):
-            ids, ks, b, g_c = xs
-
-            def branch(n):
-                def f(acc):
-                    _, vjp = jax.vjp(lambda q: encode_many(q, ids[:, :n], ks), p)
-                    return jax.tree.map(jnp.add, acc, vjp(g_c.astype(out_aval.dtype))[0])
-
-                return f
-
-            acc = jax.lax.switch(b, [branch(n) for n in lens], acc)
-            return acc, None
-
-        zero = jax.tree.map(lambda x: make_varying(jnp.zeros(x.shape, x.dtype), varying_axes(x)), p)
-        grads, _ = jax.lax.scan(body, zero, (ids_all, keys_all, buckets_all, g))
-        return grads, None, None, None
-
-    run.defvjp(run_fwd, run_bwd)
-    out = run(params, ids_c, keys_c, chunk_bucket)
+    out = _switch_chunks(encode_many, params, (ids_c, keys_c), chunk_bucket, lens)
     out = out.reshape((n_chunks * c,) + out.shape[2:])[pad:]
     return jnp.zeros_like(out).at[order].set(out)
+
+
+def pack_rows(lengths: Array, width: int) -> tuple[Array, Array, Array, Array]:
+    """First-fit decreasing of rows of ``lengths`` (each at most ``width``) into bins of ``width`` tokens,
+    on the device (a scan over the rows, longest first).
+
+    Returns (bin [R], slot [R] (1-based place of the row in its bin), offset [R] (its first token's
+    position in the bin), fill [R] (tokens per bin; at most R bins, the used ones first)). Every row fits:
+    there are as many bins as rows.
+    """
+    r = lengths.shape[0]
+    lengths = lengths.astype(jnp.int32)
+    order = jnp.argsort(-lengths, stable=True)
+
+    def place(carry, length):
+        fill, count = carry
+        b = jnp.argmax(fill + length <= width).astype(jnp.int32)  # the first bin it fits in
+        placed = (b, count[b] + 1, fill[b])
+        return (fill.at[b].add(length), count.at[b].add(1)), placed
+
+    zeros = jnp.zeros((r,), jnp.int32)
+    (fill, _), (b, slot, offset) = jax.lax.scan(place, (zeros, zeros), lengths[order])
+    unsort = lambda x: jnp.zeros_like(x).at[order].set(x)  # noqa: E731
+    return unsort(b), unsort(slot), unsort(offset), fill
+
+
+def encode_rows_packed(
+    packed_fn: "PackedApplyFn",
+    params: Params,
+    token_ids: Array,
+    keys: Array,
+    *,
+    pad_id: int,
+    buckets: Sequence[int],
+    chunk: int = 8,
+    deterministic: bool = False,
+    lengths: Array | None = None,
+) -> Array:
+    """`encode_rows` with several rows packed into each encoded row, in one compiled program.
+
+    The rows' real tokens are laid out by `pack_rows` (first-fit decreasing) in at most R rows of the
+    pool's width, each token keeping its position in its own row; attention stays within a row (T5's
+    relative positions and BERT's absolute positions count from the row's start) and each row is pooled
+    from its own tokens (`layers.PackedRows`). The packed rows, fullest first, are cut into chunks of
+    ``chunk``; each chunk runs at the smallest of ``buckets`` that holds its fullest row, and chunks with
+    nothing in them are skipped, with the bucketed chunks' custom VJP (`_switch_chunks`). Without dropout
+    the result equals `encode_rows` up to float reassociation. With dropout, each row's masks come from its
+    own key and its positions (`layers.row_keyed`): the same whatever rows it is packed with, so on any
+    number of devices, but not the masks of `encode_rows` (keys enter the hash another way).
+
+    Args:
+      packed_fn: ``(params, ids [n, W], segments [n, W], rows: layers.PackedRows, deterministic) ->
+        [n, slots, dim]`` (`as_apply_fn(...).packed`).
+      token_ids: [R, W] ids padded on the right; keys: [R, ...] one PRNG key per row.
+      lengths: [R] real lengths (default: `row_lengths`).
+    Returns:
+      [R, dim] embeddings.
+    """
+    from cocohanere_jax.models import layers  # the models' packing contract
+
+    r, width = token_ids.shape
+    s = min(r, width)  # the most rows one packed row can hold (each has a token at least)
+    lens = tuple(sorted({0} | {int(b) for b in buckets if 0 < int(b) < width} | {width}))
+    c = max(1, min(int(chunk), r))
+    n_chunks = -(-r // c)
+    bins = n_chunks * c
+    if lengths is None:
+        lengths = row_lengths(token_ids, pad_id)
+    lengths = jnp.clip(lengths.astype(jnp.int32), 1, width)  # a row without tokens keeps its first (pad) one
+    b, slot, offset, fill = pack_rows(lengths, width)
+    fill = jnp.zeros((bins,), jnp.int32).at[: r].set(fill)
+    by_fill = jnp.argsort(-fill, stable=True)  # fullest bins first
+    rank = jnp.zeros_like(by_fill).at[by_fill].set(jnp.arange(bins, dtype=by_fill.dtype)).astype(jnp.int32)
+    b = rank[b]
+    fill = fill[by_fill]
+    n_chunks = bins // c
+
+    # Scatter every real token to (bin, offset + t); pad positions are dropped (index out of range).
+    t = jnp.arange(width, dtype=jnp.int32)
+    real = t[None, :] < lengths[:, None]
+    dest = jnp.where(real, b[:, None] * width + offset[:, None] + t[None, :], bins * width).reshape(-1)
+    scatter = lambda value, fill_value: (  # noqa: E731
+        jnp.full((bins * width,) + value.shape[2:], fill_value, value.dtype)
+        .at[dest].set(value.reshape((-1,) + value.shape[2:]), mode="drop").reshape((bins, width) + value.shape[2:]))
+    key_data = jax.random.key_data(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
+    key_data = key_data.reshape(r, -1).astype(jnp.uint32)
+    ids_p = scatter(token_ids, pad_id)
+    seg_p = scatter(jnp.broadcast_to(slot[:, None], (r, width)), 0)
+    pos_p = scatter(jnp.broadcast_to(t[None, :], (r, width)), 0)
+    key_p = scatter(jnp.broadcast_to(key_data[:, None, :], (r, width, key_data.shape[-1])), 0)
+
+    chunk_fill = fill.reshape(n_chunks, c)[:, 0]  # fullest first within each chunk
+    branch = jnp.searchsorted(jnp.asarray(lens, jnp.int32), chunk_fill, side="left")
+    branch = jnp.minimum(branch, len(lens) - 1).astype(jnp.int32)
+    split = lambda x: x.reshape((n_chunks, c) + x.shape[1:])  # noqa: E731
+
+    def encode_at(p, xs, n):
+        ids, seg, pos, kd = xs
+        rows = layers.PackedRows(positions=pos[:, :n], keys=kd[:, :n], num_slots=s)
+        return packed_fn(p, ids[:, :n], seg[:, :n], rows, deterministic)
+
+    out = _switch_chunks(encode_at, params, tuple(map(split, (ids_p, seg_p, pos_p, key_p))), branch, lens)
+    out = out.reshape((bins, s) + out.shape[3:])
+    return out[b, slot - 1]
+
+
+def _switch_chunks(encode_at: Callable[[Params, Any, int], Array], params: Params, inputs: Any,
+                   branch: Array, lens: Sequence[int]) -> Array:
+    """``lax.map`` over chunks (the leading axis of every leaf of ``inputs``) of ``encode_at(params, chunk,
+    lens[branch[i]])`` through ``lax.switch`` (a length of 0: the chunk is skipped, zeros), with the
+    bucketed chunks' custom VJP: the backward pass re-runs each chunk's chosen branch and its VJP, so
+    memory is one chunk's activations. [chunks, ...] results."""
+    first = jax.tree.map(lambda x: x[0], inputs)
+    out_aval = jax.eval_shape(lambda p: encode_at(p, first, max(lens)), params)
+
+    def branches_for(f):
+        return [(lambda *a, n=n: f(n, *a)) for n in lens]
+
+    def encode_or_skip(n, p, xs):
+        if n == 0:
+            return make_varying(jnp.zeros(out_aval.shape, out_aval.dtype), varying_axes(out_aval))
+        return encode_at(p, xs, n)
+
+    @jax.custom_vjp
+    def run(p, inputs_all, branch_all):
+        return jax.lax.map(lambda xs: jax.lax.switch(xs[1], branches_for(encode_or_skip), p, xs[0]),
+                           (inputs_all, branch_all))
+
+    def run_fwd(p, inputs_all, branch_all):
+        return run(p, inputs_all, branch_all), (p, inputs_all, branch_all)
+
+    def run_bwd(res, g):
+        p, inputs_all, branch_all = res
+
+        def grad_at(n, acc, xs, g_c):
+            if n == 0:
+                return acc
+            _, vjp = jax.vjp(lambda q: encode_at(q, xs, n), p)
+            return jax.tree.map(jnp.add, acc, vjp(g_c.astype(out_aval.dtype))[0])
+
+        def body(acc, xs):
+            inputs_c, b, g_c = xs
+            return jax.lax.switch(b, branches_for(grad_at), acc, inputs_c, g_c), None
+
+        zero = jax.tree.map(lambda x: make_varying(jnp.zeros(x.shape, x.dtype), varying_axes(x)), p)
+        grads, _ = jax.lax.scan(body, zero, (inputs_all, branch_all, g))
+        return grads, None, None
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(params, inputs, branch)
 
 
 def varying_axes(x) -> frozenset:

@@ -61,8 +61,13 @@ _ACTIVATIONS = {
 }
 
 
-def position_ids(input_ids: jax.Array, config: BertConfig) -> jax.Array:
-    """Absolute position ids, BERT or RoBERTa style."""
+def position_ids(input_ids: jax.Array, config: BertConfig, rows: layers.PackedRows | None = None,
+                 segments: jax.Array | None = None) -> jax.Array:
+    """Absolute position ids, BERT or RoBERTa style (packed ``rows``: counted from each row's start)."""
+    if rows is not None:
+        if config.roberta_positions:
+            return jnp.where(segments != 0, rows.positions + config.pad_token_id + 1, config.pad_token_id)
+        return rows.positions.astype(jnp.int32)
     if config.roberta_positions:
         real = (input_ids != config.pad_token_id).astype(jnp.int32)
         return jnp.cumsum(real, axis=1) * real + config.pad_token_id
@@ -91,7 +96,8 @@ class BertLayer(nn.Module):
     scanned: bool = False  # the body of a scanned `layers.layer_stack`: returns (x, None)
 
     @nn.compact
-    def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool,
+                 rows: layers.PackedRows | None = None) -> jax.Array:
         cfg = self.config
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
@@ -105,13 +111,14 @@ class BertLayer(nn.Module):
         v = layers.split_heads(dense(cfg.hidden_size, "value")(x), heads)
         attn = layers.dot_product_attention(
             q, k, v, bias, layers.Dropout(cfg.attention_probs_dropout_prob), deterministic,
-            probs=cfg.attention_probs,
+            probs=cfg.attention_probs, rows=rows,
         )
-        h = hidden_drop(dense(cfg.hidden_size, "attention_out")(layers.merge_heads(attn)), deterministic=deterministic)
+        h = hidden_drop(dense(cfg.hidden_size, "attention_out")(layers.merge_heads(attn)), deterministic=deterministic,
+                        rows=rows)
         x = LayerNorm(cfg.layer_norm_eps, self.dtype, name="attention_norm")(x + h)
 
         h = _ACTIVATIONS[cfg.hidden_act](dense(cfg.intermediate_size, "intermediate")(x))
-        h = hidden_drop(dense(cfg.hidden_size, "output")(h), deterministic=deterministic)
+        h = hidden_drop(dense(cfg.hidden_size, "output")(h), deterministic=deterministic, rows=rows)
         x = LayerNorm(cfg.layer_norm_eps, self.dtype, name="output_norm")(x + h)
         return (x, None) if self.scanned else x
 
@@ -132,31 +139,37 @@ class BertEncoder(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     scan_layers: bool = False
+    supports_packing = True  # takes packed rows (`layers.PackedRows`, `reencode.encode_rows_packed`)
 
     @nn.compact
     def __call__(
-        self, input_ids: jax.Array, attention_mask: jax.Array, deterministic: bool = True
+        self, input_ids: jax.Array, attention_mask: jax.Array, deterministic: bool = True,
+        rows: layers.PackedRows | None = None,
     ) -> jax.Array:
+        """[n, L] ids and mask -> [n, hidden_size] unit rows; with packed ``rows`` the mask names each token's
+        row (`layers.PackedRows`) and the result is [n, rows.num_slots, hidden_size]."""
         cfg = self.config
+        if cfg.pooling not in POOLINGS:
+            raise ValueError(f"BERT pooling {cfg.pooling!r} is not one of {POOLINGS}.")
         embed = lambda n, name: nn.Embed(n, cfg.hidden_size, dtype=self.dtype, param_dtype=jnp.float32, name=name)  # noqa: E731
         x = (
             embed(cfg.vocab_size, "word_embeddings")(input_ids)
-            + embed(cfg.max_position_embeddings, "position_embeddings")(position_ids(input_ids, cfg))
+            + embed(cfg.max_position_embeddings, "position_embeddings")(position_ids(input_ids, cfg, rows, attention_mask))
             + embed(cfg.type_vocab_size, "token_type_embeddings")(jnp.zeros_like(input_ids))
         )
         x = LayerNorm(cfg.layer_norm_eps, self.dtype, name="embeddings_norm")(x)
-        x = layers.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = layers.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic, rows=rows)
 
-        bias = layers.attention_bias(attention_mask)
+        bias = layers.attention_bias(attention_mask) if rows is None else rows.attention_bias(attention_mask)
         x = layers.layer_stack(BertLayer, cfg, self.dtype, cfg.num_hidden_layers, x, bias, deterministic,
-                               family="bert", remat=self.remat, scan=self.scan_layers)
+                               family="bert", remat=self.remat, scan=self.scan_layers, rows=rows)
 
-        if cfg.pooling == "cls":
-            pooled = x[:, 0, :]
+        if rows is not None:
+            pooled = rows.pool(x, attention_mask, "mean" if cfg.pooling == "mean" else "first").astype(self.dtype)
         elif cfg.pooling == "mean":
             pooled = layers.masked_mean(x, attention_mask)
-        elif cfg.pooling == "pooler":
-            pooled = jnp.tanh(layers.Dense(cfg.hidden_size, dtype=self.dtype, name="pooler")(x[:, 0, :]))
         else:
-            raise ValueError(f"BERT pooling {cfg.pooling!r} is not one of {POOLINGS}.")
+            pooled = x[:, 0, :]
+        if cfg.pooling == "pooler":
+            pooled = jnp.tanh(layers.Dense(cfg.hidden_size, dtype=self.dtype, name="pooler")(pooled))
         return layers.l2_normalize(pooled)

@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+from flax import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,19 +66,97 @@ class Dropout(nn.Module):
     rate: float
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True, index: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True, index: jax.Array | None = None,
+                 rows: "PackedRows | None" = None) -> jax.Array:
+        """``rows``: ``x`` is [n, W, F] activations of packed rows: each element's mask comes from its own
+        row's key and its position in that row (`PackedRows.hidden_mask_args`), not from the packing."""
         if deterministic or self.rate == 0.0:
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
         keep_prob = 1.0 - self.rate
-        keep = keep_mask(self.make_rng("dropout"), x.shape, keep_prob, index)
+        key = self.make_rng("dropout")
+        if rows is not None:
+            key, index = rows.hidden_mask_args(key, x.shape)
+        keep = keep_mask(key, x.shape, keep_prob, index)
         return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
     def draw_key(self) -> jax.Array:
         """The key one ``__call__`` would draw (the same ``make_rng`` stream and count), for callers that
         apply this dropout themselves (`dot_product_attention`: its mask is recomputed in the backward pass)."""
         return self.make_rng("dropout")
+
+
+def _key_words(key: jax.Array) -> jax.Array:
+    """uint32 key data (typed key or raw), its words on the last axis."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return key.astype(jnp.uint32)
+
+
+def row_keyed(module_key: jax.Array, row_keys: jax.Array) -> jax.Array:
+    """[..., 2] uint32: a module's dropout key (one `make_rng` draw) mixed with each row's key data
+    ``row_keys`` [..., words]: distinct rows get unrelated masks from one module, whatever rows they share
+    a packed row with."""
+    m, r = _key_words(module_key), _key_words(row_keys)
+    k0 = _mix32(m[..., 0] ^ r[..., 0])
+    k1 = _mix32(m[..., -1] ^ _mix32(r[..., -1] + jnp.uint32(0x9E3779B9)))
+    return jnp.stack([k0, k1], axis=-1)
+
+
+@struct.dataclass
+class PackedRows:
+    """Several rows packed into each input row (docs/METHOD.md, "Packed rows"). The encoder's
+    ``attention_mask`` then names the row each token belongs to (1..``num_slots``; 0 = padding): attention
+    stays within a row, positions count from each row's start, and the encoder returns one embedding per
+    slot, [n, ``num_slots``, dim].
+
+    positions: [n, W] int32, each token's position within its own row.
+    keys: [n, W, words] uint32, each token's row's dropout key data (`reencode.row_keys`).
+    num_slots: static, the most rows one input row holds.
+    """
+
+    positions: jax.Array
+    keys: jax.Array
+    num_slots: int = struct.field(pytree_node=False)
+
+    def hidden_mask_args(self, module_key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+        """(key, index) of `keep_mask` for [n, W, F] activations: element (t, f) of a row at index
+        ``t * F + f`` (its row-major index had the row been encoded alone) under its row's key."""
+        features = shape[-1]
+        index = self.positions.astype(jnp.uint32)[..., None] * jnp.uint32(features) + jax.lax.iota(jnp.uint32, features)
+        return row_keyed(module_key, self.keys[:, :, None, :]), index
+
+    def attention_mask_args(self, module_key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+        """(key, index) for attention weights [n, H, W, W]: element (h, q, k) of a row at
+        `attention_index`'s index of (0, h, q's position, k's position), under the query's row's key
+        (a key of another row is masked out anyway)."""
+        _, heads, _, _ = shape
+        s = jnp.uint32(ATTENTION_INDEX_STRIDE)
+        pos = self.positions.astype(jnp.uint32)
+        h = jax.lax.broadcasted_iota(jnp.uint32, (1, heads, 1, 1), 1)
+        index = (h * s + pos[:, None, :, None]) * s + pos[:, None, None, :]
+        return row_keyed(module_key, self.keys[:, None, :, None, :]), index
+
+    def attention_bias(self, segments: jax.Array) -> jax.Array:
+        """[n, 1, W, W] additive bias: a token attends to the tokens of its own row only (padding to padding,
+        so that no query is without keys)."""
+        same = segments[:, :, None] == segments[:, None, :]
+        return jnp.where(same, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)[:, None]
+
+    def pool(self, hidden: jax.Array, segments: jax.Array, how: str) -> jax.Array:
+        """[n, W, d] -> [n, num_slots, d] float32: each row's first token ("first") or the mean over its
+        tokens ("mean"). Empty slots are ones, not zeros: the L2 norm's gradient is finite there (their
+        embeddings are never read)."""
+        slot = jnp.arange(1, self.num_slots + 1, dtype=segments.dtype)
+        member = (segments[:, :, None] == slot).astype(jnp.float32)  # [n, W, S]
+        count = jnp.sum(member, axis=1)[..., None]  # [n, S, 1]
+        if how == "first":
+            weights = member * (self.positions == 0).astype(jnp.float32)[:, :, None]
+        else:
+            weights = member / jnp.maximum(count.swapaxes(1, 2), 1e-9)
+        pooled = jnp.einsum("nws,nwd->nsd", weights, hidden.astype(jnp.float32))
+        return jnp.where(count > 0, pooled, jnp.float32(1))
 
 
 # Names of an encoder's blocks: unrolled children ("layer_{i}") or the one scanned child with stacked
@@ -87,24 +166,25 @@ LAYER_NAMES = {"bert": ("layer_{i}", "layers"), "t5": ("block_{i}", "blocks")}
 
 def layer_stack(block_cls: type[nn.Module], config: Any, dtype: Any, num_layers: int, x: jax.Array,
                 bias: jax.Array, deterministic: bool, *, family: str, remat: bool = False,
-                scan: bool = False) -> jax.Array:
+                scan: bool = False, rows: PackedRows | None = None) -> jax.Array:
     """`num_layers` blocks ``block_cls(config, dtype)`` applied to `x`, from inside the encoder's compact
     ``__call__``, named by ``LAYER_NAMES[family]``; `remat` rematerialises each block in the backward pass.
 
     Unrolled: one child per block. Scanned (`scan`): one ``nn.scan`` child (the block's ``__call__``
     returns ``(x, None)`` with ``scanned=True``), parameters stacked on a leading layer axis, a dropout key
     per layer, the bias and `deterministic` broadcast: XLA compiles the block once instead of
-    `num_layers` times (as maxtext and t5x scan their layers).
+    `num_layers` times (as maxtext and t5x scan their layers). ``rows``: `x` holds packed rows (passed to
+    every block's dropout).
     """
     unrolled, stacked = LAYER_NAMES[family]
     cls = nn.remat(block_cls, static_argnums=(3,)) if remat else block_cls
     if scan:
         scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                          in_axes=(nn.broadcast, nn.broadcast), length=num_layers)
-        x, _ = scanned(config, dtype, scanned=True, name=stacked)(x, bias, deterministic)
+                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=num_layers)
+        x, _ = scanned(config, dtype, scanned=True, name=stacked)(x, bias, deterministic, rows)
         return x
     for i in range(num_layers):
-        x = cls(config, dtype, name=unrolled.format(i=i))(x, bias, deterministic)
+        x = cls(config, dtype, name=unrolled.format(i=i))(x, bias, deterministic, rows)
     return x
 
 
@@ -168,9 +248,13 @@ def check_attention_probs(choice: str) -> str:
     return choice
 
 
-def _attention_keep(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array | None:
-    """`Dropout`'s mask for attention weights of ``shape`` (None when ``keep_prob`` is 1: no dropout)."""
-    return keep_mask(key, shape, keep_prob, attention_index(shape)) if keep_prob < 1.0 else None
+def _attention_keep(key: jax.Array, shape: tuple[int, ...], keep_prob: float,
+                    index: jax.Array | None = None) -> jax.Array | None:
+    """`Dropout`'s mask for attention weights of ``shape`` at ``index`` (default `attention_index`; None when
+    ``keep_prob`` is 1: no dropout)."""
+    if keep_prob >= 1.0:
+        return None
+    return keep_mask(key, shape, keep_prob, attention_index(shape) if index is None else index)
 
 
 def _dropped(y: jax.Array, keep: jax.Array | None, keep_prob: float, dtype: Any) -> jax.Array:
@@ -181,7 +265,8 @@ def _dropped(y: jax.Array, keep: jax.Array | None, keep_prob: float, dtype: Any)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def attention_core(logits: jax.Array, vh: jax.Array, key: jax.Array, keep_prob: float, probs_dtype: Any) -> jax.Array:
+def attention_core(logits: jax.Array, vh: jax.Array, key: jax.Array, keep_prob: float, probs_dtype: Any,
+                   index: jax.Array | None = None) -> jax.Array:
     """``dropout(softmax(logits)) @ vh`` over [n, H, Lq, Lk] float32 logits and [n, H, Lk, dh] values: the
     same values as `Dropout` applied to ``softmax(logits).astype(probs_dtype)`` at `attention_index`, cast
     to the values' dtype, times the values.
@@ -192,13 +277,14 @@ def attention_core(logits: jax.Array, vh: jax.Array, key: jax.Array, keep_prob: 
     9 to 11 bytes, where this keeps 5 (3 with bfloat16 ``probs_dtype``). (Recomputing the mask from ``key``
     instead, 4 and 2 bytes, ran 4-5% slower on CPU: the hash is about 10 integer operations per element.)
     The gradient through the softmax is computed in float32. ``keep_prob`` 1: no dropout (``key`` unread).
+    ``key`` and ``index``: as `_attention_keep`'s (packed rows: per element, `PackedRows.attention_mask_args`).
     """
-    return _attention_core_fwd(logits, vh, key, keep_prob, probs_dtype)[0]
+    return _attention_core_fwd(logits, vh, key, keep_prob, probs_dtype, index)[0]
 
 
-def _attention_core_fwd(logits, vh, key, keep_prob, probs_dtype):
+def _attention_core_fwd(logits, vh, key, keep_prob, probs_dtype, index=None):
     y = jax.nn.softmax(logits, axis=-1).astype(probs_dtype)
-    keep = _attention_keep(key, y.shape, keep_prob)
+    keep = _attention_keep(key, y.shape, keep_prob, index)
     out = jnp.einsum("nhqk,nhkd->nhqd", _dropped(y, keep, keep_prob, vh.dtype), vh)
     return out, (y, vh, keep)
 
@@ -212,7 +298,7 @@ def _attention_core_bwd(keep_prob, probs_dtype, res, g):
         d_weights = jnp.where(keep, d_weights / jnp.float32(keep_prob), jnp.float32(0))
     y32 = y.astype(jnp.float32)
     d_logits = y32 * (d_weights - jnp.sum(d_weights * y32, axis=-1, keepdims=True))
-    return d_logits, d_vh, None
+    return d_logits, d_vh, None, None
 
 
 attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
@@ -226,13 +312,15 @@ def dot_product_attention(
     dropout: Dropout,
     deterministic: bool,
     probs: str = "autodiff",
+    rows: PackedRows | None = None,
 ) -> jax.Array:
     """Softmax attention over [n, L, H, dh] heads; the logits and softmax are in float32.
 
     `bias` is broadcast to [n, H, Lq, Lk] (mask, and for T5 the relative position bias). No scaling is
     applied here: callers scale q themselves when their model does (BERT does, T5 does not).
     `probs`: how the backward pass keeps the probabilities (`ATTENTION_PROBS`; "compute" = ``v``'s dtype);
-    they meet ``v`` in its dtype either way.
+    they meet ``v`` in its dtype either way. ``rows``: the inputs are packed rows (dropout per row; the
+    bias keeps attention within a row).
     """
     # Head-major operands ([n, H, L, dh]) before the two batched matmuls: XLA:CPU emits them as plain
     # batch-major GEMMs then (measured on MiniLM's shapes, 64 rows x 64 tokens, one thread: forward 40%
@@ -242,8 +330,13 @@ def dot_product_attention(
     if check_attention_probs(probs) == "autodiff" or not isinstance(dropout, Dropout):
         # Plain autodiff (also for another dropout module, e.g. flax.linen.Dropout).
         weights = jax.nn.softmax(logits, axis=-1)
-        if isinstance(dropout, Dropout) and not deterministic:
+        if isinstance(dropout, Dropout) and not deterministic and rows is not None:
+            weights = _packed_attention_dropout(dropout, weights, rows)
+        elif isinstance(dropout, Dropout) and not deterministic:
             weights = dropout(weights, deterministic=deterministic, index=attention_index(weights.shape))
+        elif rows is not None and not deterministic and dropout.rate > 0.0:
+            raise ValueError("layers.py: packed rows need this package's Dropout (masks drawn per row), "
+                             f"got {type(dropout).__name__}")
         else:
             weights = dropout(weights, deterministic=deterministic)
         return jnp.swapaxes(jnp.einsum("nhqk,nhkd->nhqd", weights.astype(v.dtype), vh), -3, -2)
@@ -254,6 +347,20 @@ def dot_product_attention(
         return jnp.zeros_like(q)
     else:
         key, keep_prob = dropout.draw_key(), 1.0 - dropout.rate
-        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-            key = jax.random.key_data(key)
+        if rows is not None:
+            key, index = rows.attention_mask_args(key, logits.shape)
+            return jnp.swapaxes(attention_core(logits, vh, key, keep_prob, probs_dtype, index), -3, -2)
+        key = _key_words(key)
     return jnp.swapaxes(attention_core(logits, vh, key, keep_prob, probs_dtype), -3, -2)
+
+
+def _packed_attention_dropout(dropout: Dropout, weights: jax.Array, rows: PackedRows) -> jax.Array:
+    """`Dropout` of attention weights [n, H, W, W] of packed rows, each row's mask from its own key."""
+    if dropout.rate == 0.0:
+        return weights
+    if dropout.rate >= 1.0:
+        return jnp.zeros_like(weights)
+    keep_prob = 1.0 - dropout.rate
+    key, index = rows.attention_mask_args(dropout.draw_key(), weights.shape)
+    keep = keep_mask(key, weights.shape, keep_prob, index)
+    return jnp.where(keep, weights / jnp.asarray(keep_prob, weights.dtype), jnp.zeros_like(weights))

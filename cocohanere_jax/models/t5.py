@@ -10,6 +10,7 @@ The CodeT5+ head pools token 0, projects d_model -> embed_dim with bias and L2-n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -92,6 +93,13 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
     return buckets.astype(np.int32)
 
 
+def relative_distance_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
+    """int32 [2 * length - 1]: the bucket of each distance key - query = d - (length - 1), d = 0..2L-2,
+    read from `relative_position_buckets` (so the two agree exactly)."""
+    grid = relative_position_buckets(length, num_buckets, max_distance)
+    return np.concatenate([grid[length - 1, :], grid[0, 1:]]).astype(np.int32)
+
+
 class RMSNorm(nn.Module):
     """T5 layer norm: scale only, variance of the raw values, computed in float32."""
 
@@ -114,18 +122,20 @@ class T5Block(nn.Module):
     scanned: bool = False  # the body of a scanned `layers.layer_stack`: returns (x, None)
 
     @nn.compact
-    def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool,
+                 rows: layers.PackedRows | None = None) -> jax.Array:
         cfg = self.config
         inner = cfg.num_heads * cfg.d_kv
         dense = lambda n, name: layers.Dense(n, use_bias=False, dtype=self.dtype, name=name)  # noqa: E731
-        drop = layers.Dropout(cfg.dropout_rate)
+        dropout = layers.Dropout(cfg.dropout_rate)
+        drop = functools.partial(dropout, rows=rows)
 
         h = RMSNorm(cfg.layer_norm_epsilon, self.dtype, name="attention_norm")(x)
         q, k, v = (layers.split_heads(dense(inner, n)(h), cfg.num_heads) for n in ("query", "key", "value"))
         # T5 does not scale the logits by 1/sqrt(d_kv): the scale is folded into the initialisation.
         attn = layers.dot_product_attention(
-            q, k, v, bias, drop, deterministic,
-            probs=cfg.attention_probs)
+            q, k, v, bias, dropout, deterministic,
+            probs=cfg.attention_probs, rows=rows)
         x = x + drop(dense(cfg.d_model, "out")(layers.merge_heads(attn)), deterministic=deterministic)
 
         h = RMSNorm(cfg.layer_norm_epsilon, self.dtype, name="mlp_norm")(x)
@@ -154,40 +164,55 @@ class T5Encoder(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     scan_layers: bool = False
+    supports_packing = True  # takes packed rows (`layers.PackedRows`, `reencode.encode_rows_packed`)
 
     @nn.compact
     def __call__(
-        self, input_ids: jax.Array, attention_mask: jax.Array, deterministic: bool = True
+        self, input_ids: jax.Array, attention_mask: jax.Array, deterministic: bool = True,
+        rows: layers.PackedRows | None = None,
     ) -> jax.Array:
+        """[n, L] ids and mask -> [n, output_dim] unit rows; with packed ``rows`` the mask names each token's
+        row (`layers.PackedRows`) and the result is [n, rows.num_slots, output_dim]."""
         cfg = self.config
+        if cfg.pooling not in ("first", "cls", "mean"):
+            raise ValueError(f"T5 pooling {cfg.pooling!r} is not one of 'first', 'cls', 'mean'.")
         length = input_ids.shape[1]
         x = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="shared")(
             input_ids
         )
-        drop = layers.Dropout(cfg.dropout_rate)
+        drop = functools.partial(layers.Dropout(cfg.dropout_rate), rows=rows)
         x = drop(x, deterministic=deterministic)
 
         # Relative position bias: one table (block 0's in HF), shared by every block.
-        buckets = relative_position_buckets(
-            length, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
-        )
-        rel = nn.Embed(
+        rel_bias = nn.Embed(
             cfg.relative_attention_num_buckets, cfg.num_heads, param_dtype=jnp.float32,
             name="relative_attention_bias",
-        )(jnp.asarray(buckets))  # [L, L, H]
-        bias = jnp.transpose(rel, (2, 0, 1))[None].astype(jnp.float32) + layers.attention_bias(attention_mask)
+        )
+        if rows is None:
+            buckets = relative_position_buckets(
+                length, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+            )
+            rel = rel_bias(jnp.asarray(buckets))  # [L, L, H]
+            bias = jnp.transpose(rel, (2, 0, 1))[None].astype(jnp.float32) + layers.attention_bias(attention_mask)
+        else:  # each token's bucket from the positions within its own row
+            by_distance = jnp.asarray(relative_distance_buckets(
+                length, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance))
+            distance = rows.positions[:, None, :] - rows.positions[:, :, None] + (length - 1)  # key - query
+            rel = rel_bias(by_distance[jnp.clip(distance, 0, 2 * length - 2)])  # [n, L, L, H]
+            bias = jnp.transpose(rel, (0, 3, 1, 2)).astype(jnp.float32) + rows.attention_bias(attention_mask)
 
         x = layers.layer_stack(T5Block, cfg, self.dtype, cfg.num_layers, x, bias, deterministic,
-                               family="t5", remat=self.remat, scan=self.scan_layers)
+                               family="t5", remat=self.remat, scan=self.scan_layers, rows=rows)
         x = RMSNorm(cfg.layer_norm_epsilon, self.dtype, name="final_norm")(x)
         x = drop(x, deterministic=deterministic)
 
-        if cfg.pooling in ("first", "cls"):
+        how = "mean" if cfg.pooling == "mean" else "first"
+        if rows is not None:
+            pooled = rows.pool(x, attention_mask, how).astype(self.dtype)
+        elif how == "first":
             pooled = x[:, 0, :]
-        elif cfg.pooling == "mean":
-            pooled = layers.masked_mean(x, attention_mask)
         else:
-            raise ValueError(f"T5 pooling {cfg.pooling!r} is not one of 'first', 'cls', 'mean'.")
+            pooled = layers.masked_mean(x, attention_mask)
         if cfg.embed_dim:
             pooled = layers.Dense(cfg.embed_dim, dtype=self.dtype, name="proj")(pooled)
         return layers.l2_normalize(pooled)
