@@ -406,7 +406,7 @@ def loss_and_aux(
                 buckets=reencode.bucket_lengths((lq, lc), config.length_buckets),
                 stats=plan_stats, kinds=[kind for _, _, kind in parts], margin=config.length_plan_margin,
                 plan_rule=config.length_plan, clusters=[cluster] * len(parts),
-                correlation=config.length_plan_correlation,
+                correlation=config.length_plan_correlation, pack=config.length_pack,
             )
         return ([reencode.encode_rows(apply_fn, params, tokens, keys, pad_id=pad_id, **padded_options)
                  for tokens, keys, _ in parts], jnp.zeros((), jnp.int32))

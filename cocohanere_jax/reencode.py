@@ -230,7 +230,7 @@ def pack_rows(lengths: Array, width: int) -> tuple[Array, Array, Array, Array]:
         placed = (b, count[b] + 1, fill[b])
         return (fill.at[b].add(length), count.at[b].add(1)), placed
 
-    zeros = jnp.zeros((r,), jnp.int32)
+    zeros = make_varying(jnp.zeros((r,), jnp.int32), varying_axes(lengths))  # inside shard_map, per device
     (fill, _), (b, slot, offset) = jax.lax.scan(place, (zeros, zeros), lengths[order])
     unsort = lambda x: jnp.zeros_like(x).at[order].set(x)  # noqa: E731
     return unsort(b), unsort(slot), unsort(offset), fill
@@ -617,6 +617,7 @@ def encode_pool(
     plan_rule: str = "auto",
     clusters: Sequence[int] | None = None,
     correlation: float = 1.0,
+    pack: bool = False,
 ) -> tuple[list[Array], Array]:
     """Several (token_ids [R_i, L_i], keys [R_i]) parts encoded length-aware in one pooled call (narrower
     rows padded to the widest): along a `LengthPlan` made from ``stats`` (the table's length histograms;
@@ -625,7 +626,8 @@ def encode_pool(
     (``"always"``: wherever stats are given), else `encode_rows_bucketed` (one switch, so one compiled
     encoder per bucket for all parts). ``clusters[i]``: part i's rows come in runs of that many
     neighbours of one anchor (`plan_lengths`'s cluster; default 1, independent rows), their lengths alike
-    with ``correlation`` (`StepConfig.length_plan_correlation`).
+    with ``correlation`` (`StepConfig.length_plan_correlation`). ``pack``: `encode_rows_packed` instead
+    (no plans; ``apply_fn`` must have ``.packed``, `as_apply_fn`).
 
     Returns:
       (the parts' embeddings, [] int32: 1 when a plan was used and did not hold, see `encode_rows_planned`).
@@ -633,6 +635,15 @@ def encode_pool(
     width = max(t.shape[1] for t, _ in parts)
     ids = jnp.concatenate([jnp.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=pad_id) for t, _ in parts])
     keys = jnp.concatenate([k.reshape((t.shape[0],) + k.shape[t.ndim - 1:]) for t, k in parts])
+    if pack:
+        packed_fn = getattr(apply_fn, "packed", None)
+        if packed_fn is None:
+            raise ValueError("reencode.py: step.length_pack=True needs an encoder that takes packed rows (this "
+                             "package's BERT and T5 encoders, `supports_packing`); set step.length_pack=False for "
+                             "another encoder.")
+        out = encode_rows_packed(packed_fn, params, ids, keys, pad_id=pad_id, buckets=buckets, chunk=chunk,
+                                 deterministic=deterministic)
+        return jnp.split(out, np.cumsum([t.shape[0] for t, _ in parts])[:-1]), jnp.zeros((), jnp.int32)
     plan = None
     if stats is not None:
         if kinds is None or len(kinds) != len(parts):

@@ -44,6 +44,14 @@ class StepConfig:
     # Chosen by measurement (benchmarks/RESULTS.md, "Length-aware step").
     length_buckets: int = 4
     length_chunk: int = 8
+    # With length_buckets > 0: pack several rows into each encoded row (reencode.encode_rows_packed:
+    # first-fit decreasing on the device, attention within a row, positions from each row's start, one
+    # pooled embedding per row; docs/METHOD.md "Packed rows"), then encode the packed rows in the bucketed
+    # chunks. A chunk then runs at its fullest packed row's length instead of its longest row's, so a pool
+    # of short and long rows is encoded at about its real tokens. Needs this package's BERT or T5 encoder.
+    # Without dropout the step equals the padded one; with dropout each row's masks come from its own key,
+    # the same on any number of devices, but not the masks of the unpacked step. Length plans are not used.
+    length_pack: bool = False
     # Where the length-aware path runs: "cpu" (the default) = on CPU devices only, every row padded to its cap
     # on GPUs and TPUs; "all" = wherever `length_buckets` > 0. Measured: on CPU the length-aware step is
     # 1.2-1.7x the padded one; on an H200 (CodeT5+ 110M shape, batch 32, k 10, 128/256, bf16) the padded step

@@ -10,7 +10,12 @@
 * length plans (StepConfig.length_plan, reencode.encode_rows_planned): the same values and gradients as
   the padded encoding when the plan holds and when it does not (the fallback: padded or the bucketed
   chunks), and the same steps on
-  1 and 4 devices with dropout.
+  1 and 4 devices with dropout;
+* packed rows (StepConfig.length_pack, reencode.pack_rows / encode_rows_packed): first-fit decreasing as a
+  plain numpy packing does it, the padded encoding's values and gradients (T5 past its relative max
+  distance, RoBERTa positions, scanned layers with attention's custom VJP), dropout masks that do not
+  depend on the packing, the padded step's loss and gradients, 1 device = 4 devices with dropout, one
+  trace over length mixes, and a clear error for an encoder that cannot pack.
 """
 
 import functools
@@ -191,6 +196,13 @@ def _run(model, pad_id, params, dim, table, banks, config, devices, batches, tok
         traces.append(ids.shape)
         return model.apply({"params": p}, ids, mask, deterministic=deterministic, rngs={"dropout": key})
 
+    packed = getattr(reencode.as_apply_fn(model), "packed", None)
+    if packed is not None:
+        def counting_packed(p, ids, segments, rows, deterministic):
+            traces.append(ids.shape)
+            return packed(p, ids, segments, rows, deterministic)
+
+        counting_apply.packed = counting_packed
     step_fn = S.make_train_step(counting_apply, tx, config, mesh, pad_id=pad_id, compiler_options=FAST,
                                 length_stats=length_stats)
     state = S.init_train_state(params, tx, config, dim, rng=0)
@@ -484,3 +496,134 @@ def test_plans_one_device_equals_four_devices_with_dropout(dropout_runs):
         assert all(0 <= x <= 2 * devices for x in misses), misses  # two pools per device and step
         if stats is short:
             assert sum(misses) > 0, misses
+
+
+PACKED = with_(AWARE, length_pack=True)
+
+
+def _first_fit_decreasing(lengths, width):
+    """Plain numpy first-fit decreasing: (bin, slot, offset) per row."""
+    fills, counts, out = [], [], {}
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # stable: ties in row order
+        b = next((j for j, f in enumerate(fills) if f + lengths[i] <= width), len(fills))
+        if b == len(fills):
+            fills.append(0)
+            counts.append(0)
+        counts[b] += 1
+        out[i] = (b, counts[b], fills[b])
+        fills[b] += lengths[i]
+    return [out[i] for i in range(len(lengths))], fills
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pack_rows_is_first_fit_decreasing(seed):
+    rng = np.random.default_rng(seed)
+    width = 24
+    lengths = rng.integers(1, width + 1, size=int(rng.integers(5, 40)))
+    if seed == 2:
+        lengths[:] = rng.integers(1, 4, size=lengths.size)  # many rows per bin
+    b, slot, offset, fill = map(np.asarray, jax.jit(reencode.pack_rows, static_argnums=1)(jnp.asarray(lengths), width))
+    expected, fills = _first_fit_decreasing(list(lengths), width)
+    assert [tuple(x) for x in zip(b, slot, offset)] == expected
+    np.testing.assert_array_equal(fill[: len(fills)], fills)
+    assert not fill[len(fills):].any()
+    # No two rows overlap, and each lies within its bin.
+    taken = np.zeros((lengths.size, width), int)
+    for i, n in enumerate(lengths):
+        taken[b[i], offset[i]: offset[i] + n] += 1
+    assert taken.max() == 1 and (offset + lengths <= width).all()
+
+
+@pytest.mark.parametrize("model_name,variant", [("t5", "unrolled"), ("roberta", "unrolled"), ("t5", "scanned")])
+def test_packed_rows_equal_padded_rows_and_vjp(model_name, variant):
+    """encode_rows_packed = encode_rows without dropout (values and VJP, chunks of 2 and of all rows; the
+    scanned variant also keeps attention probabilities through `layers.attention_core`); with dropout a
+    row's embedding does not depend on the rows packed beside it."""
+    import dataclasses
+
+    model, pad_id, params, _, table, _ = setup(model_name, "mixed", rate=0.2)
+    if variant == "scanned":
+        model = model.clone(config=dataclasses.replace(model.config, attention_probs="float32"), scan_layers=True)
+        params = model.init(jax.random.key(0), jnp.full((2, 8), 2), jnp.ones((2, 8), jnp.int32))["params"]
+    apply_fn = reencode.as_apply_fn(model)
+    rows = np.asarray(table.code_ids[:13]).copy()
+    rows[0, :] = np.where(rows[0] == pad_id, 5, rows[0])  # one row at the cap
+    rows[1, 1:] = pad_id  # one of a single token
+    rows = jnp.asarray(rows)
+    keys = reencode.row_keys(jax.random.key_data(jax.random.key(3)), 2, jnp.arange(13))
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(13, 8 if model_name == "t5" else 16)), jnp.float32)
+
+    @functools.partial(jax.jit, static_argnums=(1, 2, 3), compiler_options=FAST)
+    def vg(p, chunk, deterministic, start=0):
+        def f(p):
+            if chunk is None:
+                e = reencode.encode_rows(apply_fn, p, rows, keys, pad_id=pad_id, deterministic=deterministic)
+            else:
+                e = reencode.encode_rows_packed(apply_fn.packed, p, rows[start:], keys[start:], pad_id=pad_id,
+                                                buckets=(8, 16), chunk=chunk, deterministic=deterministic)
+            return jnp.sum(e * weights[start:]), e
+        return jax.value_and_grad(f, has_aux=True)(p)
+
+    (_, e0), g0 = vg(params, None, True)
+    scale = float(optax.tree.norm(g0))
+    for chunk in (2, 13):
+        (_, e1), g1 = vg(params, chunk, True)
+        np.testing.assert_allclose(e1, e0, rtol=1e-5, atol=1e-6)
+        for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
+    (_, d_all), _ = vg(params, 2, False)
+    (_, d_some), _ = vg(params, 3, False, 4)
+    np.testing.assert_allclose(d_some, d_all[4:], rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(d_all - e0))) > 1e-2  # dropout did something
+
+
+@pytest.mark.parametrize("model_name,mix,dedup", [
+    ("t5", "mixed", False), ("t5", "cap", True), ("roberta", "short", True), ("roberta", "mixed", False),
+])
+def test_packed_step_gives_the_padded_loss_and_gradients(model_name, mix, dedup):
+    model, pad_id, params, dim, table, banks = setup(model_name, mix)
+    qbank, cbank = jax.tree.map(jnp.asarray, banks)
+    batch = table.batch(np.arange(B, dtype=np.int32))
+    view = jax.tree.map(jnp.asarray, table.device_view())
+    key = jax.random.key_data(jax.random.key(7))
+
+    @functools.partial(jax.jit, static_argnums=0, compiler_options=FAST)
+    def grad(config, p):
+        f = functools.partial(objective_lib.loss_and_aux, apply_fn=reencode.as_apply_fn(model), config=config,
+                              pad_id=pad_id)
+        return jax.value_and_grad(f, has_aux=True)(p, qbank, cbank, batch, view, key)
+
+    (l0, a0), g0 = grad(with_(PADDED, dedup_negatives=dedup), params)
+    (l1, a1), g1 = grad(with_(PACKED, dedup_negatives=dedup), params)
+    assert int(a0.valid_negatives) > 0
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    for name in ("q", "c", "c_neg", "q_neg"):
+        np.testing.assert_allclose(getattr(a1, name), getattr(a0, name), rtol=1e-5, atol=2e-6, err_msg=name)
+    scale = float(optax.tree.norm(g0))
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_packed_one_device_equals_four_devices_with_dropout(dropout_runs):
+    """Packed rows, dropout on: 1 and 4 devices (local pools of 8 and 2 anchors, packed differently) give
+    the same steps and banks, compiled once over short, capped and mixed batches."""
+    world, _ = dropout_runs
+    runs = {d: _run(*world, PACKED, d, BATCHES) for d in (1, 4)}
+    for snaps, metrics, counts, cache_size in runs.values():
+        assert cache_size == 1 and counts[0] > 0 and counts == [counts[0]] * len(counts), counts
+    (snaps1, metrics1, _, _), (snaps4, metrics4, _, _) = runs[1], runs[4]
+    for s in range(3):
+        for name in ("loss", "loss_b", "loss_hn", "grad_norm", "valid_negatives"):
+            np.testing.assert_allclose(metrics1[s][name], metrics4[s][name], rtol=2e-5, err_msg=name)
+    for x, y in zip(jax.tree.leaves(snaps1[-1].params), jax.tree.leaves(snaps4[-1].params)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    for name in ("query_bank", "code_bank"):
+        np.testing.assert_array_equal(getattr(snaps1[-1], name).ids, getattr(snaps4[-1], name).ids)
+        np.testing.assert_allclose(getattr(snaps1[-1], name).embeddings, getattr(snaps4[-1], name).embeddings,
+                                   rtol=1e-4, atol=2e-6)
+
+
+def test_packing_needs_an_encoder_that_packs():
+    model, pad_id, params, dim, table, banks = setup("tiny", "mixed")
+    with pytest.raises(ValueError, match="step.length_pack=True needs an encoder that takes packed rows"):
+        _run(model, pad_id, params, dim, table, banks, PACKED, 1, BATCHES[:1])
