@@ -22,12 +22,13 @@ def labels(row: dict) -> list[tuple[str, str]]:
     """(key, name) of every step in a result row: ours length-aware (scanned or not), ours padded, the references."""
     ours = sorted({k.removesuffix("_step_s").removesuffix("_failed") for k in row
                    if k.startswith("ours_b") and k.endswith(("_step_s", "_failed"))},
-                  key=lambda k: ("_scan" in k, "_plan" in k, "_iid" in k, k))
+                  key=lambda k: ("_scan" in k, "_plan" in k, "_iid" in k, "_pack" in k, k))
     out = []
     for key in ours:
         nb, *options = key[len("ours_b"):].split("_")
         notes = [f"chunks of {o[1:]} rows" if o[:1] == "c" and o[1:].isdigit() else
-                 {"scan": "layers scanned", "plan": "length plans", "iid": "planned for independent rows"}[o]
+                 {"scan": "layers scanned", "plan": "length plans", "iid": "planned for independent rows",
+                  "pack": "packed rows"}[o]
                  for o in options]
         out.append((key, f"ours length-aware ({', '.join([nb] + notes)})"))
     # "ours_*" without "ours_compile_s" is measure()'s alias of the first step, not a padded step.

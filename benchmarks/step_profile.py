@@ -114,14 +114,15 @@ def main(argv=None) -> dict[str, Any]:
 
     batch, k, lq, lc = (int(x) for x in args.size.split(","))
     nb, scan, plan = parse_variant(args.length_buckets)
-    if nb == 0 or plan:
-        raise SystemExit("step_profile: --length_buckets must name the bucketed chunks (N or N+scan, no +plan)")
+    if nb == 0 or plan in (True, "iid"):
+        raise SystemExit("step_profile: --length_buckets must name the bucketed chunks (N, N+scan, N+pack or "
+                         "N+scan+pack; no +plan)")
     folder = common.model_folder(args.model, os.path.join(tempfile.gettempdir(), "cocohanere_bench_models"))
     enc = cocohanere_jax.load_encoder(folder, scan_layers=scan)
     work = Workload(int(enc.config.vocab_size), batch, lq, lc, args.bank, enc.dim, steps=args.steps + 2)
     work.pad_id = enc.pad_id
     fill_bank_from_model(work, enc)
-    run, compile_s, _ = make_ours(enc, work, k, None, None, nb, args.length_chunk, False)
+    run, compile_s, _ = make_ours(enc, work, k, None, None, nb, args.length_chunk, plan)
     step_s = []
     for _ in range(args.steps):
         t = time.perf_counter()

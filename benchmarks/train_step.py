@@ -94,21 +94,24 @@ def parse_variant(spec: int | str) -> tuple[int, bool, bool | str]:
     """``4`` / ``"4"`` -> (4, False, False); ``"4+scan"`` -> (4, True, False); ``"4+plan"``, ``"4+scan+plan"``:
     the same with length plans (``StepConfig.length_plan="auto"`` and the table's histogram, the step's
     margin and neighbour correlation; True), and ``"...+plan+iid"`` with the plans made as before
-    ``length_plan_correlation`` (every row independent, ``length_plan_margin=3``; "iid"). A last option
-    ``+cN`` sets that step's length chunk (`variant_chunk`), so that chunk sizes can be timed side by side."""
+    ``length_plan_correlation`` (every row independent, ``length_plan_margin=3``; "iid"); ``"4+pack"``,
+    ``"4+scan+pack"``: packed rows (``StepConfig.length_pack``; "pack"). A last option ``+cN`` sets that
+    step's length chunk (`variant_chunk`), so that chunk sizes can be timed side by side."""
     text = str(spec)
     nb, *options = text.split("+")
     if options and CHUNK_OPTION.fullmatch(options[-1]):
         options = options[:-1]
         if nb == "0":
             raise SystemExit(f"--length_buckets: {text!r}: the padded step (0) has no length chunks")
-    if not nb.isdigit() or any(o not in ("scan", "plan", "iid") for o in options) \
-            or len(set(options)) != len(options) or (nb == "0" and "plan" in options) \
-            or ("iid" in options and "plan" not in options):
-        raise SystemExit(f"--length_buckets: {text!r} is not N, N+scan, N+plan, N+scan+plan or one of those "
-                         "with +iid after +plan, each optionally ending in +cN (N = StepConfig.length_buckets, 0 = "
-                         "padded, which has no plans; cN = N rows per length chunk)")
-    return int(nb), "scan" in options, ("iid" if "iid" in options else "plan" in options)
+    if not nb.isdigit() or any(o not in ("scan", "plan", "iid", "pack") for o in options) \
+            or len(set(options)) != len(options) or (nb == "0" and ("plan" in options or "pack" in options)) \
+            or ("iid" in options and "plan" not in options) or ("plan" in options and "pack" in options):
+        raise SystemExit(f"--length_buckets: {text!r} is not N, N+scan, N+plan, N+scan+plan, N+pack, N+scan+pack "
+                         "or a plan with +iid after +plan, each optionally ending in +cN (N = "
+                         "StepConfig.length_buckets, 0 = padded, which has no plans or packing; cN = N rows per "
+                         "length chunk)")
+    mode = "pack" if "pack" in options else ("iid" if "iid" in options else "plan" in options)
+    return int(nb), "scan" in options, mode
 
 
 def fill_bank_from_model(work: "Workload", enc: Any) -> None:
@@ -137,7 +140,8 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     ``length_plan``: the length-aware pools along static length plans from the table's histogram
     (``StepConfig.length_plan="auto"``, as train.py runs it), else the bucketed chunks alone; ``"iid"``:
     plans for independent rows at 3 standard deviations (``length_plan_correlation=0``,
-    ``length_plan_margin=3``: the default before neighbour pools were measured).
+    ``length_plan_margin=3``: the default before neighbour pools were measured); ``"pack"``: packed rows
+    (``StepConfig.length_pack``).
     """
     import jax
     import jax.numpy as jnp
@@ -153,7 +157,8 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     config = StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0,
                         mask_duplicates=False, dedup_negatives=reencode_fraction is not None,
                         reencode_fraction=reencode_fraction or 1.0, length_buckets=length_buckets,
-                        length_chunk=length_chunk, length_plan="auto" if length_plan else "never",
+                        length_chunk=length_chunk, length_pack=length_plan == "pack",
+                        length_plan="auto" if length_plan in (True, "iid") else "never",
                         length_aware_on="all",  # the step this label names, on any device (a GPU's default is padded)
                         **(dict(length_plan_margin=3.0, length_plan_correlation=0.0) if length_plan == "iid" else {}))
     tx = optim.make_optimizer(config, total_steps=100_000)
@@ -171,7 +176,7 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
         return sharding.shard_batch(tokens.batch(work.batch_ids(s), token_rows=False), mesh)
 
     fn = S.make_train_step(enc.module, tx, config, mesh, pad_id=enc.pad_id, compiler_options=compiler_options,
-                           length_stats=reencode.LengthStats.from_table(tokens) if length_plan else None)
+                           length_stats=reencode.LengthStats.from_table(tokens) if length_plan in (True, "iid") else None)
     t = time.perf_counter()
     compiled = fn.lower(state, batch(0), table).compile()
     compile_s = time.perf_counter() - t
@@ -332,8 +337,8 @@ def implementation_label(flag: str, value: str) -> str:
     if flag == "--length_buckets":
         nb, scan, plan = parse_variant(value)
         chunk = variant_chunk(value, 0)
-        return (("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "") + ("_plan" if plan else "")
-                + ("_iid" if plan == "iid" else "") + (f"_c{chunk}" if chunk else ""))
+        return (("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "")
+                + {False: "", True: "_plan", "iid": "_plan_iid", "pack": "_pack"}[plan] + (f"_c{chunk}" if chunk else ""))
     return "reference" if value == "cap" else f"reference_{value}"
 
 

@@ -144,7 +144,11 @@ def test_length_variants_and_their_table_labels():
     assert lt.labels({"ours_b4_scan_c4_step_s": 1.0})[0] == ("ours_b4_scan_c4", "ours length-aware (4, layers scanned, chunks of 4 rows)")
     with pytest.raises(SystemExit, match="no length chunks"):
         ts.parse_variant("0+c4")
-    for bad in ("4+remat", "0+plan", "4+plan+plan", "4+iid"):
+    # +pack: packed rows (StepConfig.length_pack), not with plans
+    assert ts.parse_variant("4+scan+pack+c4") == (4, True, "pack")
+    assert ts.implementation_label("--length_buckets", "4+scan+pack+c4") == "ours_b4_scan_pack_c4"
+    assert lt.labels({"ours_b4_scan_pack_step_s": 1.0})[0] == ("ours_b4_scan_pack", "ours length-aware (4, layers scanned, packed rows)")
+    for bad in ("4+remat", "0+plan", "4+plan+plan", "4+iid", "0+pack", "4+plan+pack"):
         with pytest.raises(SystemExit, match="N, N\\+scan"):
             ts.parse_variant(bad)
     assert ts.implementation_label("--length_buckets", "4+scan+plan") == "ours_b4_scan_plan"
