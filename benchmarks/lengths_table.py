@@ -26,7 +26,7 @@ def labels(row: dict) -> list[tuple[str, str]]:
     out = []
     for key in ours:
         nb, *options = key[len("ours_b"):].split("_")
-        notes = [f"chunks of {o[1:]} rows" if o[:1] == "c" and o[1:].isdigit() else
+        notes = [f"chunks of {o[1:]} row{'s' if o[1:] != '1' else ''}" if o[:1] == "c" and o[1:].isdigit() else
                  {"scan": "layers scanned", "plan": "length plans", "iid": "planned for independent rows",
                   "pack": "packed rows"}[o]
                  for o in options]

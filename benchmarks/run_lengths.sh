@@ -87,3 +87,26 @@ python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10
 python -m benchmarks.train_step --models minilm --sizes "minilm=8,10,128,256" --bank 512 --bank_fill model \
     --rounds 3 --length_buckets 4,4+c4 --reference_padding= \
     --out $R/train_step_lengths_minilm_b8_k10_128_256_model_chunks.json
+# Packed rows (step.length_pack, "+pack") against the chunks: MiniLM against both references (mirrored),
+# paired at 128/256 and at the default job's 32/64; the CodeT5+ shape with packed chunks of 4, 8, 1 and 2 rows.
+python -m benchmarks.train_step --isolate --isolate_order mirror --models minilm \
+    --sizes minilm=8,10,128,256 --bank 512 --bank_fill model --rounds 2 --length_buckets 4,4+pack \
+    --reference_padding cap,longest --out $R/train_step_lengths_minilm_b8_k10_128_256_model_pack_isolated.json
+python -m benchmarks.train_step --models minilm --sizes minilm=8,10,128,256 --bank 512 --bank_fill model \
+    --rounds 3 --length_buckets 4,4+pack --reference_padding= \
+    --out $R/train_step_lengths_minilm_b8_k10_128_256_model_pack.json
+python -m benchmarks.train_step --models minilm --sizes minilm=16,2,32,64 --bank 512 --bank_fill model \
+    --rounds 5 --length_buckets 4,4+pack --reference_padding= \
+    --out $R/train_step_lengths_minilm_b16_k2_32_64_model_pack.json
+python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
+    --bank_fill model --rounds 3 --length_buckets 4+scan+c4,4+scan+pack+c4,4+scan+pack --reference_padding= \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_model_pack.json
+python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
+    --bank_fill model --rounds 3 --length_buckets 4+scan+c4,4+scan+pack+c1,4+scan+pack+c2 --reference_padding= \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_model_pack_small.json
+python -m benchmarks.step_profile --model codet5p-110m --size 2,10,128,256 --length_buckets 4+scan+pack \
+    --length_chunk 4 --out $R/step_profile_codet5p_b2_k10_128_256_pack_c4.json
+python -m benchmarks.train_step --isolate --isolate_order mirror --models codet5p-110m \
+    --sizes "codet5p-110m=2,10,128,256" --bank 512 --bank_fill model --rounds 2 \
+    --length_buckets 4+scan+pack+c2 --reference_padding cap,longest \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_model_pack_isolated.json

@@ -103,11 +103,13 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def codet5p(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The CodeT5+ 110M embedding model at the paper's 128/256 tokens. Its length-aware step runs chunks of 4
-    rows: on CPU, batch 2, k 10, they ran 1.24-1.37x faster than chunks of 8, paired per round (MiniLM at
-    batch 8: 1.02-1.06x; benchmarks/RESULTS.md, "The CodeT5+ step against a real bank on a Xeon")."""
+    """The CodeT5+ 110M embedding model at the paper's 128/256 tokens. Its length-aware step (CPU) packs rows
+    and runs chunks of 2 packed rows: on CPU, batch 2, k 10, 1.08-1.33x faster per round than the bucketed
+    chunks of 4 rows, paired (benchmarks/RESULTS.md, "Packed rows"), which ran 1.24-1.37x faster than chunks
+    of 8 ("The CodeT5+ step against a real bank on a Xeon")."""
     c.model.path = "models/codet5p-110m-embedding"
-    c.step.length_chunk = 4
+    c.step.length_pack = True
+    c.step.length_chunk = 2
     return c
 
 
