@@ -110,3 +110,6 @@ python -m benchmarks.train_step --isolate --isolate_order mirror --models codet5
     --sizes "codet5p-110m=2,10,128,256" --bank 512 --bank_fill model --rounds 2 \
     --length_buckets 4+scan+pack+c2 --reference_padding cap,longest \
     --out $R/train_step_lengths_codet5p_b2_k10_128_256_model_pack_isolated.json
+python -m benchmarks.train_step --models minilm --sizes minilm=16,10,128,256 --bank 512 --bank_fill model \
+    --rounds 2 --length_buckets 4,4+pack --reference_padding= \
+    --out $R/train_step_lengths_minilm_b16_k10_128_256_model_pack.json
