@@ -285,7 +285,6 @@ def encode_rows_packed(
     rank = jnp.zeros_like(by_fill).at[by_fill].set(jnp.arange(bins, dtype=by_fill.dtype)).astype(jnp.int32)
     b = rank[b]
     fill = fill[by_fill]
-    n_chunks = bins // c
 
     # Scatter every real token to (bin, offset + t); pad positions are dropped (index out of range).
     t = jnp.arange(width, dtype=jnp.int32)
@@ -294,8 +293,7 @@ def encode_rows_packed(
     scatter = lambda value, fill_value: (  # noqa: E731
         jnp.full((bins * width,) + value.shape[2:], fill_value, value.dtype)
         .at[dest].set(value.reshape((-1,) + value.shape[2:]), mode="drop").reshape((bins, width) + value.shape[2:]))
-    key_data = jax.random.key_data(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
-    key_data = key_data.reshape(r, -1).astype(jnp.uint32)
+    key_data = layers.key_words(keys).reshape(r, -1)
     ids_p = scatter(token_ids, pad_id)
     seg_p = scatter(jnp.broadcast_to(slot[:, None], (r, width)), 0)
     pos_p = scatter(jnp.broadcast_to(t[None, :], (r, width)), 0)

@@ -39,9 +39,7 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float,
     ``index`` (uint32, broadcastable to ``shape``) replaces the row-major element index: attention uses it
     so that a mask does not depend on the padded length (`attention_index`).
     """
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    key = key.astype(jnp.uint32)
+    key = key_words(key)
     k0, k1 = key[..., 0], key[..., -1]
     size = int(np.prod(shape))
     if size >= 2**32:
@@ -67,9 +65,10 @@ class Dropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True, index: jax.Array | None = None,
-                 rows: "PackedRows | None" = None) -> jax.Array:
-        """``rows``: ``x`` is [n, W, F] activations of packed rows: each element's mask comes from its own
-        row's key and its position in that row (`PackedRows.hidden_mask_args`), not from the packing."""
+                 rows: "PackedRows | None" = None, attention: bool = False) -> jax.Array:
+        """``rows``: ``x`` holds packed rows, [n, W, F] activations (or, with ``attention``, [n, H, W, W]
+        attention weights): each element's mask comes from its own row's key and its position in that row
+        (`PackedRows.hidden_mask_args` / `attention_mask_args`), not from the packing."""
         if deterministic or self.rate == 0.0:
             return x
         if self.rate >= 1.0:
@@ -77,7 +76,7 @@ class Dropout(nn.Module):
         keep_prob = 1.0 - self.rate
         key = self.make_rng("dropout")
         if rows is not None:
-            key, index = rows.hidden_mask_args(key, x.shape)
+            key, index = (rows.attention_mask_args if attention else rows.hidden_mask_args)(key, x.shape)
         keep = keep_mask(key, x.shape, keep_prob, index)
         return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
@@ -87,7 +86,7 @@ class Dropout(nn.Module):
         return self.make_rng("dropout")
 
 
-def _key_words(key: jax.Array) -> jax.Array:
+def key_words(key: jax.Array) -> jax.Array:
     """uint32 key data (typed key or raw), its words on the last axis."""
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
@@ -98,7 +97,7 @@ def row_keyed(module_key: jax.Array, row_keys: jax.Array) -> jax.Array:
     """[..., 2] uint32: a module's dropout key (one `make_rng` draw) mixed with each row's key data
     ``row_keys`` [..., words]: distinct rows get unrelated masks from one module, whatever rows they share
     a packed row with."""
-    m, r = _key_words(module_key), _key_words(row_keys)
+    m, r = key_words(module_key), key_words(row_keys)
     k0 = _mix32(m[..., 0] ^ r[..., 0])
     k1 = _mix32(m[..., -1] ^ _mix32(r[..., -1] + jnp.uint32(0x9E3779B9)))
     return jnp.stack([k0, k1], axis=-1)
@@ -330,10 +329,9 @@ def dot_product_attention(
     if check_attention_probs(probs) == "autodiff" or not isinstance(dropout, Dropout):
         # Plain autodiff (also for another dropout module, e.g. flax.linen.Dropout).
         weights = jax.nn.softmax(logits, axis=-1)
-        if isinstance(dropout, Dropout) and not deterministic and rows is not None:
-            weights = _packed_attention_dropout(dropout, weights, rows)
-        elif isinstance(dropout, Dropout) and not deterministic:
-            weights = dropout(weights, deterministic=deterministic, index=attention_index(weights.shape))
+        if isinstance(dropout, Dropout) and not deterministic:
+            weights = dropout(weights, deterministic=deterministic, rows=rows, attention=True,
+                              index=None if rows is not None else attention_index(weights.shape))
         elif rows is not None and not deterministic and dropout.rate > 0.0:
             raise ValueError("layers.py: packed rows need this package's Dropout (masks drawn per row), "
                              f"got {type(dropout).__name__}")
@@ -350,17 +348,6 @@ def dot_product_attention(
         if rows is not None:
             key, index = rows.attention_mask_args(key, logits.shape)
             return jnp.swapaxes(attention_core(logits, vh, key, keep_prob, probs_dtype, index), -3, -2)
-        key = _key_words(key)
+        key = key_words(key)
     return jnp.swapaxes(attention_core(logits, vh, key, keep_prob, probs_dtype), -3, -2)
 
-
-def _packed_attention_dropout(dropout: Dropout, weights: jax.Array, rows: PackedRows) -> jax.Array:
-    """`Dropout` of attention weights [n, H, W, W] of packed rows, each row's mask from its own key."""
-    if dropout.rate == 0.0:
-        return weights
-    if dropout.rate >= 1.0:
-        return jnp.zeros_like(weights)
-    keep_prob = 1.0 - dropout.rate
-    key, index = rows.attention_mask_args(dropout.draw_key(), weights.shape)
-    keep = keep_mask(key, weights.shape, keep_prob, index)
-    return jnp.where(keep, weights / jnp.asarray(keep_prob, weights.dtype), jnp.zeros_like(weights))
