@@ -28,7 +28,7 @@ def labels(row: dict) -> list[tuple[str, str]]:
         nb, *options = key[len("ours_b"):].split("_")
         notes = [f"chunks of {o[1:]} row{'s' if o[1:] != '1' else ''}" if o[:1] == "c" and o[1:].isdigit() else
                  {"scan": "layers scanned", "plan": "length plans", "iid": "planned for independent rows",
-                  "pack": "packed rows"}[o]
+                  "pack": "packed rows", "keep": "kept activations"}[o]
                  for o in options]
         out.append((key, f"ours length-aware ({', '.join([nb] + notes)})"))
     # "ours_*" without "ours_compile_s" is measure()'s alias of the first step, not a padded step.

@@ -6,6 +6,7 @@
 #   bash benchmarks/run_gpu.sh step       (about 6 minutes: the plan's step compiled in 228 s last time)
 #   bash benchmarks/run_gpu.sh encode     (about 2 minutes)
 #   bash benchmarks/run_gpu.sh attention  (about 4 minutes; DROPOUTS="on off" picks its processes)
+#   bash benchmarks/run_gpu.sh pack       (about 6 minutes)
 # step: MiniLM's shape (batch 32, k 10, bank 8096, 128/256, bf16), padded against length plans unscanned with
 #   chunks of 128 rows. Plans made for independent rows broke on 56% of the stdlib's real neighbour pools of
 #   this size (320 + 320 rows), each miss running the pool padded in chunks of `length_chunk` rows (8: slow
@@ -19,13 +20,17 @@
 #   then the forwards') for a diff here.
 # attention: MiniLM's encode call with all, no-attention and no dropout, ours (autodiff, float32 and compute
 #   probabilities) against PyTorch (measured in the third session; kept for a rerun).
-# Writes $OUT/train_step_lengths_gpu_minilm_plans.json, $OUT/encoder_grad_gpu_minilm_encode.json (+ $OUT/hlo)
+# pack: MiniLM's shape as in step, padded against packed rows with kept activations (step.length_pack,
+#   length_pack_keep: the pool's real tokens packed end to end, the rows it usually fills as one batch with
+#   an ordinary backward pass, only the overflow in chunks of 64 packed rows): the length-aware path without
+#   a loop in the common case, the one not yet measured on a GPU. Each step in its own process.
+# Writes $OUT/train_step_lengths_gpu_minilm_plans.json, $OUT/train_step_lengths_gpu_minilm_pack_keep.json, $OUT/encoder_grad_gpu_minilm_encode.json (+ $OUT/hlo)
 # or $OUT/encoder_grad_gpu_minilm_{on,hidden,off}.json, and $OUT/log_<check>. Each result file is written as
 # soon as its process (or child process) ends, so a call cut short keeps what it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-step}
-case $what in step|encode|attention) ;; *) echo "usage: run_gpu.sh [step|encode|attention]"; exit 2;; esac
+case $what in step|encode|attention|pack) ;; *) echo "usage: run_gpu.sh [step|encode|attention|pack]"; exit 2;; esac
 OUT=${OUT:-benchmarks/results}
 ls .gpu/whl/*.whl .gpu/minilm-tokenizer/tokenizer.json .gpu/minilm-tokenizer/1_Pooling/config.json > /dev/null \
     || { echo "run benchmarks/gpu_prepare.sh first and carry .gpu"; exit 1; }
@@ -44,6 +49,11 @@ export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
         --sizes "minilm-shape=32,10,128,256" --length_buckets 0,4+plan --length_chunk 128 --reference_padding "" --bank_fill model \
         --out "$OUT/train_step_lengths_gpu_minilm_plans.json"
     python3 -m benchmarks.lengths_table "$OUT/train_step_lengths_gpu_minilm_plans.json"
+  elif [ "$what" = pack ]; then
+    python3 -m benchmarks.train_step --isolate --bank 8096 --dtype bfloat16 --rounds 3 --models minilm-shape \
+        --sizes "minilm-shape=32,10,128,256" --length_buckets 0,4+pack+keep --length_chunk 64 --reference_padding "" \
+        --bank_fill model --out "$OUT/train_step_lengths_gpu_minilm_pack_keep.json"
+    python3 -m benchmarks.lengths_table "$OUT/train_step_lengths_gpu_minilm_pack_keep.json"
   elif [ "$what" = encode ]; then
     XLA_FLAGS="--xla_dump_to=$OUT/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*(one_call|padded).*" \
       python3 -m benchmarks.encoder_grad --model minilm-shape --rows 352 --length 256 --rounds 5 --dtype bfloat16 \

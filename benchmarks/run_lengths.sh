@@ -113,3 +113,13 @@ python -m benchmarks.train_step --isolate --isolate_order mirror --models codet5
 python -m benchmarks.train_step --models minilm --sizes minilm=16,10,128,256 --bank 512 --bank_fill model \
     --rounds 2 --length_buckets 4,4+pack --reference_padding= \
     --out $R/train_step_lengths_minilm_b16_k10_128_256_model_pack.json
+# Packed rows with kept activations (StepConfig.length_pack_keep, "+pack+keep") against the packed chunks,
+# paired, on the CodeT5+ shape and MiniLM; the CodeT5+ step's profile with kept rows.
+python -m benchmarks.train_step --models codet5p-110m --sizes "codet5p-110m=2,10,128,256" --bank 512 \
+    --bank_fill model --rounds 2 --length_buckets 4+scan+pack+c2,4+scan+pack+keep+c2 --reference_padding= \
+    --out $R/train_step_lengths_codet5p_b2_k10_128_256_model_pack_keep.json
+python -m benchmarks.train_step --models minilm --sizes minilm=8,10,128,256 --bank 512 --bank_fill model \
+    --rounds 3 --length_buckets 4+pack,4+pack+keep --reference_padding= \
+    --out $R/train_step_lengths_minilm_b8_k10_128_256_model_pack_keep.json
+python -m benchmarks.step_profile --model codet5p-110m --size 2,10,128,256 --length_buckets 4+scan+pack+keep \
+    --length_chunk 2 --out $R/step_profile_codet5p_b2_k10_128_256_pack_keep_c2.json

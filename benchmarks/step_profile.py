@@ -137,7 +137,7 @@ def main(argv=None) -> dict[str, Any]:
         if not files:
             raise SystemExit(f"step_profile: jax.profiler wrote no trace.json.gz under {trace_dir}")
         parts = aggregate(files[-1], op_metadata(run.compiled.as_text()))
-    lens = ((0,) if plan == "pack" else ()) + reencode.bucket_lengths((lq, lc), nb)  # packing's branch 0 skips
+    lens = ((0,) if plan in ("pack", "pack_keep") else ()) + reencode.bucket_lengths((lq, lc), nb)  # packing's branch 0 skips
     layers = getattr(enc.config, "num_layers", None) or getattr(enc.config, "num_hidden_layers")
     total = sum(v["s"] for v in parts.values())
     table = []

@@ -95,7 +95,9 @@ def parse_variant(spec: int | str) -> tuple[int, bool, bool | str]:
     the same with length plans (``StepConfig.length_plan="auto"`` and the table's histogram, the step's
     margin and neighbour correlation; True), and ``"...+plan+iid"`` with the plans made as before
     ``length_plan_correlation`` (every row independent, ``length_plan_margin=3``; "iid"); ``"4+pack"``,
-    ``"4+scan+pack"``: packed rows (``StepConfig.length_pack``; "pack"). A last option ``+cN`` sets that
+    ``"4+scan+pack"``: packed rows (``StepConfig.length_pack``; "pack"), every packed row in the chunks
+    (``length_pack_keep=False``); ``"4+pack+keep"``: the fullest packed rows kept as one batch
+    (``length_pack_keep``, from the table's histogram; "pack_keep"). A last option ``+cN`` sets that
     step's length chunk (`variant_chunk`), so that chunk sizes can be timed side by side."""
     text = str(spec)
     nb, *options = text.split("+")
@@ -103,14 +105,16 @@ def parse_variant(spec: int | str) -> tuple[int, bool, bool | str]:
         options = options[:-1]
         if nb == "0":
             raise SystemExit(f"--length_buckets: {text!r}: the padded step (0) has no length chunks")
-    if not nb.isdigit() or any(o not in ("scan", "plan", "iid", "pack") for o in options) \
+    if not nb.isdigit() or any(o not in ("scan", "plan", "iid", "pack", "keep") for o in options) \
             or len(set(options)) != len(options) or (nb == "0" and ("plan" in options or "pack" in options)) \
-            or ("iid" in options and "plan" not in options) or ("plan" in options and "pack" in options):
+            or ("iid" in options and "plan" not in options) or ("plan" in options and "pack" in options) \
+            or ("keep" in options and "pack" not in options):
         raise SystemExit(f"--length_buckets: {text!r} is not N, N+scan, N+plan, N+scan+plan, N+pack, N+scan+pack "
-                         "or a plan with +iid after +plan, each optionally ending in +cN (N = "
+                         "(+keep after +pack), or a plan with +iid after +plan, each optionally ending in +cN (N = "
                          "StepConfig.length_buckets, 0 = padded, which has no plans or packing; cN = N rows per "
                          "length chunk)")
-    mode = "pack" if "pack" in options else ("iid" if "iid" in options else "plan" in options)
+    mode = ("pack_keep" if "keep" in options else "pack") if "pack" in options else (
+        "iid" if "iid" in options else "plan" in options)
     return int(nb), "scan" in options, mode
 
 
@@ -141,7 +145,8 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     (``StepConfig.length_plan="auto"``, as train.py runs it), else the bucketed chunks alone; ``"iid"``:
     plans for independent rows at 3 standard deviations (``length_plan_correlation=0``,
     ``length_plan_margin=3``: the default before neighbour pools were measured); ``"pack"``: packed rows
-    (``StepConfig.length_pack``).
+    (``StepConfig.length_pack``), every packed row in the chunks; ``"pack_keep"``: with the fullest packed
+    rows kept (``length_pack_keep``, from the table's histogram).
     """
     import jax
     import jax.numpy as jnp
@@ -157,7 +162,8 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
     config = StepConfig(k=max(k, 1), bank_size=work.bank_size, hard_negative_weight=1.0 if k else 0.0,
                         mask_duplicates=False, dedup_negatives=reencode_fraction is not None,
                         reencode_fraction=reencode_fraction or 1.0, length_buckets=length_buckets,
-                        length_chunk=length_chunk, length_pack=length_plan == "pack",
+                        length_chunk=length_chunk, length_pack=length_plan in ("pack", "pack_keep"),
+                        length_pack_keep=length_plan == "pack_keep",
                         length_plan="auto" if length_plan in (True, "iid") else "never",
                         length_aware_on="all",  # the step this label names, on any device (a GPU's default is padded)
                         **(dict(length_plan_margin=3.0, length_plan_correlation=0.0) if length_plan == "iid" else {}))
@@ -176,7 +182,7 @@ def make_ours(enc: Any, work: Workload, k: int, compiler_options: dict | None = 
         return sharding.shard_batch(tokens.batch(work.batch_ids(s), token_rows=False), mesh)
 
     fn = S.make_train_step(enc.module, tx, config, mesh, pad_id=enc.pad_id, compiler_options=compiler_options,
-                           length_stats=reencode.LengthStats.from_table(tokens) if length_plan in (True, "iid") else None)
+                           length_stats=reencode.LengthStats.from_table(tokens) if length_plan in (True, "iid", "pack_keep") else None)
     t = time.perf_counter()
     compiled = fn.lower(state, batch(0), table).compile()
     compile_s = time.perf_counter() - t
@@ -338,7 +344,7 @@ def implementation_label(flag: str, value: str) -> str:
         nb, scan, plan = parse_variant(value)
         chunk = variant_chunk(value, 0)
         return (("ours" if nb == 0 else f"ours_b{nb}") + ("_scan" if scan else "")
-                + {False: "", True: "_plan", "iid": "_plan_iid", "pack": "_pack"}[plan] + (f"_c{chunk}" if chunk else ""))
+                + {False: "", True: "_plan", "iid": "_plan_iid", "pack": "_pack", "pack_keep": "_pack_keep"}[plan] + (f"_c{chunk}" if chunk else ""))
     return "reference" if value == "cap" else f"reference_{value}"
 
 

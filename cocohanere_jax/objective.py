@@ -370,7 +370,8 @@ def loss_and_aux(
       axis_name: mesh axis of the data-parallel ``shard_map``, or None.
       step: the step counter (read only by the hard-negative schedule).
       length_stats: the token table's length histograms (`reencode.LengthStats.from_table`); with
-        ``config.length_plan`` the length-aware pools are encoded along static plans made from them.
+        ``config.length_plan`` the length-aware pools are encoded along static plans made from them, with
+        ``config.length_pack`` and ``length_pack_keep`` the packed rows kept (`reencode.choose_packed_keep`).
 
     Returns:
       ``(loss_share, aux)``.
@@ -394,8 +395,6 @@ def loss_and_aux(
         query_rows, code_rows = batch["query_ids"], batch["code_ids"]
     lq, lc = query_rows.shape[1], code_rows.shape[1]
 
-    plan_stats = length_stats if config.length_plan != "never" else None
-
     def encode_parts(parts, params=params, cluster=1, **padded_options):
         """Embeddings of [(token_ids, keys, "query"|"code"), ...], and the encode calls whose length plan
         did not hold: length-aware in one pooled call, or padded one by one. ``cluster``: the rows come in
@@ -404,9 +403,10 @@ def loss_and_aux(
             return reencode.encode_pool(
                 apply_fn, params, [(t, k) for t, k, _ in parts], pad_id=pad_id, chunk=config.length_chunk,
                 buckets=reencode.bucket_lengths((lq, lc), config.length_buckets),
-                stats=plan_stats, kinds=[kind for _, _, kind in parts], margin=config.length_plan_margin,
+                stats=length_stats, kinds=[kind for _, _, kind in parts], margin=config.length_plan_margin,
                 plan_rule=config.length_plan, clusters=[cluster] * len(parts),
                 correlation=config.length_plan_correlation, pack=config.length_pack,
+                pack_keep=config.length_pack_keep,
             )
         return ([reencode.encode_rows(apply_fn, params, tokens, keys, pad_id=pad_id, **padded_options)
                  for tokens, keys, _ in parts], jnp.zeros((), jnp.int32))

@@ -247,6 +247,7 @@ def encode_rows_packed(
     chunk: int = 8,
     deterministic: bool = False,
     lengths: Array | None = None,
+    keep: int = 0,
 ) -> Array:
     """`encode_rows` with several rows packed into each encoded row, in one compiled program.
 
@@ -255,7 +256,10 @@ def encode_rows_packed(
     relative positions and BERT's absolute positions count from the row's start) and each row is pooled
     from its own tokens (`layers.PackedRows`). The packed rows, fullest first, are cut into chunks of
     ``chunk``; each chunk runs at the smallest of ``buckets`` that holds its fullest row, and chunks with
-    nothing in them are skipped, with the bucketed chunks' custom VJP (`_switch_chunks`). Without dropout
+    nothing in them are skipped, with the bucketed chunks' custom VJP (`_switch_chunks`). With ``keep``,
+    the ``keep`` fullest packed rows are encoded first as one batch at the full width with an ordinary
+    backward pass (their activations kept: no second forward), and only the packed rows after them go
+    through the chunks (`choose_packed_keep` sizes it so that most pools need no chunk). Without dropout
     the result equals `encode_rows` up to float reassociation. With dropout, each row's masks come from its
     own key and its positions (`layers.row_keyed`): the same whatever rows it is packed with, so on any
     number of devices, but not the masks of `encode_rows` (keys enter the hash another way).
@@ -265,6 +269,7 @@ def encode_rows_packed(
         [n, slots, dim]`` (`as_apply_fn(...).packed`).
       token_ids: [R, W] ids padded on the right; keys: [R, ...] one PRNG key per row.
       lengths: [R] real lengths (default: `row_lengths`).
+      keep: packed rows encoded as one batch before the chunks (0 to R).
     Returns:
       [R, dim] embeddings.
     """
@@ -273,9 +278,10 @@ def encode_rows_packed(
     r, width = token_ids.shape
     s = min(r, width)  # the most rows one packed row can hold (each has a token at least)
     lens = tuple(sorted({0} | {int(b) for b in buckets if 0 < int(b) < width} | {width}))
-    c = max(1, min(int(chunk), r))
-    n_chunks = -(-r // c)
-    bins = n_chunks * c
+    keep = max(0, min(int(keep), r))
+    c = max(1, min(int(chunk), r - keep))
+    n_chunks = -(-(r - keep) // c) if keep < r else 0
+    bins = keep + n_chunks * c  # the kept packed rows, then whole chunks (at least the R a pool may need)
     if lengths is None:
         lengths = row_lengths(token_ids, pad_id)
     lengths = jnp.clip(lengths.astype(jnp.int32), 1, width)  # a row without tokens keeps its first (pad) one
@@ -299,18 +305,22 @@ def encode_rows_packed(
     pos_p = scatter(jnp.broadcast_to(t[None, :], (r, width)), 0)
     key_p = scatter(jnp.broadcast_to(key_data[:, None, :], (r, width, key_data.shape[-1])), 0)
 
-    chunk_fill = fill.reshape(n_chunks, c)[:, 0]  # fullest first within each chunk
-    branch = jnp.searchsorted(jnp.asarray(lens, jnp.int32), chunk_fill, side="left")
-    branch = jnp.minimum(branch, len(lens) - 1).astype(jnp.int32)
-    split = lambda x: x.reshape((n_chunks, c) + x.shape[1:])  # noqa: E731
-
     def encode_at(p, xs, n):
         ids, seg, pos, kd = xs
         rows = layers.PackedRows(positions=pos[:, :n], keys=kd[:, :n], num_slots=s)
         return packed_fn(p, ids[:, :n], seg[:, :n], rows, deterministic)
 
-    out = _switch_chunks(encode_at, params, tuple(map(split, (ids_p, seg_p, pos_p, key_p))), branch, lens)
-    out = out.reshape((bins, s) + out.shape[3:])
+    packed = (ids_p, seg_p, pos_p, key_p)
+    outs = []
+    if keep:  # the fullest packed rows: one batch at the full width, an ordinary backward pass
+        outs.append(encode_at(params, tuple(x[:keep] for x in packed), width))
+    if n_chunks:  # the rest (empty beyond the pool's real tokens): the chunks, each skipped when empty
+        branch = jnp.searchsorted(jnp.asarray(lens, jnp.int32), fill[keep:].reshape(n_chunks, c)[:, 0], side="left")
+        branch = jnp.minimum(branch, len(lens) - 1).astype(jnp.int32)
+        tail = tuple(x[keep:].reshape((n_chunks, c) + x.shape[1:]) for x in packed)
+        out = _switch_chunks(encode_at, params, tail, branch, lens)
+        outs.append(out.reshape((n_chunks * c,) + out.shape[2:]))
+    out = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
     return out[b, slot - 1]
 
 
@@ -616,6 +626,7 @@ def encode_pool(
     clusters: Sequence[int] | None = None,
     correlation: float = 1.0,
     pack: bool = False,
+    pack_keep: bool = False,
 ) -> tuple[list[Array], Array]:
     """Several (token_ids [R_i, L_i], keys [R_i]) parts encoded length-aware in one pooled call (narrower
     rows padded to the widest): along a `LengthPlan` made from ``stats`` (the table's length histograms;
@@ -625,7 +636,8 @@ def encode_pool(
     encoder per bucket for all parts). ``clusters[i]``: part i's rows come in runs of that many
     neighbours of one anchor (`plan_lengths`'s cluster; default 1, independent rows), their lengths alike
     with ``correlation`` (`StepConfig.length_plan_correlation`). ``pack``: `encode_rows_packed` instead
-    (no plans; ``apply_fn`` must have ``.packed``, `as_apply_fn`).
+    (no plans; ``apply_fn`` must have ``.packed``, `as_apply_fn`), with ``pack_keep`` and ``stats`` its
+    fullest packed rows kept as one batch (`choose_packed_keep`). ``plan_rule="never"``: no plans.
 
     Returns:
       (the parts' embeddings, [] int32: 1 when a plan was used and did not hold, see `encode_rows_planned`).
@@ -639,17 +651,15 @@ def encode_pool(
             raise ValueError("reencode.py: step.length_pack=True needs an encoder that takes packed rows (this "
                              "package's BERT and T5 encoders, `supports_packing`); set step.length_pack=False for "
                              "another encoder.")
+        keep = 0
+        if stats is not None and pack_keep:
+            keep = choose_packed_keep(_spec(parts, kinds, clusters, correlation), stats, buckets, chunk)
         out = encode_rows_packed(packed_fn, params, ids, keys, pad_id=pad_id, buckets=buckets, chunk=chunk,
-                                 deterministic=deterministic)
+                                 deterministic=deterministic, keep=keep)
         return jnp.split(out, np.cumsum([t.shape[0] for t, _ in parts])[:-1]), jnp.zeros((), jnp.int32)
     plan = None
-    if stats is not None:
-        if kinds is None or len(kinds) != len(parts):
-            raise ValueError("reencode.py: encode_pool with stats= needs kinds= (\"query\" or \"code\" per part)")
-        clusters = [1] * len(parts) if clusters is None else list(clusters)
-        if len(clusters) != len(parts):
-            raise ValueError(f"reencode.py: encode_pool got {len(clusters)} clusters for {len(parts)} parts")
-        spec = [(t.shape[0], kind, t.shape[1], c, correlation) for (t, _), kind, c in zip(parts, kinds, clusters)]
+    if stats is not None and plan_rule != "never":
+        spec = _spec(parts, kinds, clusters, correlation)
         lens = tuple(sorted({int(b) for b in buckets if 0 < int(b) < width} | {width}))
         chunks = _bucketed_cost(spec, stats, lens, chunk) * 4.0 / 3.0  # their second forward
         plan, expected = choose_plan(spec, stats, margin=margin, max_groups=len(lens), fallback=chunks)
@@ -666,6 +676,16 @@ def encode_pool(
         missed = jnp.zeros((), jnp.int32)
     splits = np.cumsum([t.shape[0] for t, _ in parts])[:-1]
     return jnp.split(out, splits), missed
+
+
+def _spec(parts, kinds, clusters, correlation) -> list[tuple]:
+    """`plan_lengths`'s pool parts for `encode_pool`'s ``parts``."""
+    if kinds is None or len(kinds) != len(parts):
+        raise ValueError("reencode.py: encode_pool with stats= needs kinds= (\"query\" or \"code\" per part)")
+    clusters = [1] * len(parts) if clusters is None else list(clusters)
+    if len(clusters) != len(parts):
+        raise ValueError(f"reencode.py: encode_pool got {len(clusters)} clusters for {len(parts)} parts")
+    return [(t.shape[0], kind, t.shape[1], c, correlation) for (t, _), kind, c in zip(parts, kinds, clusters)]
 
 
 def _sample_pools(spec, stats: LengthStats, draws: int) -> np.ndarray:
@@ -741,6 +761,43 @@ def _bucketed_cost(spec, stats: LengthStats, lens: Sequence[int], chunk: int, dr
     lens_a = np.asarray(lens)
     bucket = lens_a[np.minimum(np.searchsorted(lens_a, chunk_max, side="left"), len(lens_a) - 1)]
     return float(np.mean(np.sum(c * _row_cost(bucket), axis=1)))
+
+
+def packed_fills(pools: np.ndarray, width: int) -> np.ndarray:
+    """[draws, rows] tokens per packed row, fullest first, of first-fit decreasing (`pack_rows`) on each of
+    ``pools`` ([draws, rows] real lengths; a row has a token at least), on the host."""
+    d, r = pools.shape
+    pools = -np.sort(-np.clip(pools, 1, width), axis=1)
+    fill = np.zeros((d, r), np.int64)
+    at = np.arange(d)
+    for j in range(r):
+        fill[at, np.argmax(fill + pools[:, j: j + 1] <= width, axis=1)] += pools[:, j]
+    return -np.sort(-fill, axis=1)
+
+
+def choose_packed_keep(spec, stats: LengthStats, lens: Sequence[int], chunk: int, draws: int = 256) -> int:
+    """How many of a packed pool's fullest rows `encode_rows_packed` should encode as one kept batch (``keep``),
+    for a pool of ``spec`` (`plan_lengths`'s parts) drawn from ``stats``: the count with the least expected
+    encoder work in a seeded simulation, a kept row costing a row at the full width (even when the pool
+    leaves it empty) and the packed rows past it their bucketed chunks' work with its second forward (4/3;
+    empty chunks are skipped). Beyond the kept rows a pool is still encoded exactly, only at that cost."""
+    parts = [_part(p) for p in spec]
+    width = max(p[2] for p in parts)
+    fills = packed_fills(_sample_pools(spec, stats, draws), width)
+    r = fills.shape[1]
+    lens_a = np.asarray(sorted({0} | {int(n) for n in lens if 0 < int(n) <= width} | {width}))
+    best = (np.inf, 0)
+    for keep in range(r + 1):
+        c = max(1, min(chunk, r - keep))
+        n_chunks = -(-(r - keep) // c)
+        tail = np.zeros((draws, n_chunks * c), np.int64)
+        tail[:, : r - keep] = fills[:, keep:]
+        first = tail.reshape(draws, n_chunks, c)[:, :, 0] if n_chunks else np.zeros((draws, 0), np.int64)
+        bucket = lens_a[np.minimum(np.searchsorted(lens_a, first, side="left"), len(lens_a) - 1)]
+        work = keep * float(_row_cost(width)) + 4.0 / 3.0 * np.mean(np.sum(c * _row_cost(bucket) * (bucket > 0), axis=1))
+        if work < best[0] - 1e-9:
+            best = (work, keep)
+    return best[1]
 
 
 def dedup_neighbours(hit_ids: Array, valid: Array, budget: int) -> tuple[Array, Array, Array]:

@@ -52,6 +52,16 @@ class StepConfig:
     # Without dropout the step equals the padded one; with dropout each row's masks come from its own key,
     # the same on any number of devices, but not the masks of the unpacked step. Length plans are not used.
     length_pack: bool = False
+    # With length_pack and the token table's length histogram (train.py passes it): the packed rows a pool
+    # usually fills are encoded as one batch at the full width whose activations are kept for the backward
+    # pass, and only the packed rows past them go through the chunks, whose backward pass runs their forward
+    # again. How many: reencode.choose_packed_keep (the count with the least expected encoder work in a seeded
+    # simulation of first-fit decreasing on pools drawn from the histogram, made when the step is traced).
+    # A pool that fills more is still encoded exactly. Memory: the kept rows' activations. Off by default:
+    # on CPU it is level with the chunks (CodeT5+ shape and MiniLM, batch 2 / 8, k 10, 128/256), in more
+    # memory (benchmarks/RESULTS.md, "Packed rows with kept activations"); it is the packed path without
+    # loops in the common case, for accelerators (not measured on one yet: benchmarks/run_gpu.sh pack).
+    length_pack_keep: bool = False
     # Where the length-aware path runs: "cpu" (the default) = on CPU devices only, every row padded to its cap
     # on GPUs and TPUs; "all" = wherever `length_buckets` > 0. Measured: on CPU the length-aware step is
     # 1.2-1.7x the padded one; on an H200 (CodeT5+ 110M shape, batch 32, k 10, 128/256, bf16) the padded step

@@ -148,7 +148,12 @@ def test_length_variants_and_their_table_labels():
     assert ts.parse_variant("4+scan+pack+c4") == (4, True, "pack")
     assert ts.implementation_label("--length_buckets", "4+scan+pack+c4") == "ours_b4_scan_pack_c4"
     assert lt.labels({"ours_b4_scan_pack_step_s": 1.0})[0] == ("ours_b4_scan_pack", "ours length-aware (4, layers scanned, packed rows)")
-    for bad in ("4+remat", "0+plan", "4+plan+plan", "4+iid", "0+pack", "4+plan+pack"):
+    # +keep after +pack: the fullest packed rows kept as one batch (StepConfig.length_pack_keep)
+    assert ts.parse_variant("4+pack+keep+c2") == (4, False, "pack_keep")
+    assert ts.implementation_label("--length_buckets", "4+pack+keep+c2") == "ours_b4_pack_keep_c2"
+    assert lt.labels({"ours_b4_pack_keep_c2_step_s": 1.0})[0] == (
+        "ours_b4_pack_keep_c2", "ours length-aware (4, packed rows, kept activations, chunks of 2 rows)")
+    for bad in ("4+remat", "0+plan", "4+plan+plan", "4+iid", "0+pack", "4+plan+pack", "4+keep", "4+plan+keep"):
         with pytest.raises(SystemExit, match="N, N\\+scan"):
             ts.parse_variant(bad)
     assert ts.implementation_label("--length_buckets", "4+scan+plan") == "ours_b4_scan_plan"

@@ -15,7 +15,9 @@
   plain numpy packing does it, the padded encoding's values and gradients (T5 past its relative max
   distance, RoBERTa positions, scanned layers with attention's custom VJP), dropout masks that do not
   depend on the packing, the padded step's loss and gradients, 1 device = 4 devices with dropout, one
-  trace over length mixes, and a clear error for an encoder that cannot pack.
+  trace over length mixes, and a clear error for an encoder that cannot pack; with the fullest packed rows
+  kept as one batch (StepConfig.length_pack_keep, reencode.choose_packed_keep) the same values, gradients
+  and steps, and the host simulation packs as the device does.
 """
 
 import functools
@@ -103,9 +105,11 @@ def test_same_loss_and_gradients_without_dropout(model_name, mix, dedup):
     _assert_padded_loss_and_gradients(model_name, mix, dedup, AWARE)
 
 
-def _assert_padded_loss_and_gradients(model_name, mix, dedup, config):
-    """``config``'s step (no dropout) gives the padded step's loss, embeddings and gradients."""
+def _assert_padded_loss_and_gradients(model_name, mix, dedup, config, with_stats=False):
+    """``config``'s step (no dropout) gives the padded step's loss, embeddings and gradients (``with_stats``:
+    the step is given the table's length histograms, as train.py gives them)."""
     model, pad_id, params, dim, table, banks = setup(model_name, mix)
+    stats = reencode.LengthStats.from_table(table) if with_stats else None
     qbank, cbank = jax.tree.map(jnp.asarray, banks)
     batch = table.batch(np.arange(B, dtype=np.int32))
     view = jax.tree.map(jnp.asarray, table.device_view())
@@ -114,7 +118,7 @@ def _assert_padded_loss_and_gradients(model_name, mix, dedup, config):
     @functools.partial(jax.jit, static_argnums=0, compiler_options=FAST)
     def grad(config, p):
         f = functools.partial(objective_lib.loss_and_aux, apply_fn=reencode.as_apply_fn(model), config=config,
-                              pad_id=pad_id)
+                              pad_id=pad_id, length_stats=stats)
         return jax.value_and_grad(f, has_aux=True)(p, qbank, cbank, batch, view, key)
 
     (l0, a0), g0 = grad(with_(PADDED, dedup_negatives=dedup), params)
@@ -504,6 +508,7 @@ def test_plans_one_device_equals_four_devices_with_dropout(dropout_runs):
 
 
 PACKED = with_(AWARE, length_pack=True)
+KEPT = with_(PACKED, length_pack_keep=True)  # with the table's histogram: the fullest packed rows kept
 
 
 def _first_fit_decreasing(lengths, width):
@@ -559,27 +564,31 @@ def test_packed_rows_equal_padded_rows_and_vjp(model_name, variant):
     keys = reencode.row_keys(jax.random.key_data(jax.random.key(3)), 2, jnp.arange(13))
     weights = jnp.asarray(np.random.default_rng(0).normal(size=(13, 8 if model_name == "t5" else 16)), jnp.float32)
 
-    @functools.partial(jax.jit, static_argnums=(1, 2, 3), compiler_options=FAST)
-    def vg(p, chunk, deterministic, start=0):
+    @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4), compiler_options=FAST)
+    def vg(p, chunk, deterministic, start=0, keep=0):
         def f(p):
             if chunk is None:
                 e = reencode.encode_rows(apply_fn, p, rows, keys, pad_id=pad_id, deterministic=deterministic)
             else:
                 e = reencode.encode_rows_packed(apply_fn.packed, p, rows[start:], keys[start:], pad_id=pad_id,
-                                                buckets=(8, 16), chunk=chunk, deterministic=deterministic)
+                                                buckets=(8, 16), chunk=chunk, deterministic=deterministic, keep=keep)
             return jnp.sum(e * weights[start:]), e
         return jax.value_and_grad(f, has_aux=True)(p)
 
     (_, e0), g0 = vg(params, None, True)
     scale = float(optax.tree.norm(g0))
-    for chunk in (2, 13):
-        (_, e1), g1 = vg(params, chunk, True)
+    # Chunks of 2 and of all rows; the 4 fullest packed rows kept as one batch, the rest in chunks of 2;
+    # every packed row kept (no chunks).
+    for chunk, keep in ((2, 0), (13, 0), (2, 4), (2, 13)):
+        (_, e1), g1 = vg(params, chunk, True, 0, keep)
         np.testing.assert_allclose(e1, e0, rtol=1e-5, atol=1e-6)
         for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
     (_, d_all), _ = vg(params, 2, False)
     (_, d_some), _ = vg(params, 3, False, 4)
+    (_, d_kept), _ = vg(params, 3, False, 4, 2)
     np.testing.assert_allclose(d_some, d_all[4:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d_kept, d_all[4:], rtol=1e-5, atol=1e-6)
     assert float(jnp.max(jnp.abs(d_all - e0))) > 1e-2  # dropout did something
 
 
@@ -590,11 +599,45 @@ def test_packed_step_gives_the_padded_loss_and_gradients(model_name, mix, dedup)
     _assert_padded_loss_and_gradients(model_name, mix, dedup, PACKED)
 
 
+@pytest.mark.parametrize("model_name,mix", [("t5", "mixed"), ("roberta", "cap")])
+def test_packed_step_with_kept_rows_gives_the_padded_loss_and_gradients(model_name, mix):
+    """With the table's histogram the step keeps its pools' fullest packed rows (`choose_packed_keep`
+    chooses some here) and still gives the padded step's loss and gradients."""
+    _, pad_id, _, _, table, _ = setup(model_name, mix)
+    stats = reencode.LengthStats.from_table(table)
+    spec = [(B * K, "query", LQ, K, PACKED.length_plan_correlation), (B * K, "code", LC, K, PACKED.length_plan_correlation)]
+    assert 0 < reencode.choose_packed_keep(spec, stats, reencode.bucket_lengths((LQ, LC), 3), PACKED.length_chunk) < 2 * B * K
+    _assert_padded_loss_and_gradients(model_name, mix, True, KEPT, with_stats=True)
+
+
+def test_choose_packed_keep():
+    """The host simulation packs as `pack_rows` does; pools of rows at the width keep every packed row (a
+    chunk would cost a second forward), pools of one-token rows the packed rows they fill, and pools in
+    between some of their rows."""
+    rng = np.random.default_rng(0)
+    pools = rng.integers(1, 25, size=(5, 30))
+    fills = reencode.packed_fills(pools, 24)
+    for pool, f in zip(pools, fills):
+        expected = np.sort(_first_fit_decreasing(list(pool), 24)[1])[::-1]
+        np.testing.assert_array_equal(f[: len(expected)], expected)
+        assert not f[len(expected):].any()
+    lens = reencode.bucket_lengths((LQ, LC), 3)
+    at_cap = reencode.LengthStats.from_lengths(np.full(100, LQ), np.full(100, LC))
+    ones = reencode.LengthStats.from_lengths(np.ones(100), np.ones(100))
+    spec = [(20, "query", LQ), (20, "code", LC)]
+    assert reencode.choose_packed_keep([(40, "code", LC)], at_cap, lens, 4) == 40
+    assert reencode.choose_packed_keep(spec, ones, lens, 4) == 2  # 40 one-token rows fill 2 rows of 24
+    mixed = reencode.LengthStats.from_lengths(rng.integers(1, LQ + 1, 200), rng.integers(1, LC + 1, 200))
+    assert 0 < reencode.choose_packed_keep(spec, mixed, lens, 4) < 40
+
+
 def test_packed_one_device_equals_four_devices_with_dropout(dropout_runs):
     """Packed rows, dropout on: 1 and 4 devices (local pools of 8 and 2 anchors, packed differently) give
-    the same steps and banks, compiled once over short, capped and mixed batches."""
+    the same steps and banks, compiled once over short, capped and mixed batches; with the table's
+    histogram, so each pool's fullest packed rows are kept as one batch and the rest run in chunks."""
     world, _ = dropout_runs
-    runs = {d: _run(*world, PACKED, d, BATCHES) for d in (1, 4)}
+    stats = reencode.LengthStats.from_table(world[4])
+    runs = {d: _run(*world, KEPT, d, BATCHES, length_stats=stats) for d in (1, 4)}
     for snaps, metrics, counts, cache_size in runs.values():
         assert cache_size == 1 and counts[0] > 0 and counts == [counts[0]] * len(counts), counts
     (snaps1, metrics1, _, _), (snaps4, metrics4, _, _) = runs[1], runs[4]
