@@ -162,6 +162,9 @@ class StepConfig:
             bad("length_buckets", self.length_buckets, "use 0 (padded to the cap) or a positive bucket count")
         if self.length_chunk < 1:
             bad("length_chunk", self.length_chunk, "use a positive row count")
+        if self.length_pack_keep and not self.length_pack:
+            bad("length_pack_keep", self.length_pack_keep, "it keeps packed rows: set length_pack=True too, or "
+                "leave it False")
         if self.length_aware_on not in ("cpu", "all"):
             bad("length_aware_on", self.length_aware_on, 'use "cpu" (length-aware on CPU only) or "all"')
         if self.length_plan not in ("auto", "always", "never"):

@@ -423,7 +423,8 @@ def test_config_from_config_dict_and_validation():
         StepConfig.from_config({"kk": 3})
     for bad in (dict(knn="tri"), dict(token_table="disk"), dict(k=0), dict(bank_size=5, k=10), dict(temperature=0.0),
                 dict(bimodal_weight=0.0, hard_negative_weight=0.0), dict(reencode_fraction=0.5),
-                dict(dedup_negatives=True, reencode_fraction=0.0), dict(dedup_negatives=True, reencode_fraction=1.5)):
+                dict(dedup_negatives=True, reencode_fraction=0.0), dict(dedup_negatives=True, reencode_fraction=1.5),
+                dict(length_pack_keep=True)):
         with pytest.raises(ValueError, match="StepConfig"):
             StepConfig(**bad)
     with pytest.raises(ValueError, match="host_table"):
