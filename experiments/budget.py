@@ -55,7 +55,8 @@ VARIANTS = {
     "bank_w025": ("bank_negatives", "step.hard_negative_weight=0.25", "bank embeddings as negatives, L^HN weight 0.25"),
     "full_in_lang": ("full", "step.negatives_in_group=True", "the paper's step, hard negatives from the anchor's language"),
     # The hard negatives inside L^B's softmax instead of a separate L^HN (step.hard_negative_loss=joint):
-    # one positive term, so stop-gradient negatives no longer add a second alignment force.
+    # one positive term. Measured (docs/RESULTS.md, eighth round): stop-gradient negatives contract the space
+    # in it as much as with a separate L^HN; the missing push on the negatives, not the second positive term.
     "bank_joint": ("bank_negatives", "step.hard_negative_loss=joint", "bank embeddings as negatives in L^B's softmax"),
     "bank_joint_k8": ("bank_negatives", "step.hard_negative_loss=joint,step.k=8",
                       "bank embeddings as negatives in L^B's softmax, k = 8"),
