@@ -240,9 +240,11 @@ def _hard_negatives(
 
     # 5. L^HN, missing negatives masked (with the joint loss the caller adds the negatives to L^B instead).
     if config.hard_negative_loss == "separate":
+        # Anchor-only: each row's positive is stop-gradient, so L^HN moves its anchors only.
+        hold = jax.lax.stop_gradient if config.hard_negative_anchor_only else (lambda v: v)
         loss_rows = 0.5 * (
-            losses.hard_negative_rows(x.q, x.c, c_neg, config.temperature, code_hits.valid)
-            + losses.hard_negative_rows(x.c, x.q, q_neg, config.temperature, query_hits.valid)
+            losses.hard_negative_rows(x.q, hold(x.c), c_neg, config.temperature, code_hits.valid)
+            + losses.hard_negative_rows(x.c, hold(x.q), q_neg, config.temperature, query_hits.valid)
         )
     else:
         loss_rows = jnp.zeros((n,), x.q.dtype)

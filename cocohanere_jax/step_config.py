@@ -34,6 +34,11 @@ class StepConfig:
     # k negatives, weighted by hard_negative_weight); "joint" = they join L^B's softmax (each counts
     # hard_negative_weight in-batch negatives; L^B keeps the one positive term). docs/METHOD.md section 9.
     hard_negative_loss: str = "separate"
+    # With "separate": L^HN trains each anchor only (the positive of each L^HN row is stop-gradient; it is
+    # still pulled by L^B). In an InfoNCE row the positive's pull equals the negatives' pushes summed; with
+    # stop-gradient negatives (bank, forward-only) the pushes are gone and the pull is not, which contracts
+    # the space (docs/RESULTS.md, eighth round). Anchor-only keeps every force L^HN applies balanced.
+    hard_negative_anchor_only: bool = False
     negative_gradient: bool = True  # False: stop-gradient on re-encoded negatives (ablation)
     token_table: str = "device"  # "device": TokenTable arrays; "host": HostTokenTable via pure_callback
     remat: bool = False  # jax.checkpoint each re-encoding chunk
@@ -153,6 +158,9 @@ class StepConfig:
             bad("bimodal_weight/hard_negative_weight", (0, 0), "keep at least one loss")
         if self.hard_negative_loss not in ("separate", "joint"):
             bad("hard_negative_loss", self.hard_negative_loss, 'use "separate" (the paper) or "joint"')
+        if self.hard_negative_anchor_only and self.hard_negative_loss != "separate":
+            bad("hard_negative_anchor_only", self.hard_negative_anchor_only, "it stops the gradient into L^HN's "
+                "positives, which the joint loss shares with L^B; use it with hard_negative_loss=\"separate\"")
         if self.hard_negative_loss == "joint" and self.bimodal_weight == 0:
             bad("hard_negative_loss", self.hard_negative_loss, "the joint loss is L^B's softmax with the hard "
                 "negatives added, so it needs bimodal_weight > 0; use \"separate\" for the w/o BCL ablation")

@@ -63,6 +63,12 @@ VARIANTS = {
     "forward_only_joint": ("forward_only", "step.hard_negative_loss=joint",
                            "neighbours re-encoded forward-only, in L^B's softmax"),
     "full_joint": ("full", "step.hard_negative_loss=joint", "every neighbour re-encoded with gradient, in L^B's softmax"),
+    # L^HN trains its anchors only (step.hard_negative_anchor_only): the stop-gradient negatives' missing push
+    # no longer leaves the positive's pull unbalanced (docs/RESULTS.md, eighth round).
+    "bank_anchor": ("bank_negatives", "step.hard_negative_anchor_only=True",
+                    "bank embeddings as negatives, L^HN training its anchors only"),
+    "forward_only_anchor": ("forward_only", "step.hard_negative_anchor_only=True",
+                            "neighbours re-encoded forward-only, L^HN training its anchors only"),
     # Neighbour batches (step.neighbour_pairs): the anchors' nearest bank neighbours join the batch as whole
     # pairs inside L^B, at the encoder cost of an in-batch step.
     "neighbour_batch": ("neighbour_batch", "", "half of each batch the anchors' nearest bank neighbours, as pairs in L^B"),
@@ -95,6 +101,7 @@ VARIANTS = {
 }
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
 COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's program up to a constant
+           "bank_anchor": "bank_negatives", "forward_only_anchor": "forward_only",  # a stop_gradient more
            "neighbour_batch_in_lang": "neighbour_batch", "lookahead_batch_in_lang": "lookahead_batch",
            "lookahead_batch8_in_lang": "lookahead_batch",
            # the order of the same pairs changes, not the step (groups of 1 embed nothing)

@@ -156,13 +156,48 @@ def test_joint_loss_matches_numpy_and_one_device_equals_four(world, source):
     tree_allclose(snaps1[1].params, snaps4[1].params, rtol=1e-4, atol=2e-5)
 
 
+def test_anchor_only_hard_negatives(world):
+    """hard_negative_anchor_only: the same loss as the separate L^HN (numpy), a gradient without L^HN's pull
+    on the positives (L^HN's positives are stop-gradient: with bank negatives, the rows' own gradient is
+    then L^B's plus L^HN's through the anchors only), and 1 device == 4 devices."""
+    bank = variant(reencode_top=0, other_negatives="bank")
+    config = variant(reencode_top=0, other_negatives="bank", hard_negative_anchor_only=True)
+    (l0, a0), g0 = call(objective(bank), world, world.params)
+    (l1, a1), g1 = call(objective(config), world, world.params)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    q, c = a1.q, a1.c
+    expected = np.mean(0.5 * (_numpy_hn(q, c, a1.c_neg, a1.code_hits.valid, CONFIG.temperature)
+                              + _numpy_hn(c, q, a1.q_neg, a1.query_hits.valid, CONFIG.temperature)))
+    np.testing.assert_allclose(float(a1.loss_hn_sum) / B, expected, rtol=1e-5)
+    assert float(a1.loss_hn_sum) > 0
+    diff = float(optax.tree.norm(jax.tree.map(lambda x, y: x - y, g1, g0)))
+    assert diff > 1e-3 * float(optax.tree.norm(g0))  # the positives' pull is gone
+    # Without hard negatives (weight 0) the two are the in-batch step exactly.
+    (_, _), h0 = call(objective(variant(reencode_top=0, other_negatives="bank", hard_negative_weight=0.0)),
+                      world, world.params)
+    (_, _), h1 = call(objective(variant(reencode_top=0, other_negatives="bank", hard_negative_weight=0.0,
+                                        hard_negative_anchor_only=True)), world, world.params)
+    tree_allclose(h1, h0, rtol=1e-6, atol=1e-8)
+    out = []
+    for devices in (1, 4):
+        mesh = sharding.make_mesh(jax.devices()[:devices])
+        step_fn = S.make_train_step(world.model, world.tx, config, mesh, pad_id=PAD_ID, compiler_options=FAST)
+        out.append(world.run(step_fn, mesh, 2, world.table))
+    (snaps1, metrics1, _), (snaps4, metrics4, _) = out
+    for s in range(2):
+        for name in ("loss", "loss_b", "loss_hn", "grad_norm"):
+            np.testing.assert_allclose(metrics1[s][name], metrics4[s][name], rtol=2e-5, err_msg=name)
+    tree_allclose(snaps1[1].params, snaps4[1].params, rtol=1e-4, atol=2e-5)
+
+
 def test_cost_aware_config_validation():
     for bad, match in ((dict(hard_negative_loss="both"), "hard_negative_loss"),
                        (dict(hard_negative_loss="joint", bimodal_weight=0.0), "bimodal_weight"),(dict(reencode_top=K + 1), "reencode_top"), (dict(reencode_top=-1), "reencode_top"),
                        (dict(reencode_top=1, dedup_negatives=True), "dedup_negatives"),
                        (dict(other_negatives="stale"), "other_negatives"),
                        (dict(hard_negative_every=0), "hard_negative_every"),
-                       (dict(hard_negative_start=-1), "hard_negative_start")):
+                       (dict(hard_negative_start=-1), "hard_negative_start"),
+                       (dict(hard_negative_loss="joint", hard_negative_anchor_only=True), "hard_negative_anchor_only")):
         with pytest.raises(ValueError, match=match):
             StepConfig(**{**CONFIG.__dict__, **bad})
     assert StepConfig(k=4, bank_size=8).hard_negative_active(0)
