@@ -69,6 +69,11 @@ VARIANTS = {
                     "bank embeddings as negatives, L^HN training its anchors only"),
     "forward_only_anchor": ("forward_only", "step.hard_negative_anchor_only=True",
                             "neighbours re-encoded forward-only, L^HN training its anchors only"),
+    # The two in-batch-cost signals together: batches of one language and anchor-only bank negatives from
+    # the anchor's language.
+    "lang_bank_anchor": ("bank_negatives", "train.lookahead_batches=32,train.lookahead_group=1,"
+                         "train.language_batches=True,step.negatives_in_group=True,step.hard_negative_anchor_only=True",
+                         "language batches plus anchor-only bank negatives from the anchor's language"),
     # Neighbour batches (step.neighbour_pairs): the anchors' nearest bank neighbours join the batch as whole
     # pairs inside L^B, at the encoder cost of an in-batch step.
     "neighbour_batch": ("neighbour_batch", "", "half of each batch the anchors' nearest bank neighbours, as pairs in L^B"),
@@ -102,6 +107,7 @@ VARIANTS = {
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
 COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's program up to a constant
            "bank_anchor": "bank_negatives", "forward_only_anchor": "forward_only",  # a stop_gradient more
+           "lang_bank_anchor": "bank_negatives",  # the pairs' order and the search's masks change, not the work
            "neighbour_batch_in_lang": "neighbour_batch", "lookahead_batch_in_lang": "lookahead_batch",
            "lookahead_batch8_in_lang": "lookahead_batch",
            # the order of the same pairs changes, not the step (groups of 1 embed nothing)
