@@ -29,6 +29,16 @@ def _numpy_hn(anchor, positive, negatives, valid, temperature):
     return np.log1p(terms.sum(-1))
 
 
+def _one_and_four_devices(world, config):
+    """Two steps of ``config`` on 1 device and on 4: [(snapshots, metrics, traces)] for each."""
+    out = []
+    for devices in (1, 4):
+        mesh = sharding.make_mesh(jax.devices()[:devices])
+        step_fn = S.make_train_step(world.model, world.tx, config, mesh, pad_id=PAD_ID, compiler_options=FAST)
+        out.append(world.run(step_fn, mesh, 2, world.table))
+    return out
+
+
 def test_all_k_top_m_is_the_papers_step_and_fresh_others_are_forward_only(world):
     """reencode_top=k re-encodes every neighbour with gradient: the paper's objective, bit for bit even with
     dropout (same keys per rank). reencode_top=0 with fresh others is forward-only re-encoding."""
@@ -77,12 +87,7 @@ def test_bank_negatives_step_writes_back_only_reencoded_ranks(world):
     """One step with reencode_top=1: only rank-0 slots are refreshed (the stale ranks keep their bank row
     unless this batch's push overwrote them); 1 device equals 4 devices with dropout."""
     config = variant(reencode_top=1, other_negatives="bank")
-    out = []
-    for devices in (1, 4):
-        mesh = sharding.make_mesh(jax.devices()[:devices])
-        step_fn = S.make_train_step(world.model, world.tx, config, mesh, pad_id=PAD_ID, compiler_options=FAST)
-        out.append(world.run(step_fn, mesh, 2, world.table))
-    (snaps1, metrics1, _), (snaps4, metrics4, _) = out
+    (snaps1, metrics1, _), (snaps4, metrics4, _) = _one_and_four_devices(world, config)
     for s in range(2):
         for name in ("loss", "loss_hn", "grad_norm", "valid_negatives"):
             np.testing.assert_allclose(metrics1[s][name], metrics4[s][name], rtol=2e-5, err_msg=name)
@@ -140,12 +145,7 @@ def test_joint_loss_matches_numpy_and_one_device_equals_four(world, source):
     assert np.asarray(aux.code_hits.valid).sum() > 0 and float(aux.loss_hn_sum) > 0
     (_, _), g_ib = call(objective(variant(hard_negative_weight=0.0)), world, world.params)
     assert float(optax.tree.norm(jax.tree.map(lambda x, y: x - y, grads, g_ib))) > 1e-3 * float(optax.tree.norm(g_ib))
-    out = []
-    for devices in (1, 4):
-        mesh = sharding.make_mesh(jax.devices()[:devices])
-        step_fn = S.make_train_step(world.model, world.tx, config, mesh, pad_id=PAD_ID, compiler_options=FAST)
-        out.append(world.run(step_fn, mesh, 2, world.table))
-    (snaps1, metrics1, _), (snaps4, metrics4, _) = out
+    (snaps1, metrics1, _), (snaps4, metrics4, _) = _one_and_four_devices(world, config)
     for s in range(2):
         for name in ("loss", "loss_b", "loss_hn", "grad_norm"):
             np.testing.assert_allclose(metrics1[s][name], metrics4[s][name], rtol=2e-5, err_msg=name)
@@ -178,12 +178,7 @@ def test_anchor_only_hard_negatives(world):
     (_, _), h1 = call(objective(variant(reencode_top=0, other_negatives="bank", hard_negative_weight=0.0,
                                         hard_negative_anchor_only=True)), world, world.params)
     tree_allclose(h1, h0, rtol=1e-6, atol=1e-8)
-    out = []
-    for devices in (1, 4):
-        mesh = sharding.make_mesh(jax.devices()[:devices])
-        step_fn = S.make_train_step(world.model, world.tx, config, mesh, pad_id=PAD_ID, compiler_options=FAST)
-        out.append(world.run(step_fn, mesh, 2, world.table))
-    (snaps1, metrics1, _), (snaps4, metrics4, _) = out
+    (snaps1, metrics1, _), (snaps4, metrics4, _) = _one_and_four_devices(world, config)
     for s in range(2):
         for name in ("loss", "loss_b", "loss_hn", "grad_norm"):
             np.testing.assert_allclose(metrics1[s][name], metrics4[s][name], rtol=2e-5, err_msg=name)
