@@ -69,6 +69,9 @@ VARIANTS = {
                     "bank embeddings as negatives, L^HN training its anchors only"),
     "forward_only_anchor": ("forward_only", "step.hard_negative_anchor_only=True",
                             "neighbours re-encoded forward-only, L^HN training its anchors only"),
+    # More anchor-only bank negatives cost nothing but a wider top-k: does the gain grow with k?
+    "bank_anchor_k8": ("bank_negatives", "step.k=8,step.hard_negative_anchor_only=True",
+                       "bank embeddings as negatives, k = 8, L^HN training its anchors only"),
     # The two in-batch-cost signals together: batches of one language and anchor-only bank negatives from
     # the anchor's language.
     "lang_bank_anchor": ("bank_negatives", "train.lookahead_batches=32,train.lookahead_group=1,"
@@ -107,6 +110,7 @@ VARIANTS = {
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
 COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's program up to a constant
            "bank_anchor": "bank_negatives", "forward_only_anchor": "forward_only",  # a stop_gradient more
+           "bank_anchor_k8": "bank_k8",
            "lang_bank_anchor": "bank_negatives",  # the pairs' order and the search's masks change, not the work
            "neighbour_batch_in_lang": "neighbour_batch", "lookahead_batch_in_lang": "lookahead_batch",
            "lookahead_batch8_in_lang": "lookahead_batch",

@@ -389,15 +389,16 @@ def test_budget_joint_variants_are_calibrated_and_load_as_joint():
         assert (step.hard_negative_loss, step.k, step.reencode_top) == ("joint", k, top), name
     assert runs[("large", "full_joint")]["steps"] == 100 and runs[("large", "bank_joint")]["steps"] == 300
     # Anchor-only L^HN (step.hard_negative_anchor_only), charged as the step it stops a gradient in.
-    for name, top, gradient, lang in (("bank_anchor", 0, True, False), ("forward_only_anchor", None, False, False),
-                                      ("lang_bank_anchor", 0, True, True)):
+    for name, top, gradient, lang, k in (("bank_anchor", 0, True, False, s.k),
+                                         ("forward_only_anchor", None, False, False, s.k),
+                                         ("lang_bank_anchor", 0, True, True, s.k), ("bank_anchor_k8", 0, True, False, 8)):
         run = {"budget": "small", "variant": name, "seed": 0, "steps": 10, "eval_every": 5,
                "extra": budget.VARIANTS[name][1]}
         config = registry.get_config(budget.run_argument(s, run, ""))
         step = StepConfig.from_config(config.step)
         assert (step.hard_negative_anchor_only, step.reencode_top, step.negative_gradient,
-                step.negatives_in_group, config.train.language_batches) == (True, top, gradient, lang, lang), name
-        assert budget.COST_AS[name] == budget.VARIANTS[name][0], name
+                step.negatives_in_group, config.train.language_batches, step.k) == (True, top, gradient, lang, lang, k), name
+        assert budget.COST_AS[name] == ("bank_k8" if k == 8 else budget.VARIANTS[name][0]), name
 
 
 def test_budget_calibrates_a_later_variant_beside_in_batch_and_carries_its_ratio(tmp_path, monkeypatch):
