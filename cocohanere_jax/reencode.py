@@ -278,9 +278,7 @@ def encode_rows_packed(
     r, width = token_ids.shape
     s = min(r, width)  # the most rows one packed row can hold (each has a token at least)
     lens = tuple(sorted({0} | {int(b) for b in buckets if 0 < int(b) < width} | {width}))
-    keep = max(0, min(int(keep), r))
-    c = max(1, min(int(chunk), r - keep))
-    n_chunks = -(-(r - keep) // c) if keep < r else 0
+    keep, c, n_chunks = _packed_layout(r, keep, chunk)
     bins = keep + n_chunks * c  # the kept packed rows, then whole chunks (at least the R a pool may need)
     if lengths is None:
         lengths = row_lengths(token_ids, pad_id)
@@ -322,6 +320,14 @@ def encode_rows_packed(
         outs.append(out.reshape((n_chunks * c,) + out.shape[2:]))
     out = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
     return out[b, slot - 1]
+
+
+def _packed_layout(rows: int, keep: int, chunk: int) -> tuple[int, int, int]:
+    """(kept rows, rows per chunk, chunks) of `encode_rows_packed` on ``rows`` packed rows: ``keep`` clipped
+    to [0, rows], the rest in whole chunks of ``chunk`` rows (fewer when fewer rows are left)."""
+    keep = max(0, min(int(keep), rows))
+    c = max(1, min(int(chunk), rows - keep))
+    return keep, c, -(-(rows - keep) // c)
 
 
 def _switch_chunks(encode_at: Callable[[Params, Any, int], Array], params: Params, inputs: Any,
@@ -788,8 +794,7 @@ def choose_packed_keep(spec, stats: LengthStats, lens: Sequence[int], chunk: int
     lens_a = np.asarray(sorted({0} | {int(n) for n in lens if 0 < int(n) <= width} | {width}))
     best = (np.inf, 0)
     for keep in range(r + 1):
-        c = max(1, min(chunk, r - keep))
-        n_chunks = -(-(r - keep) // c)
+        keep, c, n_chunks = _packed_layout(r, keep, chunk)
         tail = np.zeros((draws, n_chunks * c), np.int64)
         tail[:, : r - keep] = fills[:, keep:]
         first = tail.reshape(draws, n_chunks, c)[:, :, 0] if n_chunks else np.zeros((draws, 0), np.int64)
