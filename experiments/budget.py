@@ -72,6 +72,13 @@ VARIANTS = {
     # More anchor-only bank negatives cost nothing but a wider top-k: does the gain grow with k?
     "bank_anchor_k8": ("bank_negatives", "step.k=8,step.hard_negative_anchor_only=True",
                        "bank embeddings as negatives, k = 8, L^HN training its anchors only"),
+    "bank_anchor_w2": ("bank_negatives", "step.hard_negative_weight=2.0,step.hard_negative_anchor_only=True",
+                       "bank embeddings as negatives, L^HN training its anchors only, at weight 2"),
+    # Look-ahead batches (groups of 4 nearest pairs, any language, as configs/default.py) with anchor-only
+    # bank negatives: the default job's batches and the eighth round's loss at about an in-batch step's cost.
+    "lookahead_bank_anchor": ("bank_negatives", "train.lookahead_batches=32,train.lookahead_group=4,"
+                              "step.hard_negative_anchor_only=True",
+                              "look-ahead batches plus anchor-only bank negatives"),
     # The two in-batch-cost signals together: batches of one language and anchor-only bank negatives from
     # the anchor's language.
     "lang_bank_anchor": ("bank_negatives", "train.lookahead_batches=32,train.lookahead_group=1,"
@@ -110,7 +117,7 @@ VARIANTS = {
 CALIBRATED = ("in_batch", "full", "forward_only", "top1", "bank_negatives", "bank_k8")
 COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's program up to a constant
            "bank_anchor": "bank_negatives", "forward_only_anchor": "forward_only",  # a stop_gradient more
-           "bank_anchor_k8": "bank_k8",
+           "bank_anchor_k8": "bank_k8", "bank_anchor_w2": "bank_negatives",
            "lang_bank_anchor": "bank_negatives",  # the pairs' order and the search's masks change, not the work
            "neighbour_batch_in_lang": "neighbour_batch", "lookahead_batch_in_lang": "lookahead_batch",
            "lookahead_batch8_in_lang": "lookahead_batch",
@@ -118,7 +125,8 @@ COST_AS = {"bank_w025": "bank_negatives", "full_in_lang": "full",  # another's p
            "in_batch_lang_batches": "in_batch", "lookahead_lang_batches": "lookahead_batch"}
 # A variant that does all of another's work and more is never charged less than it (a lower measured time is
 # timing noise, as with in-batch below).
-CONTAINS = {"lookahead_bank_w025": ("lookahead_batch", "bank_negatives")}
+CONTAINS = {"lookahead_bank_w025": ("lookahead_batch", "bank_negatives"),
+            "lookahead_bank_anchor": ("lookahead_batch", "bank_negatives")}
 SOLVED = ("late_full", "full_equal_steps", "in_batch_long")  # step counts derived from in_batch's and full's times
 
 

@@ -391,14 +391,23 @@ def test_budget_joint_variants_are_calibrated_and_load_as_joint():
     # Anchor-only L^HN (step.hard_negative_anchor_only), charged as the step it stops a gradient in.
     for name, top, gradient, lang, k in (("bank_anchor", 0, True, False, s.k),
                                          ("forward_only_anchor", None, False, False, s.k),
-                                         ("lang_bank_anchor", 0, True, True, s.k), ("bank_anchor_k8", 0, True, False, 8)):
+                                         ("lang_bank_anchor", 0, True, True, s.k), ("bank_anchor_k8", 0, True, False, 8),
+                                         ("bank_anchor_w2", 0, True, False, s.k),
+                                         ("lookahead_bank_anchor", 0, True, False, s.k)):
         run = {"budget": "small", "variant": name, "seed": 0, "steps": 10, "eval_every": 5,
                "extra": budget.VARIANTS[name][1]}
         config = registry.get_config(budget.run_argument(s, run, ""))
         step = StepConfig.from_config(config.step)
         assert (step.hard_negative_anchor_only, step.reencode_top, step.negative_gradient,
                 step.negatives_in_group, config.train.language_batches, step.k) == (True, top, gradient, lang, lang, k), name
-        assert budget.COST_AS[name] == ("bank_k8" if k == 8 else budget.VARIANTS[name][0]), name
+        if name == "lookahead_bank_anchor":  # its own calibration, never charged below what it contains
+            assert name not in budget.COST_AS and (config.train.lookahead_batches, config.train.lookahead_group,
+                                                   step.hard_negative_weight) == (32, 4, 1.0)
+            assert budget.charged({"in_batch": 1.0, name: 1.0, "lookahead_batch": 1.07, "bank_negatives": 1.02})[
+                name] == 1.07
+        else:
+            assert budget.COST_AS[name] == ("bank_k8" if k == 8 else budget.VARIANTS[name][0]), name
+            assert step.hard_negative_weight == (2.0 if name == "bank_anchor_w2" else 1.0), name
 
 
 def test_budget_calibrates_a_later_variant_beside_in_batch_and_carries_its_ratio(tmp_path, monkeypatch):
