@@ -512,3 +512,18 @@ def test_xla_flags_table_names_each_runs_flags_and_its_speed_against_the_default
     lines = text.splitlines()
     assert lines[2].startswith("| `(default)` | 16.00 (16.0, 16.0) | 8.00 (8.0, 9.0) | 150 | 1.5 -> 1.8 | 1.00x |")
     assert lines[3].startswith("| `--xla_cpu_use_onednn=true` | 17.00") and lines[3].endswith("| 0.80x |")
+    # train_step files (run_xla_flags_step.sh): a column per timed step, the ratio of the last one
+    steps = []
+    for i, (flags, t) in enumerate([("", 20.0), ("--xla_cpu_use_onednn=true", 16.0)]):
+        run = {"benchmark": "train_step", "machine": {"date": f"2026-12-05T0{i}:00:00", "xla_flags": flags,
+                                                      "load_average_start": [1.0], "load_average_end": [1.2]},
+               "matmul_peak": {"xla_gflops": 300.0},
+               "results": [{"ours_step_s": t, "ours_times_s": [t], "ours_b4_scan_pack_c2_step_s": t,
+                            "ours_b4_scan_pack_c2_times_s": [t, t + 1], "ours_b4_scan_pack_c2_mfu": 0.2}]}
+        steps.append(tmp_path / f"xla_step_flags_{i}.json")
+        steps[-1].write_text(json.dumps(run))
+    lines = xt.table([str(p) for p in steps]).splitlines()
+    assert lines[0] == ("| XLA_FLAGS | ours_b4_scan_pack_c2 median s (rounds) | 2048^3 matmul GFLOP/s | "
+                        "load start -> end | ours_b4_scan_pack_c2: default / this |")
+    assert lines[2] == "| `(default)` | 20.00 (20.0, 21.0) | 300 | 1.0 -> 1.2 | 1.00x |"
+    assert lines[3] == "| `--xla_cpu_use_onednn=true` | 16.00 (16.0, 17.0) | 300 | 1.0 -> 1.2 | 1.25x |"
