@@ -34,6 +34,7 @@ class Datasets:
     description: str
     train_labels: np.ndarray | None = None  # int32 [N] label per DataID (code-to-code tasks), else None
     train_groups: np.ndarray | None = None  # int32 [N] language index per DataID (several languages), else None
+    also_test: Any = None  # the test queries against the other pool (config.data.also_test_candidates), else None
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -74,6 +75,14 @@ def check(config: ml_collections.ConfigDict) -> None:
     if d.get("eval_candidates", "codebase") not in ("codebase", "targets"):
         raise ValueError(f"config.data.eval_candidates={d.eval_candidates!r}: use \"codebase\" (every query against "
                          "the whole codebase) or \"targets\" (against the queries' own target codes only).")
+    also = d.get("also_test_candidates", "")
+    if also and (also not in ("codebase", "targets") or also == d.get("eval_candidates", "codebase")):
+        raise ValueError(f"config.data.also_test_candidates={also!r}: use the pool that config.data.eval_candidates "
+                         f"({d.get('eval_candidates', 'codebase')!r}) is not, \"codebase\" or \"targets\", or \"\" "
+                         "for none.")
+    if also and d.source in ("poj104", "bigclonebench"):
+        raise ValueError(f"config.data.also_test_candidates={also!r}: {d.source} is a code-to-code task with one "
+                         "protocol; set it to \"\".")
     for key in ("query_length", "code_length"):
         if d[key] < 2:
             raise ValueError(f"config.data.{key}={d[key]} must be at least 2 tokens.")
@@ -178,11 +187,13 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
     if d.max_train_pairs and len(train) > d.max_train_pairs:
         train = records.Pairs(list(train)[: d.max_train_pairs], train.report)
     candidates = d.get("eval_candidates", "codebase")
+    also = d.get("also_test_candidates", "")
     return Datasets(
         train=train,
         valid=_task(valid, d.max_eval_queries, candidates),
         test=_task(test, d.max_eval_queries, candidates),
         description=where,
+        also_test=_task(test, d.max_eval_queries, also) if also else None,
     )
 
 
@@ -197,15 +208,18 @@ def _load_languages(d: ml_collections.ConfigDict, strict: bool, root: str, names
     (`cocohanere_jax.multilingual`). ``max_train_pairs`` and ``max_eval_queries`` apply per language."""
     from cocohanere_data import codesearchnet, records
 
-    parts, valid, test = [], {}, {}
+    parts, valid, test, also_test = [], {}, {}, {}
+    also = d.get("also_test_candidates", "")
     for lang in names:
         pairs = codesearchnet.load_pairs(root, lang, "train", strict=strict)
         if d.max_train_pairs and len(pairs) > d.max_train_pairs:
             pairs = records.Pairs(list(pairs)[: d.max_train_pairs], pairs.report)
         parts.append(pairs)
         for split, tasks in (("valid", valid), ("test", test)):
-            tasks[lang] = _task(codesearchnet.load_eval_split(root, lang, split, strict=strict), d.max_eval_queries,
-                                d.get("eval_candidates", "codebase"))
+            split_data = codesearchnet.load_eval_split(root, lang, split, strict=strict)
+            tasks[lang] = _task(split_data, d.max_eval_queries, d.get("eval_candidates", "codebase"))
+            if split == "test" and also:
+                also_test[lang] = _task(split_data, d.max_eval_queries, also)
     sizes = ", ".join(f"{lang} {len(p)}" for lang, p in zip(names, parts))
     groups = np.concatenate([np.full(len(p), i, np.int32) for i, p in enumerate(parts)])
     return Datasets(
@@ -213,6 +227,7 @@ def _load_languages(d: ml_collections.ConfigDict, strict: bool, root: str, names
         train=multilingual.concat_pairs(parts),
         valid=multilingual.LanguageTasks(valid),
         test=multilingual.LanguageTasks(test),
+        also_test=multilingual.LanguageTasks(also_test) if also else None,
         description=f"{d.source} {','.join(names)} at {root} (train pairs: {sizes}){_left_out(skipped or {})}",
     )
 

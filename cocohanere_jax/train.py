@@ -139,6 +139,19 @@ def _zero_shot(enc, tasks: dict[str, evaluate.TokenizedTask], shared_codebase: b
         log.info("zero-shot %s: %s", split, clone_tasks.format_result(result))
 
 
+def _also_test(enc, params, data: datasets.Datasets, config, summary: dict[str, Any], writer: metrics.MetricWriter,
+               mesh, step: int, prefix: str = "") -> None:
+    """The test queries ranked a second time, against the pool ``config.data.also_test_candidates`` names
+    (the whole codebase, or the queries' own targets): ``summary[f"{prefix}test_{pool}"]``."""
+    pool = config.data.get("also_test_candidates", "")
+    if not pool or data.also_test is None:
+        return
+    key = f"{prefix}test_{pool}"
+    summary[key] = _evaluate(enc, params, _tokenize(enc, data.also_test, config), config, None, mesh)
+    writer.write(step, summary[key], kind=key)
+    log.info("%s (step %d): %s", key.replace("_", " "), step, clone_tasks.format_result(summary[key]))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains with CoCoHaNeRe, evaluating on valid, and reports test MRR of the best-on-valid params.
 
@@ -200,6 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     shared_codebase = isinstance(valid_task, evaluate.TokenizedTask) and evaluate.same_codebase(valid_task, test_task)
     if total_steps == 0:
         _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh)
+        _also_test(enc, enc.params, data, config, summary, writer, eval_mesh, 0, prefix="zero_shot_")
         return _finish(summary, workdir, t_start, is_main)
 
     # The train state: shapes first (nothing allocated), then restored into them or born on the devices.
@@ -332,6 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 **({"threshold": threshold} if threshold is not None else {}))
     writer.write(best_meta["step"], summary["test"], kind="test")
     log.info("test (best-on-valid step %d): %s", best_meta["step"], clone_tasks.format_result(summary["test"]))
+    _also_test(enc, best_params, data, config, summary, writer, eval_mesh, best_meta["step"])
     if config.train.export_best and is_main:
         summary["export"] = enc.with_params(best_params).export(os.path.join(workdir, "export"))
         model_card.write_model_card(summary["export"], config.to_dict(), summary)

@@ -45,6 +45,9 @@ def base() -> ml_collections.ConfigDict:
     # Candidates of each query: "codebase" (the whole codebase: GraphCodeBERT's protocol) or "targets" (the
     # evaluated queries' own codes only: N queries against their N codes, CodeSearchNet-challenge style).
     c.data.eval_candidates = "codebase"
+    # The test queries ranked a second time against the other pool ("codebase" or "targets"; "" = no), reported
+    # beside the test as `test_<pool>` (summary.json, metrics.jsonl): one run gives both protocols' numbers.
+    c.data.also_test_candidates = ""
 
     # The CoCoHaNeRe step: every field of cocohanere_jax.step_config.StepConfig with its default, the one
     # source of the step's defaults (each field is documented there). The paper's settings are those

@@ -182,6 +182,9 @@ class Settings:
     small_seeds: tuple[int, ...] = (0, 1, 2)
     eval_points: int = 3
     eval_queries: int = 500
+    # The test queries also ranked against their language's whole codebase (valid + test codes of the held-out
+    # packages, GraphCodeBERT's protocol): "codebase", or "" for the targets-only test alone.
+    also_test_candidates: str = ""
     calibration_steps: int = 6
     variants: tuple[str, ...] = ("in_batch", "bank_negatives", "full", "top1", "forward_only", "late_full",
                                  "full_equal_steps")
@@ -290,7 +293,8 @@ def run_argument(s: Settings, run: dict, cache_dir: str = "") -> str:
     parts = [
         preset, f"model.path={s.model}", "data.source=codesearchnet", f"data.root={s.corpus}",
         f"data.language={s.language}", f"data.query_length={s.query_length}", f"data.code_length={s.code_length}",
-        f"data.max_eval_queries={s.eval_queries}", "data.eval_candidates=targets", f"data.cache_dir={cache_dir}",
+        f"data.max_eval_queries={s.eval_queries}", "data.eval_candidates=targets",
+        f"data.also_test_candidates={s.also_test_candidates}", f"data.cache_dir={cache_dir}",
         f"step.k={s.k}", f"step.bank_size={s.bank_size}", f"step.temperature={s.temperature}",
         f"step.learning_rate={s.learning_rate}", f"train.global_batch_size={s.batch}", "train.num_epochs=0",
         f"train.num_steps={run['steps']}", f"train.seed={run['seed']}", "train.log_every=10",
@@ -314,7 +318,9 @@ def run_all(out: str, s: Settings, dry_run: bool = False) -> list[dict]:
     if os.path.exists(settings_path):
         # Later runs can be added (or dropped from the plan) without touching the runs already made; any
         # other setting changes what every run trains.
-        held = {k: v for k, v in ablation.read_json(settings_path).items() if k != "later_variants"}
+        # A setting added after a folder was made holds its default there.
+        held = {k: v for k, v in {**_json_settings(Settings()), **ablation.read_json(settings_path)}.items()
+                if k != "later_variants" and k in _json_settings(s)}
         wanted = {k: v for k, v in _json_settings(s).items() if k != "later_variants"}
         if held != wanted:
             changed = sorted(k for k in {*held, *wanted} if held.get(k) != wanted.get(k))
@@ -375,6 +381,9 @@ def define_flags():
     flags.DEFINE_integer("k", defaults.k, "hard negatives per anchor and direction")
     flags.DEFINE_integer("bank_size", defaults.bank_size, "bank slots")
     flags.DEFINE_integer("eval_queries", defaults.eval_queries, "valid/test queries per language")
+    flags.DEFINE_enum("also_test_candidates", defaults.also_test_candidates, ["", "codebase"],
+                      "also rank the test queries against their language's whole codebase (reported beside the "
+                      "targets-only test)")
     flags.DEFINE_bool("dry_run", False, "print the plan and the state of every run; run nothing")
     flags.DEFINE_bool("report", False, "write the results section and plots from the finished runs")
     flags.DEFINE_string("report_tag", "budget", "name of the docs/RESULTS.md block (<!-- TAG:begin -->) and of "
@@ -389,7 +398,8 @@ def settings_from_flags() -> Settings:
                     seeds=tuple(int(x) for x in FLAGS.seeds), small_seeds=tuple(int(x) for x in FLAGS.small_seeds),
                     variants=tuple(FLAGS.variants), small_variants=tuple(FLAGS.small_variants),
                     later_variants=tuple(FLAGS.later_variants),
-                    batch=FLAGS.batch, k=FLAGS.k, bank_size=FLAGS.bank_size, eval_queries=FLAGS.eval_queries)
+                    batch=FLAGS.batch, k=FLAGS.k, bank_size=FLAGS.bank_size, eval_queries=FLAGS.eval_queries,
+                    also_test_candidates=FLAGS.also_test_candidates)
 
 
 def main(argv):

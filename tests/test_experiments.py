@@ -485,6 +485,16 @@ def test_budget_multi_setting_variant_calibrates_and_later_runs_can_be_added(tmp
     assert sorted(os.listdir(out)) == ["calibration.json", "settings.json"]  # a dry run wrote nothing
     with pytest.raises(SystemExit, match="batch"):
         budget.run_all(out, dataclasses.replace(s, batch=64), dry_run=True)
+    # A folder made before a setting existed holds that setting's default; another value is refused.
+    older = {k: v for k, v in budget._json_settings(s).items() if k != "also_test_candidates"}
+    budget.ablation.write_json(os.path.join(out, "settings.json"), older)
+    assert len(budget.run_all(out, s, dry_run=True)) == 2
+    whole = dataclasses.replace(s, also_test_candidates="codebase")
+    with pytest.raises(SystemExit, match="also_test_candidates"):
+        budget.run_all(out, whole, dry_run=True)
+    for settings, pool in ((s, ""), (whole, "codebase")):
+        c = registry.get_config(budget.run_argument(settings, run, ""))
+        assert (c.data.eval_candidates, c.data.also_test_candidates) == ("targets", pool)
 
 
 def test_default_job_variants_and_table(tmp_path):

@@ -64,6 +64,35 @@ def test_targets_only_ranks_each_query_against_the_queries_own_codes(tmp_path):
         datasets.check(c)
 
 
+def test_also_test_candidates_gives_the_other_protocols_numbers(tmp_path):
+    """data.also_test_candidates ranks the test queries a second time against the other pool: the same
+    numbers as a run whose eval_candidates is that pool (zero-shot, so both runs hold the same params)."""
+    model = tiny_setup.tiny_bert_folder(str(tmp_path / "model"))
+    summaries = {}
+    for candidates, also in (("targets", "codebase"), ("codebase", "")):
+        c = _config("python,ruby", max_eval_queries=16)
+        c.model.path, c.train.num_steps, c.train.num_epochs = model, 0, 0
+        c.data.eval_candidates, c.data.also_test_candidates = candidates, also
+        summaries[candidates] = train.train_and_evaluate(c, str(tmp_path / candidates))
+    both, whole = summaries["targets"], summaries["codebase"]
+    assert "zero_shot_test_codebase" not in whole
+    for key in ("mrr", "python/mrr", "ruby/mrr", "r@1", "num_queries", "codebase_size"):
+        assert both["zero_shot_test_codebase"][key] == pytest.approx(whole["zero_shot_test"][key]), key
+    assert both["zero_shot_test"]["codebase_size"] < both["zero_shot_test_codebase"]["codebase_size"]
+    records = [json.loads(line) for line in open(tmp_path / "targets" / "metrics.jsonl")]
+    assert [r["mrr"] for r in records if r["kind"] == "zero_shot_test_codebase"] == [
+        pytest.approx(whole["zero_shot_test"]["mrr"])]
+    c = _config("python")
+    for candidates, also, match in (("codebase", "codebase", "is not"), ("targets", "all", "is not"),
+                                    ("targets", "codebase", None)):
+        c.data.eval_candidates, c.data.also_test_candidates = candidates, also
+        if match is None:
+            datasets.check(c)
+        else:
+            with pytest.raises(ValueError, match=f"also_test_candidates={also!r}.*{match}"):
+                datasets.check(c)
+
+
 def test_language_tasks_metrics_are_per_language_and_their_mean(tmp_path):
     c = _config("python,ruby", max_eval_queries=16)
     data = datasets.load(c, str(tmp_path))
@@ -82,7 +111,8 @@ def test_all_languages_train_end_to_end_with_bank_negatives_on_a_schedule(tmp_pa
     negatives and batches of one language: trains, validates and tests per language; the switches reach the step from the config
     argument (negatives_in_group would fail to compile without the languages in the token table)."""
     c = _config("all", "smoke,bank_negatives,hard_negative_start=1,negatives_in_group=True,"
-                "train.lookahead_batches=2,train.lookahead_group=1,train.language_batches=True", max_eval_queries=16)
+                "train.lookahead_batches=2,train.lookahead_group=1,train.language_batches=True,"
+                "data.also_test_candidates=targets", max_eval_queries=16)
     step = StepConfig.from_config(c.step)
     assert (step.reencode_top, step.other_negatives, step.hard_negative_start) == (0, "bank", 1)
     assert step.negatives_in_group  # the languages reach the step as the token table's groups
@@ -100,3 +130,8 @@ def test_all_languages_train_end_to_end_with_bank_negatives_on_a_schedule(tmp_pa
         assert 0 < summary["test"][f"{lang}/mrr"] <= 1
     assert summary["test"]["mrr"] == pytest.approx(
         np.mean([summary["test"][f"{lang}/mrr"] for lang in multilingual.ALL_LANGUAGES]))
+    # The second protocol (data.also_test_candidates): the best-on-valid params, each query against its own
+    # targets only, so never ranked lower than against the whole codebase.
+    assert [r["step"] for r in records if r["kind"] == "test_targets"] == [summary["best_step"]]
+    for lang in multilingual.ALL_LANGUAGES:
+        assert summary["test"][f"{lang}/mrr"] <= summary["test_targets"][f"{lang}/mrr"] + 1e-6
