@@ -78,6 +78,7 @@ def collect(out: str) -> dict[str, Any]:
         if entry["done"]:
             summary = ablation.read_json(summary_path)
             entry["test"] = summary["test"]
+            entry["test_codebase"] = summary.get("test_codebase")  # --also_test_candidates=codebase
             entry["best_step"] = summary.get("best_step")
             entry["zero_shot"] = summary.get("zero_shot_test")
             entry["zero_shot_valid"] = summary.get("zero_shot_valid")
@@ -99,6 +100,34 @@ def seconds_at(run: dict, step: int, step_s: dict[str, float], in_batch_steps: i
 
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _pool_table(chosen: list[dict]) -> list[str]:
+    """With ``--also_test_candidates=codebase``: each variant's test against its queries' own codes and against
+    the language's whole codebase, side by side, with the difference to in-batch of the same seed."""
+    runs = [r for r in chosen if r["done"] and r.get("test_codebase")]
+    if not runs:
+        return []
+    sizes = {lang: (runs[0]["test"][f"{lang}/codebase_size"], runs[0]["test_codebase"][f"{lang}/codebase_size"])
+             for lang in LANGS}
+    lines = ["The same test queries ranked against their own codes only (the table above) and against their "
+             "language's whole codebase (the held-out packages' valid and test codes; GraphCodeBERT's protocol), "
+             "same parameters. Codes per language: " +
+             ", ".join(f"{lang} {a:,} / {b:,}" for lang, (a, b) in sizes.items()) + ".", "",
+             "| variant | candidates | seeds | test MRR (mean of 6) | vs in-batch | vs in-batch, per seed | " +
+             " | ".join(LANGS) + " |", "|---|---|---:|---:|---:|---|" + "---:|" * len(LANGS)]
+    base = {r["seed"]: r for r in runs if r["variant"] == "in_batch"}
+    for v in dict.fromkeys(r["variant"] for r in runs):
+        rs = [r for r in runs if r["variant"] == v]
+        for key, name in (("test", "own codes"), ("test_codebase", "whole codebase")):
+            mean = float(np.mean([r[key]["mrr"] for r in rs]))
+            base_mean = float(np.mean([b[key]["mrr"] for b in base.values()])) if base else None
+            rel = f"{100 * (mean / base_mean - 1):+.1f}%" if base_mean else "—"
+            paired = ", ".join(f"{100 * (r[key]['mrr'] / base[r['seed']][key]['mrr'] - 1):+.1f}%"
+                               for r in rs if r["seed"] in base) if v != "in_batch" else "—"
+            per_lang = " | ".join(_fmt(float(np.mean([r[key][f"{lang}/mrr"] for r in rs]))) for lang in LANGS)
+            lines.append(f"| {v} | {name} | {len(rs)} | {_fmt(mean)} | {rel} | {paired or '—'} | {per_lang} |")
+    return [*lines, ""]
 
 
 def render(data: dict, tag: str = "budget") -> str:
@@ -168,6 +197,7 @@ def render(data: dict, tag: str = "budget") -> str:
                          f"{avg('positive_score')} | {avg('hard_negative_score')} | {avg('loss_b')} | "
                          f"{avg('late_accuracy')} |")
         lines.append("")
+        lines.extend(_pool_table(chosen))
     lines.append("Columns: test MRR of the best-on-valid step, the mean over the six languages (± the spread over "
                  "seeds where there are several); per-language test MRR; the training log's mean global gradient "
                  "norm (before clipping), and, over the second half of training, the mean cosine of each query "

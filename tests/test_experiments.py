@@ -572,3 +572,34 @@ def test_false_negative_guard_stats():
     assert stats["above_positive_after"] == round(1 / 6, 4)
     none = neighbours.guard_stats(scores, positive, order, [2], 10.0, is_copy)[2]  # a margin that masks nothing
     assert none["masked"] == 0.0 and none["near_copy_of_masked"] is None and none["near_copy_after"] == round(1 / 6, 4)
+
+
+def test_budget_report_sets_both_test_pools_side_by_side():
+    """experiments/budget_report.py: with the whole-codebase test (--also_test_candidates=codebase), each
+    variant's two pools, their means against in-batch and the difference to in-batch of the same seed."""
+    from experiments import budget_report
+
+    def result(mrr, size):
+        return {"mrr": mrr, **{f"{lang}/mrr": mrr for lang in budget_report.LANGS},
+                **{f"{lang}/codebase_size": size for lang in budget_report.LANGS}}
+
+    def run(variant, seed, own, whole):
+        return {"budget": "small", "variant": variant, "seed": seed, "steps": 100, "training_seconds": 142.0,
+                "done": True, "test": result(own, 500), "test_codebase": result(whole, 2500)}
+
+    runs = [run("in_batch", 0, 0.60, 0.40), run("bank_anchor", 0, 0.66, 0.48),
+            run("in_batch", 1, 0.50, 0.30), run("bank_anchor", 1, 0.50, 0.33)]
+    calibration = {"command": "python -m experiments.measure", "time": "t", "loadavg_before": [1.0],
+                   "loadavg_after": [1.0], "machine": {}, "rows": [], "step_s": {"in_batch": 1.4, "bank_negatives": 1.4}}
+    settings = {"batch": 32, "k": 2, "bank_size": 1024, "query_length": 32, "code_length": 64,
+                "learning_rate": 5e-5, "temperature": 0.05, "eval_queries": 500, "language": "all"}
+    text = budget_report.render({"runs": runs, "calibration": calibration, "step_s": calibration["step_s"],
+                                 "settings": settings})
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in text.splitlines()
+            if line.startswith("| ") and ("own codes" in line or "whole codebase" in line)}
+    assert "python 500 / 2,500" in text
+    # own codes: .58 against .55 (+5.5%), per seed +10.0% and +0.0%; whole codebase: .405 against .35 (+15.7%),
+    # per seed +20.0% and +10.0%.
+    assert "| 0.580 | +5.5% | +10.0%, +0.0% |" in rows[("bank_anchor", "own codes")]
+    assert "| 0.405 | +15.7% | +20.0%, +10.0% |" in rows[("bank_anchor", "whole codebase")]
+    assert "| 0.350 | +0.0% | — |" in rows[("in_batch", "whole codebase")]
