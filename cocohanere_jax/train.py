@@ -125,8 +125,9 @@ def _evaluate(enc, params, task, config, code_embeddings=None, mesh=None, **opti
 
 
 def _zero_shot(enc, tasks: dict[str, evaluate.TokenizedTask], shared_codebase: bool, config,
-               summary: dict[str, Any], writer: metrics.MetricWriter, mesh) -> None:
-    """The loaded encoder on valid and test (the reference the trained model is compared with)."""
+               summary: dict[str, Any], writer: metrics.MetricWriter, mesh, data: datasets.Datasets) -> None:
+    """The loaded encoder on valid and test (the reference the trained model is compared with), and on the
+    test's second pool where one is asked for (``zero_shot_test_<pool>``)."""
     codes = (evaluate.embed_codebase(enc, tasks["valid"], batch_size=config.train.eval_batch_size, mesh=mesh)
              if shared_codebase else None)
     threshold = None  # BigCloneBench: test at the threshold chosen on valid
@@ -137,6 +138,7 @@ def _zero_shot(enc, tasks: dict[str, evaluate.TokenizedTask], shared_codebase: b
         summary[f"zero_shot_{split}"] = result
         writer.write(0, result, kind=f"zero_shot_{split}")
         log.info("zero-shot %s: %s", split, clone_tasks.format_result(result))
+    _also_test(enc, enc.params, data, config, summary, writer, mesh, 0, prefix="zero_shot_")
 
 
 def _also_test(enc, params, data: datasets.Datasets, config, summary: dict[str, Any], writer: metrics.MetricWriter,
@@ -212,8 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # GraphCodeBERT layout: valid and test rank against one codebase; embed it once per set of parameters.
     shared_codebase = isinstance(valid_task, evaluate.TokenizedTask) and evaluate.same_codebase(valid_task, test_task)
     if total_steps == 0:
-        _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh)
-        _also_test(enc, enc.params, data, config, summary, writer, eval_mesh, 0, prefix="zero_shot_")
+        _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh, data)
         return _finish(summary, workdir, t_start, is_main)
 
     # The train state: shapes first (nothing allocated), then restored into them or born on the devices.
@@ -245,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             lambda params: step_lib.init_train_state(params, optimizer, step_config, enc.dim, config.train.seed),
             enc.params, mesh=mesh)
         if config.train.zero_shot_eval:
-            _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh)
+            _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh, data)
     best = ckpt.best_meta() or {}
     best_score = best.get("valid", {}).get(metric, -math.inf)
 

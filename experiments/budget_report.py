@@ -79,6 +79,7 @@ def collect(out: str) -> dict[str, Any]:
             summary = ablation.read_json(summary_path)
             entry["test"] = summary["test"]
             entry["test_codebase"] = summary.get("test_codebase")  # --also_test_candidates=codebase
+            entry["zero_shot_codebase"] = summary.get("zero_shot_test_codebase")
             entry["best_step"] = summary.get("best_step")
             entry["zero_shot"] = summary.get("zero_shot_test")
             entry["zero_shot_valid"] = summary.get("zero_shot_valid")
@@ -117,6 +118,14 @@ def _pool_table(chosen: list[dict]) -> list[str]:
              "| variant | candidates | seeds | test MRR (mean of 6) | vs in-batch | vs in-batch, per seed | " +
              " | ".join(LANGS) + " |", "|---|---|---:|---:|---:|---|" + "---:|" * len(LANGS)]
     base = {r["seed"]: r for r in runs if r["variant"] == "in_batch"}
+    zero = next((r for r in chosen if r.get("zero_shot") and r.get("zero_shot_codebase")), None)
+    if zero:
+        for key, name in (("zero_shot", "own codes"), ("zero_shot_codebase", "whole codebase")):
+            base_key = "test" if key == "zero_shot" else "test_codebase"
+            base_mean = float(np.mean([b[base_key]["mrr"] for b in base.values()])) if base else None
+            rel = f"{100 * (zero[key]['mrr'] / base_mean - 1):+.1f}%" if base_mean else "—"
+            lines.append(f"| zero-shot MiniLM | {name} | — | {_fmt(zero[key]['mrr'])} | {rel} | — | " +
+                         " | ".join(_fmt(zero[key].get(f"{lang}/mrr")) for lang in LANGS) + " |")
     for v in dict.fromkeys(r["variant"] for r in runs):
         rs = [r for r in runs if r["variant"] == v]
         for key, name in (("test", "own codes"), ("test_codebase", "whole codebase")):

@@ -587,7 +587,8 @@ def test_budget_report_sets_both_test_pools_side_by_side():
         return {"budget": "small", "variant": variant, "seed": seed, "steps": 100, "training_seconds": 142.0,
                 "done": True, "test": result(own, 500), "test_codebase": result(whole, 2500)}
 
-    runs = [run("in_batch", 0, 0.60, 0.40), run("bank_anchor", 0, 0.66, 0.48),
+    runs = [dict(run("in_batch", 0, 0.60, 0.40), zero_shot=result(0.5, 500), zero_shot_codebase=result(0.28, 2500)),
+            run("bank_anchor", 0, 0.66, 0.48),
             run("in_batch", 1, 0.50, 0.30), run("bank_anchor", 1, 0.50, 0.33)]
     calibration = {"command": "python -m experiments.measure", "time": "t", "loadavg_before": [1.0],
                    "loadavg_after": [1.0], "machine": {}, "rows": [], "step_s": {"in_batch": 1.4, "bank_negatives": 1.4}}
@@ -603,3 +604,4 @@ def test_budget_report_sets_both_test_pools_side_by_side():
     assert "| 0.580 | +5.5% | +10.0%, +0.0% |" in rows[("bank_anchor", "own codes")]
     assert "| 0.405 | +15.7% | +20.0%, +10.0% |" in rows[("bank_anchor", "whole codebase")]
     assert "| 0.350 | +0.0% | — |" in rows[("in_batch", "whole codebase")]
+    assert "| 0.280 | -20.0% | — |" in rows[("zero-shot MiniLM", "whole codebase")]
