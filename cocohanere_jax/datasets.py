@@ -76,13 +76,14 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.eval_candidates={d.eval_candidates!r}: use \"codebase\" (every query against "
                          "the whole codebase) or \"targets\" (against the queries' own target codes only).")
     also = d.get("also_test_candidates", "")
-    if also and (also not in ("codebase", "targets") or also == d.get("eval_candidates", "codebase")):
-        raise ValueError(f"config.data.also_test_candidates={also!r}: use the pool that config.data.eval_candidates "
-                         f"({d.get('eval_candidates', 'codebase')!r}) is not, \"codebase\" or \"targets\", or \"\" "
-                         "for none.")
     if also and d.source in ("poj104", "bigclonebench"):
         raise ValueError(f"config.data.also_test_candidates={also!r}: {d.source} is a code-to-code task with one "
                          "protocol; set it to \"\".")
+    candidates = d.get("eval_candidates", "codebase")
+    other = "targets" if candidates == "codebase" else "codebase"
+    if also not in ("", other):
+        raise ValueError(f"config.data.also_test_candidates={also!r} must be {other!r} (the pool that "
+                         f"config.data.eval_candidates={candidates!r} is not) or \"\" for none.")
     for key in ("query_length", "code_length"):
         if d[key] < 2:
             raise ValueError(f"config.data.{key}={d[key]} must be at least 2 tokens.")

@@ -15,7 +15,12 @@ __all__ = ["model_card", "write_model_card"]
 _METRICS = (("mrr", "MRR"), ("r@1", "R@1"), ("r@5", "R@5"), ("r@10", "R@10"), ("map@r", "MAP@R"),
             ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("threshold", "threshold"))
 _ROWS = (("zero_shot_valid", "valid, before training"), ("zero_shot_test", "test, before training"),
-         ("best_valid", "valid, best step"), ("test", "test, best-on-valid step"))
+         ("zero_shot_test_codebase", "test, before training, whole codebase"),
+         ("zero_shot_test_targets", "test, before training, own codes only"),
+         ("best_valid", "valid, best step"), ("test", "test, best-on-valid step"),
+         # config.data.also_test_candidates: the test queries against the other candidate pool
+         ("test_codebase", "test, best-on-valid step, whole codebase"),
+         ("test_targets", "test, best-on-valid step, own codes only"))
 
 
 def results_table(summary: Mapping[str, Any]) -> str:

@@ -125,7 +125,7 @@ def _evaluate(enc, params, task, config, code_embeddings=None, mesh=None, **opti
 
 
 def _zero_shot(enc, tasks: dict[str, evaluate.TokenizedTask], shared_codebase: bool, config,
-               summary: dict[str, Any], writer: metrics.MetricWriter, mesh, data: datasets.Datasets) -> None:
+               summary: dict[str, Any], writer: metrics.MetricWriter, mesh, also_test=None) -> None:
     """The loaded encoder on valid and test (the reference the trained model is compared with), and on the
     test's second pool where one is asked for (``zero_shot_test_<pool>``)."""
     codes = (evaluate.embed_codebase(enc, tasks["valid"], batch_size=config.train.eval_batch_size, mesh=mesh)
@@ -138,20 +138,22 @@ def _zero_shot(enc, tasks: dict[str, evaluate.TokenizedTask], shared_codebase: b
         summary[f"zero_shot_{split}"] = result
         writer.write(0, result, kind=f"zero_shot_{split}")
         log.info("zero-shot %s: %s", split, clone_tasks.format_result(result))
-    _also_test(enc, enc.params, data, config, summary, writer, mesh, 0, prefix="zero_shot_")
+    _also_test(enc, enc.params, also_test, config, summary, writer, mesh, 0, prefix="zero_shot_")
 
 
-def _also_test(enc, params, data: datasets.Datasets, config, summary: dict[str, Any], writer: metrics.MetricWriter,
-               mesh, step: int, prefix: str = "") -> None:
+def _also_test(enc, params, task, config, summary: dict[str, Any], writer: metrics.MetricWriter, mesh, step: int,
+               prefix: str = "") -> None:
     """The test queries ranked a second time, against the pool ``config.data.also_test_candidates`` names
-    (the whole codebase, or the queries' own targets): ``summary[f"{prefix}test_{pool}"]``."""
-    pool = config.data.get("also_test_candidates", "")
-    if not pool or data.also_test is None:
+    (the whole codebase, or the queries' own targets; ``task``, tokenised): ``summary[f"{prefix}test_{pool}"]``."""
+    if task is None:
         return
+    pool = config.data.also_test_candidates
     key = f"{prefix}test_{pool}"
-    summary[key] = _evaluate(enc, params, _tokenize(enc, data.also_test, config), config, None, mesh)
+    summary[key] = _evaluate(enc, params, task, config, None, mesh)
     writer.write(step, summary[key], kind=key)
-    log.info("%s (step %d): %s", key.replace("_", " "), step, clone_tasks.format_result(summary[key]))
+    when = "zero-shot" if prefix else f"best-on-valid step {step}"
+    log.info("test against %s (%s): %s", "the whole codebase" if pool == "codebase" else "the queries' own codes",
+             when, clone_tasks.format_result(summary[key]))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -180,9 +182,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     valid_task, test_task = (_tokenize(enc, t, config) for t in (data.valid, data.test))
     metric = _metric(valid_task)
     tasks = {"valid": valid_task, "test": test_task}
-    log.info("data: %s; %d train pairs, valid %d queries / %d codes, test %d queries / %d codes",
+    # config.data.also_test_candidates: the test queries against the other pool, after the test
+    also_test = _tokenize(enc, data.also_test, config) if data.also_test is not None else None
+    log.info("data: %s; %d train pairs, valid %d queries / %d codes, test %d queries / %d codes%s",
              data.description, len(data.train), len(data.valid.queries), len(data.valid.codebase),
-             len(data.test.queries), len(data.test.codebase))
+             len(data.test.queries), len(data.test.codebase),
+             f"; the test queries again against {len(data.also_test.codebase)} codes (data.also_test_candidates)"
+             if data.also_test is not None else "")
     tokens = token_table_lib.token_table_from_pairs(
         data.train, enc.tokenize, enc.fingerprint, config.data.query_length, config.data.code_length,
         cache_dir=config.data.cache_dir or os.path.join(workdir, "cache"), pad_id=enc.pad_id,
@@ -214,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # GraphCodeBERT layout: valid and test rank against one codebase; embed it once per set of parameters.
     shared_codebase = isinstance(valid_task, evaluate.TokenizedTask) and evaluate.same_codebase(valid_task, test_task)
     if total_steps == 0:
-        _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh, data)
+        _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh, also_test)
         return _finish(summary, workdir, t_start, is_main)
 
     # The train state: shapes first (nothing allocated), then restored into them or born on the devices.
@@ -246,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             lambda params: step_lib.init_train_state(params, optimizer, step_config, enc.dim, config.train.seed),
             enc.params, mesh=mesh)
         if config.train.zero_shot_eval:
-            _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh, data)
+            _zero_shot(enc, tasks, shared_codebase, config, summary, writer, eval_mesh, also_test)
     best = ckpt.best_meta() or {}
     best_score = best.get("valid", {}).get(metric, -math.inf)
 
@@ -347,7 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 **({"threshold": threshold} if threshold is not None else {}))
     writer.write(best_meta["step"], summary["test"], kind="test")
     log.info("test (best-on-valid step %d): %s", best_meta["step"], clone_tasks.format_result(summary["test"]))
-    _also_test(enc, best_params, data, config, summary, writer, eval_mesh, best_meta["step"])
+    _also_test(enc, best_params, also_test, config, summary, writer, eval_mesh, best_meta["step"])
     if config.train.export_best and is_main:
         summary["export"] = enc.with_params(best_params).export(os.path.join(workdir, "export"))
         model_card.write_model_card(summary["export"], config.to_dict(), summary)

@@ -46,7 +46,8 @@ def base() -> ml_collections.ConfigDict:
     # evaluated queries' own codes only: N queries against their N codes, CodeSearchNet-challenge style).
     c.data.eval_candidates = "codebase"
     # The test queries ranked a second time against the other pool ("codebase" or "targets"; "" = no), reported
-    # beside the test as `test_<pool>` (summary.json, metrics.jsonl): one run gives both protocols' numbers.
+    # beside the test as `test_<pool>` (and the zero-shot test as `zero_shot_test_<pool>`; summary.json,
+    # metrics.jsonl, model card): one run gives both protocols' numbers.
     c.data.also_test_candidates = ""
 
     # The CoCoHaNeRe step: every field of cocohanere_jax.step_config.StepConfig with its default, the one

@@ -17,7 +17,9 @@ all languages of the registry corpus at once, compared at the same training seco
    comparison (equal steps) is the ``full_equal_steps`` run.
 3. **Validation** at the same training seconds for every variant (``--eval_points`` evaluations), test of
    the best-on-valid step: per language, ``--eval_queries`` queries ranked against their own target codes
-   (``data.eval_candidates=targets``), on packages in no training split (the corpus is split by package).
+   (``data.eval_candidates=targets``), on packages in no training split (the corpus is split by package);
+   with ``--also_test_candidates=codebase`` also against the language's whole codebase (its valid and test
+   codes, GraphCodeBERT's protocol), reported beside it.
 
 Every run is ``python -m cocohanere_jax.main --config=configs/registry.py:<preset>,language=all,...`` in
 a child process (``experiments.ablation.run_training``); an interrupted run resumes from its checkpoint.
@@ -320,7 +322,7 @@ def run_all(out: str, s: Settings, dry_run: bool = False) -> list[dict]:
         # other setting changes what every run trains.
         # A setting added after a folder was made holds its default there.
         held = {k: v for k, v in {**_json_settings(Settings()), **ablation.read_json(settings_path)}.items()
-                if k != "later_variants" and k in _json_settings(s)}
+                if k != "later_variants"}
         wanted = {k: v for k, v in _json_settings(s).items() if k != "later_variants"}
         if held != wanted:
             changed = sorted(k for k in {*held, *wanted} if held.get(k) != wanted.get(k))

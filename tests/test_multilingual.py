@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cocohanere_jax
-from cocohanere_jax import datasets, evaluate, multilingual, train
+from cocohanere_jax import datasets, evaluate, model_card, multilingual, train
 from cocohanere_jax.step_config import StepConfig
 from configs import registry
 
@@ -76,13 +76,18 @@ def test_also_test_candidates_gives_the_other_protocols_numbers(tmp_path):
         summaries[candidates] = train.train_and_evaluate(c, str(tmp_path / candidates))
     both, whole = summaries["targets"], summaries["codebase"]
     assert "zero_shot_test_codebase" not in whole
+    assert "| test, before training, whole codebase |" in model_card.results_table(both)
     for key in ("mrr", "python/mrr", "ruby/mrr", "r@1", "num_queries", "codebase_size"):
         assert both["zero_shot_test_codebase"][key] == pytest.approx(whole["zero_shot_test"][key]), key
     assert both["zero_shot_test"]["codebase_size"] < both["zero_shot_test_codebase"]["codebase_size"]
     records = [json.loads(line) for line in open(tmp_path / "targets" / "metrics.jsonl")]
     assert [r["mrr"] for r in records if r["kind"] == "zero_shot_test_codebase"] == [
         pytest.approx(whole["zero_shot_test"]["mrr"])]
-    c = _config("python")
+    c = _config("python")  # one language: the same second task
+    c.data.eval_candidates, c.data.also_test_candidates = "targets", "codebase"
+    one = datasets.load(c, str(tmp_path))
+    assert list(one.also_test.codebase) == list(datasets.load(_config("python"), str(tmp_path)).test.codebase)
+    assert len(one.test.codebase) < len(one.also_test.codebase) and one.test.queries == one.also_test.queries
     for candidates, also, match in (("codebase", "codebase", "is not"), ("targets", "all", "is not"),
                                     ("targets", "codebase", None)):
         c.data.eval_candidates, c.data.also_test_candidates = candidates, also
@@ -91,6 +96,9 @@ def test_also_test_candidates_gives_the_other_protocols_numbers(tmp_path):
         else:
             with pytest.raises(ValueError, match=f"also_test_candidates={also!r}.*{match}"):
                 datasets.check(c)
+    c.data.source = "poj104"
+    with pytest.raises(ValueError, match="code-to-code task"):
+        datasets.check(c)
 
 
 def test_language_tasks_metrics_are_per_language_and_their_mean(tmp_path):
@@ -134,4 +142,5 @@ def test_all_languages_train_end_to_end_with_bank_negatives_on_a_schedule(tmp_pa
     # targets only, so never ranked lower than against the whole codebase.
     assert [r["step"] for r in records if r["kind"] == "test_targets"] == [summary["best_step"]]
     for lang in multilingual.ALL_LANGUAGES:
+        assert summary["test_targets"][f"{lang}/codebase_size"] < summary["test"][f"{lang}/codebase_size"]
         assert summary["test"][f"{lang}/mrr"] <= summary["test_targets"][f"{lang}/mrr"] + 1e-6
