@@ -382,6 +382,8 @@ def define_flags():
     flags.DEFINE_integer("batch", defaults.batch, "global batch")
     flags.DEFINE_integer("k", defaults.k, "hard negatives per anchor and direction")
     flags.DEFINE_integer("bank_size", defaults.bank_size, "bank slots")
+    flags.DEFINE_integer("query_length", defaults.query_length, "query tokens")
+    flags.DEFINE_integer("code_length", defaults.code_length, "code tokens")
     flags.DEFINE_integer("eval_queries", defaults.eval_queries, "valid/test queries per language")
     flags.DEFINE_enum("also_test_candidates", defaults.also_test_candidates, ["", "codebase"],
                       "also rank the test queries against their language's whole codebase (reported beside the "
@@ -401,6 +403,7 @@ def settings_from_flags() -> Settings:
                     variants=tuple(FLAGS.variants), small_variants=tuple(FLAGS.small_variants),
                     later_variants=tuple(FLAGS.later_variants),
                     batch=FLAGS.batch, k=FLAGS.k, bank_size=FLAGS.bank_size, eval_queries=FLAGS.eval_queries,
+                    query_length=FLAGS.query_length, code_length=FLAGS.code_length,
                     also_test_candidates=FLAGS.also_test_candidates)
 
 
