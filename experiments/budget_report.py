@@ -118,24 +118,27 @@ def _pool_table(chosen: list[dict]) -> list[str]:
              "| variant | candidates | seeds | test MRR (mean of 6) | vs in-batch | vs in-batch, per seed | " +
              " | ".join(LANGS) + " |", "|---|---|---:|---:|---:|---|" + "---:|" * len(LANGS)]
     base = {r["seed"]: r for r in runs if r["variant"] == "in_batch"}
+    base_mean = {key: float(np.mean([b[key]["mrr"] for b in base.values()])) if base else None
+                 for key in ("test", "test_codebase")}
+    pools = (("test", "own codes"), ("test_codebase", "whole codebase"))
+
+    def row(variant: str, pool: str, key: str, results: list[dict], paired: str) -> str:
+        mean = float(np.mean([r["mrr"] for r in results]))
+        rel = f"{100 * (mean / base_mean[key] - 1):+.1f}%" if base_mean[key] else "—"
+        seeds = len(results) if variant != "zero-shot MiniLM" else "—"
+        per_lang = " | ".join(_fmt(float(np.mean([r[f"{lang}/mrr"] for r in results]))) for lang in LANGS)
+        return f"| {variant} | {pool} | {seeds} | {_fmt(mean)} | {rel} | {paired or '—'} | {per_lang} |"
+
     zero = next((r for r in chosen if r.get("zero_shot") and r.get("zero_shot_codebase")), None)
     if zero:
-        for key, name in (("zero_shot", "own codes"), ("zero_shot_codebase", "whole codebase")):
-            base_key = "test" if key == "zero_shot" else "test_codebase"
-            base_mean = float(np.mean([b[base_key]["mrr"] for b in base.values()])) if base else None
-            rel = f"{100 * (zero[key]['mrr'] / base_mean - 1):+.1f}%" if base_mean else "—"
-            lines.append(f"| zero-shot MiniLM | {name} | — | {_fmt(zero[key]['mrr'])} | {rel} | — | " +
-                         " | ".join(_fmt(zero[key].get(f"{lang}/mrr")) for lang in LANGS) + " |")
+        for (key, pool), zero_key in zip(pools, ("zero_shot", "zero_shot_codebase")):
+            lines.append(row("zero-shot MiniLM", pool, key, [zero[zero_key]], ""))
     for v in dict.fromkeys(r["variant"] for r in runs):
         rs = [r for r in runs if r["variant"] == v]
-        for key, name in (("test", "own codes"), ("test_codebase", "whole codebase")):
-            mean = float(np.mean([r[key]["mrr"] for r in rs]))
-            base_mean = float(np.mean([b[key]["mrr"] for b in base.values()])) if base else None
-            rel = f"{100 * (mean / base_mean - 1):+.1f}%" if base_mean else "—"
+        for key, pool in pools:
             paired = ", ".join(f"{100 * (r[key]['mrr'] / base[r['seed']][key]['mrr'] - 1):+.1f}%"
-                               for r in rs if r["seed"] in base) if v != "in_batch" else "—"
-            per_lang = " | ".join(_fmt(float(np.mean([r[key][f"{lang}/mrr"] for r in rs]))) for lang in LANGS)
-            lines.append(f"| {v} | {name} | {len(rs)} | {_fmt(mean)} | {rel} | {paired or '—'} | {per_lang} |")
+                               for r in rs if r["seed"] in base) if v != "in_batch" else ""
+            lines.append(row(v, pool, key, [r[key] for r in rs], paired))
     return [*lines, ""]
 
 
